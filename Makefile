@@ -1,0 +1,62 @@
+# nodeinfra: node-level infrastructure for Kubernetes.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+TOOLS := $(CURDIR)/.tools
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/nodeinfra/nodeinfra/pkg/version.Version=$(VERSION)
+
+# Pinned code generators (go.mod pins the runtime libraries).
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+# The peer measured by `make bench`.
+HOST_DEVICE_VERSION := v1.9.1
+
+.PHONY: all build test unit e2e bench demo proto lint prereqs clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/cni-eni ./cni-eni
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/nodeagent ./nodeagent
+
+prereqs:
+	@./e2e/prereqs.sh
+
+lint:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+# Unit tests, then the e2e tests on real namespaces with the built binaries.
+test: prereqs lint build
+	NODEINFRA_BIN=$(BIN) $(GO) test -count=1 -timeout 15m ./...
+
+bench: prereqs build
+	@mkdir -p $(TOOLS)/bin
+	@test -x $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION) || { \
+		GOBIN=$(TOOLS)/hd $(GO) install github.com/containernetworking/plugins/plugins/main/host-device@$(HOST_DEVICE_VERSION) && \
+		mv $(TOOLS)/hd/host-device $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION); }
+	@test -x $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) || { \
+		GOBIN=$(TOOLS)/hd $(GO) install github.com/containernetworking/plugins/plugins/ipam/static@$(HOST_DEVICE_VERSION) && \
+		mv $(TOOLS)/hd/static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION); }
+	$(GO) run ./e2e/cnibench --bin $(BIN) \
+		--host-device $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION) \
+		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
+
+demo: prereqs build
+	./e2e/demo.sh $(BIN)
+
+proto:
+	@./e2e/prereqs.sh --proto
+	@mkdir -p $(TOOLS)/bin
+	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(TOOLS)/bin:$$PATH protoc -I nodeagent/api/v1 \
+		--go_out=paths=source_relative:nodeagent/api/v1 \
+		--go-grpc_out=paths=source_relative:nodeagent/api/v1 \
+		nodeagent/api/v1/*.proto
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,311 @@
+// Package cni_test is the end-to-end test of cni-eni and nodeagent on real
+// kernel objects: a node namespace with simulated ENIs, VPC namespaces,
+// pod namespaces, the real binaries, driven through libcni.
+package cni_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/nodeinfra/nodeinfra/e2e/fabric"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("SKIP e2e/cni: needs root to create network namespaces")
+		os.Exit(0)
+	}
+	binDir = os.Getenv("NODEINFRA_BIN")
+	if binDir == "" {
+		dir, err := os.MkdirTemp("", "nodeinfra-bin-")
+		if err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		for _, b := range []string{"cni-eni", "nodeagent"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b), "github.com/nodeinfra/nodeinfra/"+b)
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Println("build", b, err)
+				os.Exit(1)
+			}
+		}
+		binDir = dir
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// env is one node with its agent and a runtime per CNI version.
+type env struct {
+	t     *testing.T
+	f     *fabric.Fabric
+	agent *fabric.Agent
+	rt    *fabric.Runtime // cniVersion 1.1.0
+	rt10  *fabric.Runtime // cniVersion 1.0.0
+	ctx   context.Context
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	f, err := fabric.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	dir := t.TempDir()
+	agent, err := fabric.StartAgent(filepath.Join(binDir, "nodeagent"), f.Node, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		agent.Kill()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+			t.Logf("agent log:\n%s", b)
+		}
+	})
+	rt, err := fabric.NewRuntime(f.Node, binDir, t.TempDir(), fabric.Conflist("1.1.0", agent.Socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt10, err := fabric.NewRuntime(f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", agent.Socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return &env{t: t, f: f, agent: agent, rt: rt, rt10: rt10, ctx: ctx}
+}
+
+func (e *env) vpc(name, gw string) *fabric.VPC {
+	e.t.Helper()
+	v, err := e.f.AddVPC(name, netip.MustParsePrefix(gw))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return v
+}
+
+// eni plugs an ENI into the node and registers it with the agent's CLI.
+func (e *env) eni(v *fabric.VPC, ip string, extra ...string) fabric.ENI {
+	e.t.Helper()
+	n, err := e.f.AddENI(v, "")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	args := append([]string{"eni", "add", "--mac", n.MAC, "--vpc", v.Name, "--ip", ip,
+		"--gateway", v.Gateway.Addr().String(), "--mtu", "1400"}, extra...)
+	e.cli(args...)
+	return n
+}
+
+func (e *env) cli(args ...string) string {
+	e.t.Helper()
+	out, err := e.agent.CLI(args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out
+}
+
+func (e *env) pod(namespace, name string) *fabric.Pod {
+	e.t.Helper()
+	p, err := e.f.NewPod(namespace, name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+func (e *env) add(rt *fabric.Runtime, p *fabric.Pod) types.Result {
+	e.t.Helper()
+	res, err := rt.Add(e.ctx, p)
+	if err != nil {
+		e.t.Fatalf("ADD %s/%s: %v", p.Namespace, p.Name, err)
+	}
+	return res
+}
+
+// listENIs returns the agent's ENIs by MAC, from `eni list -o json`.
+func (e *env) listENIs() map[string]eniJSON {
+	e.t.Helper()
+	var out struct {
+		ENIs []eniJSON `json:"enis"`
+	}
+	if err := json.Unmarshal([]byte(e.cli("eni", "list", "-o", "json")), &out); err != nil {
+		e.t.Fatal(err)
+	}
+	m := map[string]eniJSON{}
+	for _, x := range out.ENIs {
+		m[x.Config.MAC] = x
+	}
+	return m
+}
+
+type eniJSON struct {
+	Config struct {
+		MAC      string `json:"mac"`
+		HostName string `json:"hostName"`
+	} `json:"config"`
+	State      string `json:"state"`
+	Attachment *struct {
+		ContainerID string `json:"containerId"`
+	} `json:"attachment"`
+}
+
+func (e *env) attachments() []string {
+	e.t.Helper()
+	var out struct {
+		Attachments []struct {
+			ContainerID string `json:"containerId"`
+			MAC         string `json:"mac"`
+		} `json:"attachments"`
+	}
+	if err := json.Unmarshal([]byte(e.cli("attachments", "-o", "json")), &out); err != nil {
+		e.t.Fatal(err)
+	}
+	var ids []string
+	for _, a := range out.Attachments {
+		ids = append(ids, a.ContainerID)
+	}
+	return ids
+}
+
+// requireFreeInNode asserts that the ENI is back in the node namespace,
+// under its registered name, down and without addresses.
+func (e *env) requireFreeInNode(n fabric.ENI) {
+	e.t.Helper()
+	st, ok, err := fabric.FindLink(e.f.Node, n.MAC)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !ok {
+		e.t.Fatalf("ENI %s is not in the node namespace", n.MAC)
+	}
+	if st.Name != n.HostName || st.Up || len(st.Addrs) != 0 {
+		e.t.Fatalf("ENI %s in node: %+v, want name %s, down, no addresses", n.MAC, st, n.HostName)
+	}
+}
+
+func cniCode(err error) uint {
+	var te *types.Error
+	if errors.As(err, &te) {
+		return te.Code
+	}
+	return 0
+}
+
+// ping runs ping from inside a pod namespace.
+func ping(p *fabric.Pod, addr string) error {
+	out, err := exec.Command("ip", "netns", "exec", fabric.Name(p.NS), "ping", "-c", "2", "-i", "0.2", "-W", "1", addr).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %w: %s", addr, p.Name, err, out)
+	}
+	return nil
+}
+
+// serveIdentity makes a pod answer TCP connections on port with its name.
+func serveIdentity(t *testing.T, n ns.NetNS, port int, name string) {
+	t.Helper()
+	var l net.Listener
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, name)
+			c.Close()
+		}
+	}()
+}
+
+// dialFrom connects from inside n to addr and returns what it says.
+func dialFrom(n ns.NetNS, addr string) (string, error) {
+	var got string
+	err := n.Do(func(ns.NetNS) error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		b, err := io.ReadAll(c)
+		got = string(b)
+		return err
+	})
+	return got, err
+}
+
+// eventually polls cond for up to d.
+func eventually(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if cond() {
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return cond()
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// httpGet GETs url with the connection opened inside n.
+func httpGet(n ns.NetNS, url string) (int, string, error) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := n.Do(func(ns.NetNS) error {
+				var d net.Dialer
+				var err error
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}

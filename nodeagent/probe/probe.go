@@ -1,0 +1,95 @@
+// Package probe runs kubelet-style TCP and HTTP probes against a pod from
+// inside the pod's network namespace. The node keeps no route into tenant
+// networks; the socket is created in the pod's namespace instead, so only
+// the prober can reach the pod, and only at the pod's own address.
+package probe
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+)
+
+// Request is one probe.
+type Request struct {
+	Netns string
+	Addr  netip.Addr
+	Port  int
+	// HTTPPath, when set, makes it an HTTP GET of that path (with query).
+	HTTPPath string
+	Timeout  time.Duration
+}
+
+// Result is the outcome: success means connected (TCP) or a status in
+// 200-399 (HTTP), as the kubelet judges it.
+type Result struct {
+	Success    bool
+	HTTPStatus int
+	Message    string
+}
+
+// DefaultTimeout is used when a request sets none (the kubelet's default).
+const DefaultTimeout = time.Second
+
+// Run runs the probe.
+func Run(ctx context.Context, req Request) Result {
+	if req.Timeout <= 0 {
+		req.Timeout = DefaultTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, req.Timeout)
+	defer cancel()
+	target := net.JoinHostPort(req.Addr.String(), strconv.Itoa(req.Port))
+	if req.HTTPPath == "" {
+		c, err := DialInNetns(ctx, req.Netns, target)
+		if err != nil {
+			return Result{Message: err.Error()}
+		}
+		c.Close()
+		return Result{Success: true, Message: "connected to " + target}
+	}
+	client := &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return DialInNetns(ctx, req.Netns, addr)
+			},
+			DisableKeepAlives: true,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+target+req.HTTPPath, nil)
+	if err != nil {
+		return Result{Message: fmt.Sprintf("build request: %v", err)}
+	}
+	hreq.Header.Set("User-Agent", "kube-probe/nodeagent")
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return Result{Message: err.Error()}
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 10<<10))
+	ok := resp.StatusCode >= 200 && resp.StatusCode < 400
+	return Result{Success: ok, HTTPStatus: resp.StatusCode, Message: resp.Status}
+}
+
+// DialInNetns opens a TCP connection whose socket lives in the network
+// namespace at path; the connection is then usable from any thread.
+func DialInNetns(ctx context.Context, path, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		conn = c
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s in %s: %w", addr, path, err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,217 @@
+// Package server adapts the agent's domain packages to its gRPC API and its
+// HTTP endpoints. Errors are converted to gRPC codes here and only here.
+package server
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
+	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
+	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
+	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
+)
+
+// ENIServer serves apiv1.ENIService from an inventory.
+type ENIServer struct {
+	apiv1.UnimplementedENIServiceServer
+	Inv     *eni.Inventory
+	Metrics *metrics.Metrics
+	Version string
+}
+
+var _ apiv1.ENIServiceServer = (*ENIServer)(nil)
+
+// RegisterENI implements apiv1.ENIServiceServer.
+func (s *ENIServer) RegisterENI(ctx context.Context, req *apiv1.RegisterENIRequest) (*apiv1.ENI, error) {
+	c, err := ConfigFromProto(req.GetConfig())
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	e, err := s.Inv.Register(ctx, c)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	logging.From(ctx).Info("ENI registered", "mac", e.MAC, "vpc", e.VPC, "link", e.HostName)
+	return eniToProto(e), nil
+}
+
+// RemoveENI implements apiv1.ENIServiceServer.
+func (s *ENIServer) RemoveENI(ctx context.Context, req *apiv1.RemoveENIRequest) (*apiv1.RemoveENIResponse, error) {
+	if err := s.Inv.Remove(ctx, req.GetMac()); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	logging.From(ctx).Info("ENI removed", "mac", req.GetMac())
+	return &apiv1.RemoveENIResponse{}, nil
+}
+
+// ListENIs implements apiv1.ENIServiceServer.
+func (s *ENIServer) ListENIs(ctx context.Context, req *apiv1.ListENIsRequest) (*apiv1.ListENIsResponse, error) {
+	resp := &apiv1.ListENIsResponse{}
+	for _, e := range s.Inv.List(req.GetVpc()) {
+		resp.Enis = append(resp.Enis, eniToProto(e))
+	}
+	return resp, nil
+}
+
+// AssignPod implements apiv1.ENIServiceServer.
+func (s *ENIServer) AssignPod(ctx context.Context, req *apiv1.AssignPodRequest) (*apiv1.Assignment, error) {
+	p := req.GetAssignment()
+	a := eni.Assignment{Pod: eni.PodRef{Namespace: p.GetPodNamespace(), Name: p.GetPodName()}, MAC: p.GetMac(), VPC: p.GetVpc()}
+	a, err := s.Inv.Assign(ctx, a)
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	logging.From(ctx).Info("pod assigned", "pod", a.Pod.String(), "mac", a.MAC, "vpc", a.VPC)
+	return assignmentToProto(a), nil
+}
+
+// UnassignPod implements apiv1.ENIServiceServer.
+func (s *ENIServer) UnassignPod(ctx context.Context, req *apiv1.UnassignPodRequest) (*apiv1.UnassignPodResponse, error) {
+	if err := s.Inv.Unassign(ctx, eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &apiv1.UnassignPodResponse{}, nil
+}
+
+// ListAssignments implements apiv1.ENIServiceServer.
+func (s *ENIServer) ListAssignments(ctx context.Context, _ *apiv1.ListAssignmentsRequest) (*apiv1.ListAssignmentsResponse, error) {
+	resp := &apiv1.ListAssignmentsResponse{}
+	for _, a := range s.Inv.Assignments() {
+		resp.Assignments = append(resp.Assignments, assignmentToProto(a))
+	}
+	return resp, nil
+}
+
+func key(cid, ifname string) eni.AttachmentKey {
+	return eni.AttachmentKey{ContainerID: cid, IfName: ifname}
+}
+
+// Attach implements apiv1.ENIServiceServer.
+func (s *ENIServer) Attach(ctx context.Context, req *apiv1.AttachRequest) (*apiv1.AttachResponse, error) {
+	a, c, err := s.Inv.Attach(ctx, eni.AttachRequest{
+		AttachmentKey: key(req.GetContainerId(), req.GetIfname()),
+		Netns:         req.GetNetns(),
+		Pod:           eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()},
+	})
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	logging.From(ctx).Info("ENI attaching", "container", a.ContainerID, "ifname", a.IfName, "pod", a.Pod.String(), "mac", a.MAC)
+	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
+}
+
+// ConfirmAttach implements apiv1.ENIServiceServer.
+func (s *ENIServer) ConfirmAttach(ctx context.Context, req *apiv1.ConfirmAttachRequest) (*apiv1.ConfirmAttachResponse, error) {
+	if err := s.Inv.Confirm(ctx, key(req.GetContainerId(), req.GetIfname())); err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	if d := req.GetAddDurationNano(); d > 0 && s.Metrics != nil {
+		s.Metrics.ObserveAdd(time.Duration(d))
+	}
+	return &apiv1.ConfirmAttachResponse{}, nil
+}
+
+// GetAttachment implements apiv1.ENIServiceServer.
+func (s *ENIServer) GetAttachment(ctx context.Context, req *apiv1.GetAttachmentRequest) (*apiv1.AttachResponse, error) {
+	a, c, err := s.Inv.Get(ctx, key(req.GetContainerId(), req.GetIfname()))
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
+}
+
+// Detach implements apiv1.ENIServiceServer.
+func (s *ENIServer) Detach(ctx context.Context, req *apiv1.DetachRequest) (*apiv1.DetachResponse, error) {
+	state, mac, err := s.Inv.Detach(ctx, key(req.GetContainerId(), req.GetIfname()))
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	if mac != "" {
+		logging.From(ctx).Info("ENI detached", "container", req.GetContainerId(), "ifname", req.GetIfname(), "mac", mac, "state", string(state))
+		if d := req.GetDelDurationNano(); d > 0 && s.Metrics != nil {
+			s.Metrics.ObserveDel(time.Duration(d))
+		}
+	}
+	return &apiv1.DetachResponse{EniState: stateToProto[state], Mac: mac}, nil
+}
+
+// ListAttachments implements apiv1.ENIServiceServer.
+func (s *ENIServer) ListAttachments(ctx context.Context, _ *apiv1.ListAttachmentsRequest) (*apiv1.ListAttachmentsResponse, error) {
+	resp := &apiv1.ListAttachmentsResponse{}
+	for _, a := range s.Inv.Attachments() {
+		resp.Attachments = append(resp.Attachments, attachmentToProto(a))
+	}
+	return resp, nil
+}
+
+// Status implements apiv1.ENIServiceServer.
+func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.StatusResponse, error) {
+	resp := &apiv1.StatusResponse{Version: s.Version}
+	for _, p := range s.Inv.Pools() {
+		resp.Pools = append(resp.Pools, &apiv1.VPCPool{Vpc: p.VPC, Free: uint32(p.Free), Attached: uint32(p.Attached), Missing: uint32(p.Missing)})
+	}
+	return resp, nil
+}
+
+// Probe implements apiv1.ENIServiceServer.
+func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.ProbeResponse, error) {
+	pr, err := s.probeRequest(eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}, int(req.GetPort()), req.GetHttpPath())
+	if err != nil {
+		return nil, errdefs.ToGRPC(err)
+	}
+	pr.Timeout = time.Duration(req.GetTimeoutMs()) * time.Millisecond
+	r := probe.Run(ctx, pr)
+	return &apiv1.ProbeResponse{Success: r.Success, HttpStatus: int32(r.HTTPStatus), Message: r.Message}, nil
+}
+
+// probeRequest finds the pod's namespace and address: a probe can only
+// reach the pod's own address, from inside the pod's namespace.
+func (s *ENIServer) probeRequest(pod eni.PodRef, port int, path string) (probe.Request, error) {
+	if err := eni.ValidatePod(pod); err != nil {
+		return probe.Request{}, err
+	}
+	if port < 1 || port > 65535 {
+		return probe.Request{}, fmt.Errorf("probe port %d out of range 1-65535: %w", port, errdefs.ErrInvalidArgument)
+	}
+	if path != "" && path[0] != '/' {
+		return probe.Request{}, fmt.Errorf("probe path %q must start with '/': %w", path, errdefs.ErrInvalidArgument)
+	}
+	a, c, err := s.Inv.FindPod(pod)
+	if err != nil {
+		return probe.Request{}, err
+	}
+	var addr netip.Addr
+	for _, p := range c.Addresses {
+		if !addr.IsValid() || (p.Addr().Is4() && !addr.Is4()) {
+			addr = p.Addr()
+		}
+	}
+	return probe.Request{Netns: a.Netns, Addr: addr, Port: port, HTTPPath: path}, nil
+}
+
+// UnaryInterceptor puts a logger with the method into the context, logs
+// failures and counts requests.
+func UnaryInterceptor(log *slog.Logger, m *metrics.Metrics) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		l := log.With("method", info.FullMethod)
+		start := time.Now()
+		resp, err := handler(logging.With(ctx, l), req)
+		code := status.Code(err)
+		if m != nil {
+			m.CountRPC(info.FullMethod, code.String())
+		}
+		if err != nil {
+			l.Warn("request failed", "code", code.String(), "error", status.Convert(err).Message(), "duration", time.Since(start))
+		}
+		return resp, err
+	}
+}

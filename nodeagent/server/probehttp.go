@@ -1,0 +1,68 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
+	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+)
+
+// ProbeHandler serves kubelet probes rewritten to the agent:
+//
+//	GET /probe/{namespace}/{name}/tcp/{port}
+//	GET /probe/{namespace}/{name}/http/{port}/{path...}   (query kept)
+//
+// It answers 200 when the probe passes, the pod's own status for a failing
+// HTTP probe, 503 when the pod cannot be reached and 404 for an unknown
+// pod. An optional ?timeout=DURATION bounds the probe (default 1s).
+func (s *ENIServer) ProbeHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /probe/{namespace}/{name}/tcp/{port}", func(w http.ResponseWriter, r *http.Request) {
+		s.serveProbe(w, r, "")
+	})
+	mux.HandleFunc("GET /probe/{namespace}/{name}/http/{port}/{path...}", func(w http.ResponseWriter, r *http.Request) {
+		path := "/" + r.PathValue("path")
+		if r.URL.RawQuery != "" {
+			path += "?" + r.URL.RawQuery
+		}
+		s.serveProbe(w, r, path)
+	})
+	return mux
+}
+
+func (s *ENIServer) serveProbe(w http.ResponseWriter, r *http.Request, path string) {
+	port, err := strconv.Atoi(r.PathValue("port"))
+	if err != nil {
+		http.Error(w, fmt.Sprintf("port %q is not a number", r.PathValue("port")), http.StatusBadRequest)
+		return
+	}
+	req, err := s.probeRequest(eni.PodRef{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}, port, path)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		http.Error(w, err.Error(), http.StatusNotFound)
+		return
+	case err != nil:
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if t := r.URL.Query().Get("timeout"); t != "" && path == "" {
+		if d, err := time.ParseDuration(t); err == nil {
+			req.Timeout = d
+		}
+	}
+	res := probe.Run(r.Context(), req)
+	switch {
+	case res.Success:
+		w.WriteHeader(http.StatusOK)
+	case res.HTTPStatus != 0:
+		w.WriteHeader(res.HTTPStatus)
+	default:
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, res.Message)
+}
