@@ -144,6 +144,7 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	if err != nil {
 		return c.agentError("attach ENI", err)
 	}
+	tAttach := time.Now()
 	spec, err := specFromProto(resp.GetEni())
 	if err != nil {
 		return types.NewError(types.ErrInternal, "bad ENI from agent", err.Error())
@@ -164,9 +165,11 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 		}
 		return types.NewError(types.ErrInternal, "move ENI into pod", err.Error())
 	}
+	tMoved := time.Now()
 	if err := enilink.Configure(spec, podNS, args.IfName); err != nil {
 		return types.NewError(types.ErrInternal, "configure ENI in pod", err.Error())
 	}
+	tConfigured := time.Now()
 	// The attachment is on disk already; a lost confirmation only leaves it
 	// shown as attaching until the agent's next reconcile.
 	if _, err := c.agent.ConfirmAttach(c.ctx, &apiv1.ConfirmAttachRequest{
@@ -174,7 +177,7 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	}); err != nil {
 		log.Warn("confirm attachment", "error", err)
 	}
-	log.Info("ENI attached", "duration", time.Since(c.start))
+	log.Info("ENI attached", "duration", time.Since(c.start), "attachedAt", tAttach.Sub(c.start), "movedAt", tMoved.Sub(c.start), "configuredAt", tConfigured.Sub(c.start))
 	return types.PrintResult(buildResult(spec, args.IfName, args.Netns), c.conf.CNIVersion)
 }
 

@@ -24,15 +24,18 @@ type Agent struct {
 	// Addresses inside the node namespace.
 	MetricsAddr, ProbeAddr string
 	Node                   ns.NetNS
-	cmd                    *exec.Cmd
-	log                    *os.File
+	// Extra flags for `nodeagent serve`.
+	Extra []string
+	cmd   *exec.Cmd
+	log   *os.File
 }
 
 // StartAgent starts `nodeagent serve` inside node, with its socket and
-// state under dir, and waits until it answers.
-func StartAgent(bin string, node ns.NetNS, dir string) (*Agent, error) {
+// state under dir, and waits until it answers. extra flags are appended
+// (a later --reconcile-interval overrides the tests' 1s).
+func StartAgent(bin string, node ns.NetNS, dir string, extra ...string) (*Agent, error) {
 	a := &Agent{Bin: bin, Dir: dir, Socket: filepath.Join(dir, "agent.sock"), StateDir: filepath.Join(dir, "state"),
-		MetricsAddr: "127.0.0.1:9808", ProbeAddr: "127.0.0.1:9807", Node: node}
+		MetricsAddr: "127.0.0.1:9808", ProbeAddr: "127.0.0.1:9807", Node: node, Extra: extra}
 	return a, a.Start()
 }
 
@@ -47,6 +50,7 @@ func (a *Agent) Start() error {
 		"--socket", a.Socket, "--state-dir", a.StateDir,
 		"--metrics-addr", a.MetricsAddr, "--probe-addr", a.ProbeAddr,
 		"--reconcile-interval", "1s", "--log-level", "debug")
+	a.cmd.Args = append(a.cmd.Args, a.Extra...)
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	if err := a.cmd.Start(); err != nil {
 		f.Close()

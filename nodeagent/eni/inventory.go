@@ -113,7 +113,11 @@ func (inv *Inventory) snapshotLocked() snapshot {
 	return s
 }
 
-func (inv *Inventory) saveLocked() error { return inv.store.save(inv.snapshotLocked()) }
+// saveLocked persists a change of the control plane's data, durably.
+func (inv *Inventory) saveLocked() error { return inv.store.save(inv.snapshotLocked(), true) }
+
+// saveAttachmentsLocked persists a change of attachments only.
+func (inv *Inventory) saveAttachmentsLocked() error { return inv.store.save(inv.snapshotLocked(), false) }
 
 func (inv *Inventory) stateLocked(mac string) State {
 	if a, ok := inv.byMAC[mac]; ok {
@@ -385,7 +389,7 @@ func (inv *Inventory) Attach(ctx context.Context, req AttachRequest) (Attachment
 	a := &Attachment{AttachmentKey: req.AttachmentKey, Netns: req.Netns, Pod: req.Pod, MAC: mac, Created: inv.now().UTC()}
 	inv.attachments[a.AttachmentKey] = a
 	inv.byMAC[mac] = a
-	if err := inv.saveLocked(); err != nil {
+	if err := inv.saveAttachmentsLocked(); err != nil {
 		delete(inv.attachments, a.AttachmentKey)
 		delete(inv.byMAC, mac)
 		return Attachment{}, Config{}, err
@@ -479,7 +483,7 @@ func (inv *Inventory) Detach(ctx context.Context, key AttachmentKey) (State, str
 	if state == StateMissing {
 		inv.missing[a.MAC] = true
 	}
-	if err := inv.saveLocked(); err != nil {
+	if err := inv.saveAttachmentsLocked(); err != nil {
 		inv.attachments[key] = a
 		inv.byMAC[a.MAC] = a
 		delete(inv.missing, a.MAC)

@@ -54,12 +54,16 @@ func (s *Store) load() (snapshot, error) {
 	return snap, nil
 }
 
-// save writes the snapshot to a temporary file, syncs it and renames it
-// over the old one, then syncs the directory: a crash leaves either the old
-// or the new state, never a torn one.
-func (s *Store) save(snap snapshot) error {
+// save writes the snapshot to a temporary file and renames it over the
+// old one: a crash of the agent leaves either the old or the new state,
+// never a torn one. With durable set it also syncs the file and the
+// directory, so that the change survives a crash of the machine too. The
+// control plane's data (ENIs, assignments) is saved durably; attachments
+// alone are not, since a machine crash ends every pod namespace and the
+// reconcile at start ends their attachments anyway.
+func (s *Store) save(snap snapshot, durable bool) error {
 	snap.Version = stateVersion
-	b, err := json.MarshalIndent(snap, "", " ")
+	b, err := json.Marshal(snap)
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
@@ -74,15 +78,20 @@ func (s *Store) save(snap snapshot) error {
 		f.Close()
 		return fmt.Errorf("write state: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync state: %w", err)
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return fmt.Errorf("sync state: %w", err)
+		}
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("write state: %w", err)
 	}
 	if err := os.Rename(tmp, s.path); err != nil {
 		return fmt.Errorf("replace state: %w", err)
+	}
+	if !durable {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {
