@@ -254,7 +254,47 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	defer c.done()
+	if done, err := c.fastDetach(args); done || err != nil {
+		return err
+	}
 	return c.detach(args.ContainerID, args.IfName, args.Netns)
+}
+
+// fastDetach is DEL's common case: the pod's link is where ADD left it and
+// its alias names it in the node, so it goes back at once and the agent is
+// asked once. It reports false when the slow path must decide.
+func (c *call) fastDetach(args *skel.CmdArgs) (bool, error) {
+	if args.Netns == "" {
+		return false, nil
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return false, nil
+	}
+	defer podNS.Close()
+	host, err := ns.GetCurrentNS()
+	if err != nil {
+		return false, types.NewError(types.ErrInternal, "open node netns", err.Error())
+	}
+	defer host.Close()
+	mac, err := enilink.MoveOutByName(podNS, host, args.IfName)
+	if err != nil {
+		return false, types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
+	}
+	if mac == "" {
+		return false, nil
+	}
+	resp, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{
+		ContainerId: args.ContainerID, Ifname: args.IfName, DelDurationNano: int64(time.Since(c.start)),
+	})
+	if err != nil {
+		return false, c.agentError("detach ENI", err)
+	}
+	if resp.GetMac() != "" && resp.GetMac() != mac {
+		c.log.Warn("moved back a link the agent did not attach to this container", "link", mac, "attached", resp.GetMac())
+	}
+	c.log.Info("ENI detached", "mac", mac, "duration", time.Since(c.start))
+	return true, nil
 }
 
 func cmdCheck(args *skel.CmdArgs) error {

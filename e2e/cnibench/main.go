@@ -103,7 +103,13 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		if os.Getenv("KEEP") == "" {
+			os.RemoveAll(tmp)
+		} else {
+			fmt.Fprintln(os.Stderr, "kept", tmp)
+		}
+	}()
 	f, err := fabric.New()
 	if err != nil {
 		return err

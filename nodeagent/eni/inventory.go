@@ -55,6 +55,7 @@ type Inventory struct {
 
 // Open loads the inventory from store and reconciles it with links.
 func Open(ctx context.Context, store *Store, links Links, log *slog.Logger) (*Inventory, error) {
+	store.log = log
 	snap, err := store.load()
 	if err != nil {
 		return nil, err
@@ -114,10 +115,7 @@ func (inv *Inventory) snapshotLocked() snapshot {
 }
 
 // saveLocked persists a change of the control plane's data, durably.
-func (inv *Inventory) saveLocked() error { return inv.store.save(inv.snapshotLocked(), true) }
-
-// saveAttachmentsLocked persists a change of attachments only.
-func (inv *Inventory) saveAttachmentsLocked() error { return inv.store.save(inv.snapshotLocked(), false) }
+func (inv *Inventory) saveLocked() error { return inv.store.saveControl(inv.snapshotLocked()) }
 
 func (inv *Inventory) stateLocked(mac string) State {
 	if a, ok := inv.byMAC[mac]; ok {
@@ -387,13 +385,11 @@ func (inv *Inventory) Attach(ctx context.Context, req AttachRequest) (Attachment
 		}
 	}
 	a := &Attachment{AttachmentKey: req.AttachmentKey, Netns: req.Netns, Pod: req.Pod, MAC: mac, Created: inv.now().UTC()}
-	inv.attachments[a.AttachmentKey] = a
-	inv.byMAC[mac] = a
-	if err := inv.saveAttachmentsLocked(); err != nil {
-		delete(inv.attachments, a.AttachmentKey)
-		delete(inv.byMAC, mac)
+	if err := inv.store.putAttachment(*a, false); err != nil {
 		return Attachment{}, Config{}, err
 	}
+	inv.attachments[a.AttachmentKey] = a
+	inv.byMAC[mac] = a
 	return *a, *inv.enis[mac], nil
 }
 
@@ -416,14 +412,21 @@ func (inv *Inventory) pickFreeLocked(vpc string) string {
 	return best
 }
 
-// Confirm marks an attachment as configured in the pod. It is kept in
-// memory and written with the next change.
+// Confirm marks an attachment as configured in the pod.
 func (inv *Inventory) Confirm(ctx context.Context, key AttachmentKey) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	a, ok := inv.attachments[key]
 	if !ok {
 		return fmt.Errorf("confirm %s/%s: %w", key.ContainerID, key.IfName, errdefs.ErrNotFound)
+	}
+	if a.Confirmed {
+		return nil
+	}
+	c := *a
+	c.Confirmed = true
+	if err := inv.store.putAttachment(c, true); err != nil {
+		return err
 	}
 	a.Confirmed = true
 	return nil
@@ -478,17 +481,18 @@ func (inv *Inventory) Detach(ctx context.Context, key AttachmentKey) (State, str
 	if err != nil {
 		return "", a.MAC, fmt.Errorf("detach %s/%s: %w", key.ContainerID, key.IfName, err)
 	}
-	delete(inv.attachments, key)
-	delete(inv.byMAC, a.MAC)
 	if state == StateMissing {
 		inv.missing[a.MAC] = true
+		if err := inv.saveLocked(); err != nil {
+			delete(inv.missing, a.MAC)
+			return "", a.MAC, err
+		}
 	}
-	if err := inv.saveAttachmentsLocked(); err != nil {
-		inv.attachments[key] = a
-		inv.byMAC[a.MAC] = a
-		delete(inv.missing, a.MAC)
+	if err := inv.store.deleteAttachment(key); err != nil {
 		return "", a.MAC, err
 	}
+	delete(inv.attachments, key)
+	delete(inv.byMAC, a.MAC)
 	return state, a.MAC, nil
 }
 
@@ -535,18 +539,26 @@ func (inv *Inventory) Reconcile(ctx context.Context) ([]string, error) {
 			alive, has, err := inv.links.InNetns(a.Netns, mac)
 			if err != nil || alive {
 				if alive && has && !a.Confirmed {
-					a.Confirmed = true // configured, but its confirmation was lost
-					dirty = true
+					// Configured, but its confirmation was lost.
+					c := *a
+					c.Confirmed = true
+					if err := inv.store.putAttachment(c, true); err == nil {
+						a.Confirmed = true
+					}
 				}
 				continue // the pod still holds it, or a plugin is moving it
 			}
+			if err := inv.store.deleteAttachment(a.AttachmentKey); err != nil {
+				changes = append(changes, fmt.Sprintf("ENI %s: %v", mac, err))
+				continue
+			}
 			delete(inv.attachments, a.AttachmentKey)
 			delete(inv.byMAC, mac)
-			dirty = true
 			if present {
 				changes = append(changes, fmt.Sprintf("ENI %s: netns %s of container %s is gone, link returned: free", mac, a.Netns, a.ContainerID))
 			} else {
 				inv.missing[mac] = true
+				dirty = true
 				changes = append(changes, fmt.Sprintf("ENI %s: netns %s of container %s is gone with its link: missing", mac, a.Netns, a.ContainerID))
 				continue
 			}

@@ -1,105 +1,183 @@
 package eni
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 const stateVersion = 1
 
-// snapshot is the on-disk form of the inventory.
+// snapshot is the inventory as stored.
 type snapshot struct {
 	Version     int          `json:"version"`
 	ENIs        []Config     `json:"enis"`
 	Missing     []string     `json:"missing,omitempty"`
 	Assignments []Assignment `json:"assignments"`
-	Attachments []Attachment `json:"attachments"`
+	// Attachments are stored one file each, not in the control file.
+	Attachments []Attachment `json:"-"`
 }
 
-// Store keeps the snapshot in one file, replaced atomically on every save.
+// Store keeps the inventory on disk in two parts:
+//
+//   - enis.json holds the control plane's data (ENIs, assignments, missing
+//     ENIs). It is replaced atomically (temporary file, fsync, rename, fsync
+//     of the directory) on every change, so it survives any crash.
+//   - attachments/ holds one small file per attachment, created before the
+//     agent answers an Attach and removed on Detach. These are not synced:
+//     they must survive the agent being killed (the page cache does), while
+//     a crash of the machine ends every pod namespace, and the reconcile at
+//     start ends their attachments anyway. This keeps the ADD path to one
+//     small write.
 type Store struct {
-	path string
+	dir string
+	log *slog.Logger
 }
 
-// NewStore returns a store for dir/enis.json, creating dir if needed.
+// NewStore returns a store in dir, creating it if needed.
 func NewStore(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Join(dir, "attachments"), 0o700); err != nil {
 		return nil, fmt.Errorf("create state dir: %w", err)
 	}
-	return &Store{path: filepath.Join(dir, "enis.json")}, nil
+	return &Store{dir: dir, log: slog.Default()}, nil
 }
 
-// Path is the state file's path.
-func (s *Store) Path() string { return s.path }
+// Path is the control file's path.
+func (s *Store) Path() string { return filepath.Join(s.dir, "enis.json") }
+
+func (s *Store) attachmentPath(k AttachmentKey) string {
+	return filepath.Join(s.dir, "attachments", hex.EncodeToString([]byte(k.ContainerID))+"_"+hex.EncodeToString([]byte(k.IfName))+".json")
+}
 
 func (s *Store) load() (snapshot, error) {
-	var snap snapshot
-	b, err := os.ReadFile(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return snapshot{Version: stateVersion}, nil
-	}
-	if err != nil {
+	snap := snapshot{Version: stateVersion}
+	b, err := os.ReadFile(s.Path())
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return snap, fmt.Errorf("read state: %w", err)
+	default:
+		if err := json.Unmarshal(b, &snap); err != nil {
+			return snap, fmt.Errorf("decode state %s: %w", s.Path(), err)
+		}
+		if snap.Version != stateVersion {
+			return snap, fmt.Errorf("state %s has version %d, want %d", s.Path(), snap.Version, stateVersion)
+		}
 	}
-	if err := json.Unmarshal(b, &snap); err != nil {
-		return snap, fmt.Errorf("decode state %s: %w", s.path, err)
+	dir := filepath.Join(s.dir, "attachments")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return snap, fmt.Errorf("read attachments: %w", err)
 	}
-	if snap.Version != stateVersion {
-		return snap, fmt.Errorf("state %s has version %d, want %d", s.path, snap.Version, stateVersion)
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if !strings.HasSuffix(e.Name(), ".json") {
+			_ = os.Remove(p) // a temporary file of an interrupted update
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return snap, fmt.Errorf("read attachment: %w", err)
+		}
+		var a Attachment
+		if err := json.Unmarshal(b, &a); err != nil || a.ContainerID == "" || a.MAC == "" {
+			// The agent died between creating the file and writing it, so it
+			// never answered that Attach: the attachment never existed.
+			s.log.Warn("dropping unreadable attachment file", "file", p, "error", err)
+			_ = os.Remove(p)
+			continue
+		}
+		snap.Attachments = append(snap.Attachments, a)
 	}
 	return snap, nil
 }
 
-// save writes the snapshot to a temporary file and renames it over the
-// old one: a crash of the agent leaves either the old or the new state,
-// never a torn one. With durable set it also syncs the file and the
-// directory, so that the change survives a crash of the machine too. The
-// control plane's data (ENIs, assignments) is saved durably; attachments
-// alone are not, since a machine crash ends every pod namespace and the
-// reconcile at start ends their attachments anyway.
-func (s *Store) save(snap snapshot, durable bool) error {
+// saveControl replaces enis.json durably.
+func (s *Store) saveControl(snap snapshot) error {
 	snap.Version = stateVersion
-	b, err := json.Marshal(snap)
+	b, err := json.MarshalIndent(snap, "", " ")
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	dir := filepath.Dir(s.path)
-	f, err := os.CreateTemp(dir, ".enis-*.json")
+	return writeFileAtomic(s.Path(), b, true)
+}
+
+// putAttachment writes one attachment. A new one is a single write to a
+// new file; a changed one replaces its file atomically.
+func (s *Store) putAttachment(a Attachment, replace bool) error {
+	b, err := json.Marshal(a)
 	if err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return fmt.Errorf("encode attachment: %w", err)
+	}
+	p := s.attachmentPath(a.AttachmentKey)
+	if replace {
+		return writeFileAtomic(p, b, false)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("write attachment: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(p)
+		return fmt.Errorf("write attachment: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(p)
+		return fmt.Errorf("write attachment: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) deleteAttachment(k AttachmentKey) error {
+	if err := os.Remove(s.attachmentPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove attachment: %w", err)
+	}
+	return nil
+}
+
+// writeFileAtomic writes b to a temporary file beside path and renames it
+// over path; durable adds fsyncs of the file and the directory.
+func writeFileAtomic(path string, b []byte, durable bool) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
 	if _, err := f.Write(b); err != nil {
 		f.Close()
-		return fmt.Errorf("write state: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	if durable {
 		if err := f.Sync(); err != nil {
 			f.Close()
-			return fmt.Errorf("sync state: %w", err)
+			return fmt.Errorf("sync %s: %w", path, err)
 		}
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("write state: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	if err := os.Rename(tmp, s.path); err != nil {
-		return fmt.Errorf("replace state: %w", err)
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replace %s: %w", path, err)
 	}
 	if !durable {
 		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state dir: %w", err)
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -211,6 +211,8 @@ func UnaryInterceptor(log *slog.Logger, m *metrics.Metrics) grpc.UnaryServerInte
 		}
 		if err != nil {
 			l.Warn("request failed", "code", code.String(), "error", status.Convert(err).Message(), "duration", time.Since(start))
+		} else {
+			l.Debug("request served", "duration", time.Since(start))
 		}
 		return resp, err
 	}

@@ -101,10 +101,16 @@ func FindByMAC(mac, hint string) (netlink.Link, error) {
 	return nil, fmt.Errorf("no link with MAC %s: %w", mac, ErrLinkNotFound)
 }
 
+// aliasPrefix marks a pod link as an ENI; the rest of the alias is the
+// link's name in the node namespace (host-device keeps it there too), so
+// that DEL can give the link back without asking the agent first.
+const aliasPrefix = "cni-eni:"
+
 // setLink sends one RTM_SETLINK for the link with index in the current
 // namespace: move it to the namespace nsFD (if >= 0), name it (if name is
-// not empty), set its MTU (if > 0) and bring it up or down.
-func setLink(index, nsFD int, name string, mtu int, up bool) error {
+// not empty), set its MTU (if > 0), set its alias (if alias is not nil; ""
+// removes it) and bring it up or down.
+func setLink(index, nsFD int, name string, mtu int, up bool, alias *string) error {
 	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
@@ -122,6 +128,9 @@ func setLink(index, nsFD int, name string, mtu int, up bool) error {
 	if mtu > 0 {
 		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
 	}
+	if alias != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(*alias)))
+	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
 }
@@ -130,9 +139,10 @@ func setLink(index, nsFD int, name string, mtu int, up bool) error {
 // names it ifname, sets its MTU and brings it up. When the link is already
 // in pod (a retried ADD) it is renamed and brought up there.
 func MoveIn(spec Spec, pod ns.NetNS, ifname string) error {
+	alias := aliasPrefix + spec.HostName
 	l, err := FindByMAC(spec.MAC, spec.HostName)
 	if err == nil {
-		if err := setLink(l.Attrs().Index, int(pod.Fd()), ifname, spec.MTU, true); err != nil {
+		if err := setLink(l.Attrs().Index, int(pod.Fd()), ifname, spec.MTU, true, &alias); err != nil {
 			return fmt.Errorf("move link %s (%s) into %s as %s: %w", l.Attrs().Name, spec.MAC, pod.Path(), ifname, err)
 		}
 		return nil
@@ -145,7 +155,7 @@ func MoveIn(spec Spec, pod ns.NetNS, ifname string) error {
 		if err != nil {
 			return fmt.Errorf("ENI %s is neither in the node namespace (as %s) nor in %s: %w", spec.MAC, spec.HostName, pod.Path(), err)
 		}
-		if err := setLink(l.Attrs().Index, -1, ifname, spec.MTU, true); err != nil {
+		if err := setLink(l.Attrs().Index, -1, ifname, spec.MTU, true, &alias); err != nil {
 			return fmt.Errorf("set up link %s in %s as %s: %w", l.Attrs().Name, pod.Path(), ifname, err)
 		}
 		return nil
@@ -191,13 +201,38 @@ func MoveOut(spec Spec, pod, host ns.NetNS) (bool, error) {
 		if err != nil {
 			return err
 		}
-		if err := setLink(l.Attrs().Index, int(host.Fd()), spec.HostName, 0, false); err != nil {
+		noAlias := ""
+		if err := setLink(l.Attrs().Index, int(host.Fd()), spec.HostName, 0, false, &noAlias); err != nil {
 			return fmt.Errorf("move link %s (%s) back to the node as %s: %w", l.Attrs().Name, spec.MAC, spec.HostName, err)
 		}
 		moved = true
 		return nil
 	})
 	return moved, err
+}
+
+// MoveOutByName returns the pod link ifname to host under the node name
+// kept in its alias, when it is an ENI link. It returns the link's MAC,
+// or "" when pod has no such link.
+func MoveOutByName(pod, host ns.NetNS, ifname string) (string, error) {
+	mac := ""
+	err := pod.Do(func(ns.NetNS) error {
+		l, err := netlinksafe.LinkByName(ifname)
+		if err != nil {
+			return nil // gone, or never there: the caller falls back
+		}
+		hostName, ok := strings.CutPrefix(l.Attrs().Alias, aliasPrefix)
+		if !ok || hostName == "" {
+			return nil
+		}
+		noAlias := ""
+		if err := setLink(l.Attrs().Index, int(host.Fd()), hostName, 0, false, &noAlias); err != nil {
+			return fmt.Errorf("move link %s (%s) back to the node as %s: %w", ifname, macOf(l), hostName, err)
+		}
+		mac = macOf(l)
+		return nil
+	})
+	return mac, err
 }
 
 // Verify compares the link ifname in pod with spec and returns an error
@@ -291,7 +326,7 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 // Quiesce brings the link with index in the current namespace down, names
 // it name and removes every address it has.
 func Quiesce(index int, name string) error {
-	if err := setLink(index, -1, name, 0, false); err != nil {
+	if err := setLink(index, -1, name, 0, false, nil); err != nil {
 		return fmt.Errorf("set link %d down as %s: %w", index, name, err)
 	}
 	l, err := netlink.LinkByIndex(index)
