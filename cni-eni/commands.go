@@ -7,13 +7,17 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -159,6 +163,11 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 			log.Error("undo failed ADD", "error", err)
 		}
 	}()
+	unlock, err := c.lockMoves()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if err := enilink.MoveIn(spec, podNS, args.IfName); err != nil {
 		if errors.Is(err, enilink.ErrLinkNotFound) {
 			return types.NewError(CodeLinkNotFound, "ENI link not found", err.Error())
@@ -170,6 +179,7 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 		return types.NewError(types.ErrInternal, "configure ENI in pod", err.Error())
 	}
 	tConfigured := time.Now()
+	unlock()
 	// The attachment is on disk already; a lost confirmation only leaves it
 	// shown as attaching until the agent's next reconcile.
 	if _, err := c.agent.ConfirmAttach(c.ctx, &apiv1.ConfirmAttachRequest{
@@ -179,6 +189,27 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	}
 	log.Info("ENI attached", "duration", time.Since(c.start), "attachedAt", tAttach.Sub(c.start), "movedAt", tMoved.Sub(c.start), "configuredAt", tConfigured.Sub(c.start))
 	return types.PrintResult(buildResult(spec, args.IfName, args.Netns), c.conf.CNIVersion)
+}
+
+// lockMoves serializes the part of ADD that takes the kernel's RTNL lock
+// (the move, then the addresses and routes) across concurrent ADDs on the
+// node. The kernel serializes the moves anyway, each waiting for an RCU
+// barrier; without this lock an ADD's address and route requests queue
+// behind every move started after its own, so all concurrent ADDs finish
+// together at the end. With it each ADD finishes right after its move.
+// The lock is a flock, released by the kernel if the plugin dies.
+func (c *call) lockMoves() (func(), error) {
+	path := filepath.Join(filepath.Dir(c.conf.AgentSocket), "cni-eni.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, "open lock file", err.Error())
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, types.NewError(types.ErrIOFailure, "lock "+path, err.Error())
+	}
+	var once sync.Once
+	return func() { once.Do(func() { f.Close() }) }, nil
 }
 
 // release moves the ENI's link back to the node (when podNS still holds
@@ -277,7 +308,13 @@ func (c *call) fastDetach(args *skel.CmdArgs) (bool, error) {
 		return false, types.NewError(types.ErrInternal, "open node netns", err.Error())
 	}
 	defer host.Close()
+	unlock, err := c.lockMoves()
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	mac, err := enilink.MoveOutByName(podNS, host, args.IfName)
+	unlock()
 	if err != nil {
 		return false, types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
 	}

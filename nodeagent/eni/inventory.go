@@ -84,6 +84,24 @@ func Open(ctx context.Context, store *Store, links Links, log *slog.Logger) (*In
 	}
 	for i := range snap.Attachments {
 		a := snap.Attachments[i]
+		if _, ok := inv.enis[a.MAC]; !ok {
+			log.Warn("dropping attachment of an unregistered ENI", "container", a.ContainerID, "ifname", a.IfName, "mac", a.MAC)
+			_ = store.deleteAttachment(a.AttachmentKey)
+			continue
+		}
+		if old, ok := inv.byMAC[a.MAC]; ok {
+			// Only a crash of the machine can leave two: keep the newer.
+			stale := old
+			if a.Created.Before(old.Created) {
+				stale = &a
+			}
+			log.Warn("dropping a second attachment of one ENI", "container", stale.ContainerID, "ifname", stale.IfName, "mac", a.MAC)
+			_ = store.deleteAttachment(stale.AttachmentKey)
+			delete(inv.attachments, stale.AttachmentKey)
+			if stale == &a {
+				continue
+			}
+		}
 		inv.attachments[a.AttachmentKey] = &a
 		inv.byMAC[a.MAC] = &a
 	}
@@ -198,7 +216,9 @@ func (inv *Inventory) Remove(ctx context.Context, mac string) error {
 	delete(inv.missing, mac)
 	if err := inv.saveLocked(); err != nil {
 		inv.enis[mac] = c
-		inv.missing[mac] = wasMissing
+		if wasMissing {
+			inv.missing[mac] = true
+		}
 		return err
 	}
 	return nil

@@ -1,6 +1,7 @@
 package eni
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -52,7 +53,10 @@ func NewStore(dir string) (*Store, error) {
 func (s *Store) Path() string { return filepath.Join(s.dir, "enis.json") }
 
 func (s *Store) attachmentPath(k AttachmentKey) string {
-	return filepath.Join(s.dir, "attachments", hex.EncodeToString([]byte(k.ContainerID))+"_"+hex.EncodeToString([]byte(k.IfName))+".json")
+	// A hash keeps any container ID to a short, safe file name; the file
+	// itself holds the key.
+	sum := sha256.Sum256([]byte(k.ContainerID + "\x00" + k.IfName))
+	return filepath.Join(s.dir, "attachments", hex.EncodeToString(sum[:])+".json")
 }
 
 func (s *Store) load() (snapshot, error) {

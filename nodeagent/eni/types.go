@@ -176,6 +176,9 @@ func (c Config) Normalize() (Config, error) {
 	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
 		return c, fmt.Errorf("ENI %s: MTU %d out of range 576-65535: %w", mac, c.MTU, errdefs.ErrInvalidArgument)
 	}
+	c.Addresses = append([]netip.Prefix(nil), c.Addresses...)
+	c.Gateways = append([]netip.Addr(nil), c.Gateways...)
+	c.Routes = append([]netip.Prefix(nil), c.Routes...)
 	for i, r := range c.Routes {
 		if !r.IsValid() {
 			return c, fmt.Errorf("ENI %s: invalid route: %w", mac, errdefs.ErrInvalidArgument)
