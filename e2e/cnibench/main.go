@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -29,7 +30,8 @@ import (
 
 type options struct {
 	bin, hostDevice, static, peerVersion string
-	seq, conc, warmup                    int
+	seq, conc, warmup, rounds            int
+	keep                                 bool
 }
 
 func main() {
@@ -41,6 +43,8 @@ func main() {
 	flag.IntVar(&o.seq, "seq", 200, "pods added and deleted one after another")
 	flag.IntVar(&o.conc, "conc", 32, "pods added (then deleted) all at once")
 	flag.IntVar(&o.warmup, "warmup", 5, "unmeasured ADD/DEL cycles per plugin first")
+	flag.IntVar(&o.rounds, "rounds", 3, "rounds of the concurrent scenario (their samples are pooled)")
+	flag.BoolVar(&o.keep, "keep", false, "keep the temporary dir (agent log, CNI cache)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "cnibench: needs root (it builds network namespaces)")
@@ -104,11 +108,11 @@ func run(o options) error {
 		return err
 	}
 	defer func() {
-		if os.Getenv("KEEP") == "" {
-			os.RemoveAll(tmp)
-		} else {
-			fmt.Fprintln(os.Stderr, "kept", tmp)
+		if o.keep {
+			fmt.Fprintln(os.Stderr, "cnibench: kept", tmp)
+			return
 		}
+		os.RemoveAll(tmp)
 	}()
 	f, err := fabric.New()
 	if err != nil {
@@ -203,7 +207,7 @@ func run(o options) error {
 		name string
 		pods int
 		conc bool
-	}{{fmt.Sprintf("%d sequential", o.seq), o.seq, false}, {fmt.Sprintf("%d concurrent", o.conc), o.conc, true}} {
+	}{{fmt.Sprintf("%d sequential", o.seq), o.seq, false}, {fmt.Sprintf("%d concurrent ×%d", o.conc, o.rounds), o.conc, true}} {
 		results[scenario.name] = map[string]*sample{}
 		for _, p := range contestants {
 			if p.before != nil {
@@ -216,8 +220,14 @@ func run(o options) error {
 			}
 			s := &sample{}
 			fmt.Fprintf(os.Stderr, "cnibench: %s, %s\n", scenario.name, p.name)
-			if err := b.cycle(p, scenario.pods, scenario.conc, s); err != nil {
-				return fmt.Errorf("%s: %w", p.name, err)
+			rounds := 1
+			if scenario.conc {
+				rounds = o.rounds
+			}
+			for r := 0; r < rounds; r++ {
+				if err := b.cycle(p, scenario.pods, scenario.conc, s); err != nil {
+					return fmt.Errorf("%s: %w", p.name, err)
+				}
 			}
 			results[scenario.name][p.name] = s
 			if p.after != nil {
@@ -326,8 +336,8 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Micros
 
 func printTable(w *os.File, o options, cs []plugin, res map[string]map[string]*sample) {
 	host, _ := os.Hostname()
-	fmt.Fprintf(w, "\nCNI ADD/DEL latency through libcni, %s, %s, GOMAXPROCS host cores; peer built from containernetworking/plugins %s\n\n",
-		time.Now().UTC().Format("2006-01-02"), host, o.peerVersion)
+	fmt.Fprintf(w, "\nCNI ADD/DEL latency through libcni, measured %s on %s (%d CPUs); peer built from containernetworking/plugins %s\n\n",
+		time.Now().UTC().Format("2006-01-02"), host, runtime.NumCPU(), o.peerVersion)
 	fmt.Fprintln(w, "| scenario | plugin | ADD p50 | ADD p99 | DEL p50 | DEL p99 | failures |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	var scen []string

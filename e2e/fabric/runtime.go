@@ -25,9 +25,10 @@ type Agent struct {
 	MetricsAddr, ProbeAddr string
 	Node                   ns.NetNS
 	// Extra flags for `nodeagent serve`.
-	Extra []string
-	cmd   *exec.Cmd
-	log   *os.File
+	Extra  []string
+	cmd    *exec.Cmd
+	exited chan struct{}
+	log    *os.File
 }
 
 // StartAgent starts `nodeagent serve` inside node, with its socket and
@@ -56,16 +57,22 @@ func (a *Agent) Start() error {
 		f.Close()
 		return fmt.Errorf("start nodeagent: %w", err)
 	}
+	a.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(a.cmd, a.exited)
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if c, err := net.Dial("unix", a.Socket); err == nil {
 			c.Close()
 			return nil
 		}
-		if a.cmd.ProcessState != nil {
-			break
+		select {
+		case <-a.exited:
+			deadline = time.Now()
+		case <-time.After(20 * time.Millisecond):
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	a.Kill()
 	log, _ := os.ReadFile(f.Name())
@@ -83,7 +90,7 @@ func (a *Agent) signal(s syscall.Signal) {
 		return
 	}
 	_ = a.cmd.Process.Signal(s)
-	_ = a.cmd.Wait()
+	<-a.exited
 	a.cmd = nil
 	a.log.Close()
 }
