@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -641,5 +642,58 @@ func TestPluginRejectsBadInput(t *testing.T) {
 	out, err := run("VERSION", `{"cniVersion":"1.1.0"}`)
 	if err != nil || !strings.Contains(out, `"1.0.0"`) || !strings.Contains(out, `"1.1.0"`) {
 		t.Errorf("VERSION: %s %v", out, err)
+	}
+}
+
+// The agent's API refuses bad requests with the right code and a message
+// naming the problem, and its socket is private.
+func TestAgentAPIErrors(t *testing.T) {
+	e := newEnv(t)
+	st, err := os.Stat(e.agent.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
+		t.Errorf("socket mode %v, want a 0600 socket", st.Mode())
+	}
+	v := e.vpc("vpc-a", "10.10.0.1/24")
+	n := e.eni(v, "10.10.0.5/24")
+	for _, tc := range []struct {
+		args  []string
+		words []string
+	}{
+		{[]string{"eni", "add", "--mac", "zz", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "invalid MAC"}},
+		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "ADDR/PREFIX"}},
+		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.9.0.1"}, []string{"InvalidArgument", "not a neighbour"}},
+		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"NotFound", "no link with this MAC"}},
+		{[]string{"eni", "add", "--mac", n.MAC, "--vpc", "vpc-b", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1"}, []string{"AlreadyExists"}},
+		{[]string{"eni", "remove", "--mac", "02:00:00:00:00:98"}, []string{"NotFound"}},
+		{[]string{"eni", "assign", "--pod", "a/b", "--mac", "02:00:00:00:00:98"}, []string{"NotFound", "not registered"}},
+		{[]string{"eni", "assign", "--pod", "Bad/b", "--vpc", "v"}, []string{"invalid pod namespace"}},
+		{[]string{"eni", "assign", "--pod", "a/b", "--vpc", "v", "--mac", n.MAC}, []string{"exactly one"}},
+		{[]string{"probe", "--pod", "a/b", "--port", "80"}, []string{"NotFound", "no attached ENI"}},
+	} {
+		_, err := e.agent.CLI(tc.args...)
+		if err == nil {
+			t.Errorf("%v succeeded", tc.args)
+			continue
+		}
+		for _, w := range tc.words {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: %v, want it to mention %q", tc.args, err, w)
+			}
+		}
+	}
+	// Registering the same ENI again is a no-op; an assigned ENI cannot be
+	// removed, an unassigned one can.
+	e.cli("eni", "add", "--mac", n.MAC, "--vpc", "vpc-a", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1", "--mtu", "1400")
+	e.cli("eni", "assign", "--pod", "a/b", "--mac", n.MAC)
+	if _, err := e.agent.CLI("eni", "remove", "--mac", n.MAC); err == nil || !strings.Contains(err.Error(), "FailedPrecondition") {
+		t.Errorf("removing an assigned ENI: %v", err)
+	}
+	e.cli("eni", "unassign", "--pod", "a/b")
+	e.cli("eni", "remove", "--mac", n.MAC)
+	if out := e.cli("eni", "list"); strings.Contains(out, n.MAC) || !strings.Contains(out, "MAC") {
+		t.Errorf("eni list after remove:\n%s", out)
 	}
 }
