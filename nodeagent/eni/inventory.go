@@ -432,21 +432,15 @@ func (inv *Inventory) pickFreeLocked(vpc string) string {
 	return best
 }
 
-// Confirm marks an attachment as configured in the pod.
+// Confirm marks an attachment as configured in the pod. The mark is kept
+// in memory only, off the ADD path: after a restart the reconcile at start
+// confirms every attachment whose link is in its pod.
 func (inv *Inventory) Confirm(ctx context.Context, key AttachmentKey) error {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	a, ok := inv.attachments[key]
 	if !ok {
 		return fmt.Errorf("confirm %s/%s: %w", key.ContainerID, key.IfName, errdefs.ErrNotFound)
-	}
-	if a.Confirmed {
-		return nil
-	}
-	c := *a
-	c.Confirmed = true
-	if err := inv.store.putAttachment(c, true); err != nil {
-		return err
 	}
 	a.Confirmed = true
 	return nil
@@ -558,13 +552,8 @@ func (inv *Inventory) Reconcile(ctx context.Context) ([]string, error) {
 		if a, ok := inv.byMAC[mac]; ok {
 			alive, has, err := inv.links.InNetns(a.Netns, mac)
 			if err != nil || alive {
-				if alive && has && !a.Confirmed {
-					// Configured, but its confirmation was lost.
-					c := *a
-					c.Confirmed = true
-					if err := inv.store.putAttachment(c, true); err == nil {
-						a.Confirmed = true
-					}
+				if alive && has {
+					a.Confirmed = true // configured; its confirmation may have been lost
 				}
 				continue // the pod still holds it, or a plugin is moving it
 			}

@@ -37,8 +37,9 @@ type Client struct {
 	conn *grpc.ClientConn
 }
 
-// Dial prepares a connection to the agent at socket; it connects on first
-// use, so an absent agent shows up as codes.Unavailable on the first call.
+// Dial prepares a connection to the agent at socket and starts connecting
+// in the background; an absent agent shows up as codes.Unavailable on the
+// first call.
 func Dial(socket string) (*Client, error) {
 	if !filepath.IsAbs(socket) {
 		return nil, fmt.Errorf("agent socket %q must be an absolute path", socket)
@@ -53,6 +54,7 @@ func Dial(socket string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent client for %s: %w", socket, err)
 	}
+	conn.Connect() // start the handshake now, while the caller gets ready
 	return &Client{ENIServiceClient: apiv1.NewENIServiceClient(conn), conn: conn}, nil
 }
 
