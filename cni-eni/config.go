@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
@@ -120,7 +121,7 @@ func (c *NetConf) logger(args map[string]string) (*slog.Logger, func()) {
 // podRef is the pod a sandbox belongs to, from CNI_ARGS.
 type podRef struct{ Namespace, Name string }
 
-// The validators below are hand-written rather than regexps: compiling
+// The validator below is hand-written rather than a regexp: compiling
 // regexps at start-up costs the plugin about 0.6 ms on every call.
 
 // validArgKey reports whether k is a CNI_ARGS key: [A-Za-z_][A-Za-z0-9_]*.
@@ -133,25 +134,6 @@ func validArgKey(k string) bool {
 		case r == '_', r >= 'A' && r <= 'Z', r >= 'a' && r <= 'z':
 		case r >= '0' && r <= '9' && i > 0:
 		default:
-			return false
-		}
-	}
-	return true
-}
-
-// validName reports whether s is a Kubernetes DNS label (extra == "") or
-// DNS subdomain (extra == "."), max characters long.
-func validName(s string, max int, extra string) bool {
-	if s == "" || len(s) > max {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		alnum := c >= 'a' && c <= 'z' || c >= '0' && c <= '9'
-		if alnum {
-			continue
-		}
-		if i == 0 || i == len(s)-1 || !(c == '-' || strings.IndexByte(extra, c) >= 0) {
 			return false
 		}
 	}
@@ -186,7 +168,7 @@ func podFromArgs(args map[string]string) (podRef, error) {
 		return p, types.NewError(types.ErrInvalidEnvironmentVariables, "pod identity missing",
 			"CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME")
 	}
-	if !validName(p.Namespace, 63, "") || !validName(p.Name, 253, ".") {
+	if !k8sname.IsDNSLabel(p.Namespace) || !k8sname.IsDNSSubdomain(p.Name) {
 		return p, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid pod identity",
 			fmt.Sprintf("K8S_POD_NAMESPACE=%q K8S_POD_NAME=%q are not valid Kubernetes names", p.Namespace, p.Name))
 	}

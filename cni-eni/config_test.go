@@ -111,14 +111,3 @@ func TestParseArgs(t *testing.T) {
 		}
 	}
 }
-
-func TestValidName(t *testing.T) {
-	for s, want := range map[string]bool{"a": true, "a-b": true, "a.b": false, "-a": false, "a-": false, "A": false, "0a": true} {
-		if got := validName(s, 63, ""); got != want {
-			t.Errorf("label %q: %v, want %v", s, got, want)
-		}
-	}
-	if !validName("a.b-c", 253, ".") || validName("a.", 253, ".") {
-		t.Error("subdomain rules")
-	}
-}

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
 // Every input either parses into a config with an absolute socket and a
@@ -54,7 +56,7 @@ func FuzzParseArgs(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !validName(p.Namespace, 63, "") || !validName(p.Name, 253, ".") {
+		if !k8sname.IsDNSLabel(p.Namespace) || !k8sname.IsDNSSubdomain(p.Name) {
 			t.Fatalf("accepted pod %+v", p)
 		}
 	})

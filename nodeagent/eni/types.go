@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
 // Config is what the control plane tells the agent about one ENI.
@@ -97,9 +98,7 @@ type Pool struct {
 }
 
 var (
-	vpcRe   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
-	labelRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	subdRe  = regexp.MustCompile(`^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$`)
+	vpcRe = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,62})$`)
 )
 
 // NormalizeMAC parses a MAC address and returns its canonical lower-case
@@ -122,10 +121,10 @@ func ValidateVPC(v string) error {
 
 // ValidatePod checks a pod reference against Kubernetes naming rules.
 func ValidatePod(p PodRef) error {
-	if !labelRe.MatchString(p.Namespace) {
+	if !k8sname.IsDNSLabel(p.Namespace) {
 		return fmt.Errorf("invalid pod namespace %q: %w", p.Namespace, errdefs.ErrInvalidArgument)
 	}
-	if !subdRe.MatchString(p.Name) {
+	if !k8sname.IsDNSSubdomain(p.Name) {
 		return fmt.Errorf("invalid pod name %q: %w", p.Name, errdefs.ErrInvalidArgument)
 	}
 	return nil
