@@ -1,0 +1,114 @@
+// Package rbd holds csi-ceph's Ceph RBD operations, through go-ceph
+// (librados, librbd): connections per cluster and user, and volumes whose
+// CSI name maps to an image through an omap journal in the pool, so that
+// the mapping survives a controller restart. It knows nothing of CSI or
+// gRPC. Build with -tags pacific (Debian's Ceph 16).
+package rbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+)
+
+// Credentials are a cephx user and key, as CSI secrets carry them
+// (userID without the "client." prefix, userKey).
+type Credentials struct {
+	ID  string
+	Key string
+}
+
+// Validate checks that both parts are present.
+func (c Credentials) Validate() error {
+	if c.ID == "" || c.Key == "" {
+		return errors.New("credentials need userID and userKey")
+	}
+	if strings.HasPrefix(c.ID, "client.") {
+		return fmt.Errorf("userID %q: give the ID without the client. prefix", c.ID)
+	}
+	return nil
+}
+
+// Conn is a connection to one cluster as one user.
+type Conn struct {
+	rados *rados.Conn
+}
+
+// DefaultTimeout bounds connecting and every monitor and OSD operation.
+const DefaultTimeout = 10 * time.Second
+
+// Connect opens a connection to the cluster at monitors ("host:port") as
+// creds, reading no ceph.conf or keyring from the host.
+func Connect(ctx context.Context, monitors []string, creds Credentials) (*Conn, error) {
+	if len(monitors) == 0 {
+		return nil, errors.New("connect: no monitors")
+	}
+	if err := creds.Validate(); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	c, err := rados.NewConnWithUser(creds.ID)
+	if err != nil {
+		return nil, fmt.Errorf("connect as %s: %w", creds.ID, err)
+	}
+	timeout := DefaultTimeout
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
+		timeout = time.Until(d)
+	}
+	secs := fmt.Sprint(int(timeout.Seconds() + 0.999))
+	for k, v := range map[string]string{
+		"mon_host":             strings.Join(monitors, ","),
+		"key":                  creds.Key,
+		"keyring":              "",
+		"client_mount_timeout": secs,
+		"rados_mon_op_timeout": secs,
+		"rados_osd_op_timeout": secs,
+		"log_to_stderr":        "false",
+		"err_to_stderr":        "false",
+	} {
+		if err := c.SetConfigOption(k, v); err != nil {
+			c.Shutdown()
+			return nil, fmt.Errorf("connect: set %s: %w", k, err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Connect() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			c.Shutdown()
+			return nil, fmt.Errorf("connect to %v as %s: %w", monitors, creds.ID, err)
+		}
+	case <-ctx.Done():
+		go func() { <-done; c.Shutdown() }()
+		return nil, fmt.Errorf("connect to %v: %w", monitors, ctx.Err())
+	}
+	return &Conn{rados: c}, nil
+}
+
+// Close shuts the connection down.
+func (c *Conn) Close() { c.rados.Shutdown() }
+
+// FSID returns the cluster's fsid: a cheap round trip to the monitors.
+func (c *Conn) FSID() (string, error) {
+	id, err := c.rados.GetFSID()
+	if err != nil {
+		return "", fmt.Errorf("get fsid: %w", err)
+	}
+	return id, nil
+}
+
+// PoolExists reports whether pool exists.
+func (c *Conn) PoolExists(pool string) (bool, error) {
+	_, err := c.rados.GetPoolByName(pool)
+	if errors.Is(err, rados.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up pool %s: %w", pool, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make test`: starts one Ceph cluster for the whole run (in the background,
+# while the tests compile), runs every package's tests, stops the cluster.
+# Tests that need Ceph wait for it through pkg/testutil (NODEINFRA_CEPH_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:?usage: run-tests.sh BIN_DIR}
+
+./e2e/ceph/install.sh
+ceph_dir=$(mktemp -d /tmp/nodeinfra-ceph-XXXXXX)
+up_pid=""
+cleanup() {
+	if [[ -n "$up_pid" ]]; then
+		kill "$up_pid" 2>/dev/null || true
+		wait "$up_pid" 2>/dev/null || true
+	fi
+	./e2e/ceph/down.sh "$ceph_dir/cluster" || true
+	rm -rf "$ceph_dir"
+}
+trap cleanup EXIT
+(
+	if ./e2e/ceph/up.sh "$ceph_dir/cluster" >"$ceph_dir/up.log" 2>&1; then
+		touch "$ceph_dir/ready"
+	else
+		touch "$ceph_dir/failed"
+		cat "$ceph_dir/up.log" >&2
+	fi
+) &
+up_pid=$!
+
+NODEINFRA_CEPH_DIR=$ceph_dir NODEINFRA_BIN=$bin go test -count=1 -timeout 15m ./...
