@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
@@ -35,8 +36,12 @@ func (c Credentials) Validate() error {
 
 // Conn is a connection to one cluster as one user.
 type Conn struct {
-	rados *rados.Conn
+	rados  *rados.Conn
+	closed atomic.Bool
 }
+
+// errClosed is returned by a Conn used after Close (librados would crash).
+var errClosed = errors.New("ceph connection is closed")
 
 // DefaultTimeout bounds connecting and every monitor and OSD operation.
 const DefaultTimeout = 10 * time.Second
@@ -89,11 +94,18 @@ func Connect(ctx context.Context, monitors []string, creds Credentials) (*Conn, 
 	return &Conn{rados: c}, nil
 }
 
-// Close shuts the connection down.
-func (c *Conn) Close() { c.rados.Shutdown() }
+// Close shuts the connection down; later calls fail with an error.
+func (c *Conn) Close() {
+	if c.closed.CompareAndSwap(false, true) {
+		c.rados.Shutdown()
+	}
+}
 
 // FSID returns the cluster's fsid: a cheap round trip to the monitors.
 func (c *Conn) FSID() (string, error) {
+	if c.closed.Load() {
+		return "", errClosed
+	}
 	id, err := c.rados.GetFSID()
 	if err != nil {
 		return "", fmt.Errorf("get fsid: %w", err)
@@ -103,6 +115,9 @@ func (c *Conn) FSID() (string, error) {
 
 // PoolExists reports whether pool exists.
 func (c *Conn) PoolExists(pool string) (bool, error) {
+	if c.closed.Load() {
+		return false, errClosed
+	}
 	_, err := c.rados.GetPoolByName(pool)
 	if errors.Is(err, rados.ErrNotFound) {
 		return false, nil

@@ -58,3 +58,15 @@ func TestConnectRefusesBadCredentials(t *testing.T) {
 		t.Error("Connect without monitors succeeded")
 	}
 }
+
+func TestUseAfterCloseFails(t *testing.T) {
+	c, _ := connect(t)
+	c.Close()
+	c.Close() // twice is fine
+	if _, err := c.FSID(); err == nil {
+		t.Error("FSID after Close succeeded")
+	}
+	if _, _, err := c.CreateVolume(context.Background(), VolumeSpec{Name: "x", Pool: "rbd", SizeBytes: 1 << 20}); err == nil {
+		t.Error("CreateVolume after Close succeeded")
+	}
+}

@@ -77,6 +77,9 @@ func ParseFeatures(s string) (librbd.FeatureSet, error) {
 }
 
 func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
 	io, err := c.rados.OpenIOContext(pool)
 	if errors.Is(err, rados.ErrNotFound) {
 		return nil, fmt.Errorf("pool %q: %w", pool, ErrNotFound)
