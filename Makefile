@@ -20,9 +20,13 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/cni-eni ./cni-eni
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/nodeagent ./nodeagent
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/csi-ceph ./csi-ceph
 
+# Debian packages: network tools, and Ceph (daemons for the test cluster,
+# the -dev libraries go-ceph links against, rbd-fuse).
 prereqs:
 	@./e2e/prereqs.sh
+	@./e2e/ceph/install.sh
 
 # go-ceph needs the tag of the Ceph release Debian ships (Pacific).
 GOFLAGS += -tags=pacific

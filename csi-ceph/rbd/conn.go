@@ -127,3 +127,33 @@ func (c *Conn) PoolExists(pool string) (bool, error) {
 	}
 	return true, nil
 }
+
+// PoolID returns the ID of pool (ErrNotFound when there is none).
+func (c *Conn) PoolID(pool string) (int64, error) {
+	if c.closed.Load() {
+		return 0, errClosed
+	}
+	id, err := c.rados.GetPoolByName(pool)
+	if errors.Is(err, rados.ErrNotFound) {
+		return 0, fmt.Errorf("pool %q: %w", pool, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("look up pool %s: %w", pool, err)
+	}
+	return id, nil
+}
+
+// PoolName returns the name of the pool with id.
+func (c *Conn) PoolName(id int64) (string, error) {
+	if c.closed.Load() {
+		return "", errClosed
+	}
+	name, err := c.rados.GetPoolByID(id)
+	if errors.Is(err, rados.ErrNotFound) {
+		return "", fmt.Errorf("pool %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return "", fmt.Errorf("look up pool %d: %w", id, err)
+	}
+	return name, nil
+}

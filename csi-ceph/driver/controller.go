@@ -1,0 +1,273 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+)
+
+const (
+	defaultSize = 1 << 30 // 1 GiB when the request gives no size
+	maxSize     = 1 << 50 // 1 PiB
+	imagePrefix = "csi-vol-"
+)
+
+// ControllerGetCapabilities implements csi.ControllerServer.
+func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// checkCapabilities accepts what an RBD image can serve: any single-node
+// mode; multi-node modes only as raw block (a filesystem on one image
+// cannot be shared); ext4 or xfs.
+func checkCapabilities(caps []*csi.VolumeCapability) error {
+	if len(caps) == 0 {
+		return fmt.Errorf("volume capabilities are required: %w", errInvalid)
+	}
+	for _, c := range caps {
+		if c == nil || c.GetAccessMode() == nil {
+			return fmt.Errorf("a volume capability lacks an access mode: %w", errInvalid)
+		}
+		block := c.GetBlock() != nil
+		if !block && c.GetMount() == nil {
+			return fmt.Errorf("a volume capability must be block or mount: %w", errInvalid)
+		}
+		switch m := c.GetAccessMode().GetMode(); m {
+		case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+			csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER,
+			csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
+		case csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER:
+			if !block {
+				return fmt.Errorf("access mode %v needs a block volume: a filesystem on an RBD image cannot be shared between nodes: %w", m, errInvalid)
+			}
+		default:
+			return fmt.Errorf("access mode %v is not supported: %w", m, errInvalid)
+		}
+		if mnt := c.GetMount(); mnt != nil {
+			switch mnt.GetFsType() {
+			case "", "ext4", "xfs":
+			default:
+				return fmt.Errorf("fsType %q is not supported (ext4, xfs): %w", mnt.GetFsType(), errInvalid)
+			}
+		}
+	}
+	return nil
+}
+
+// volumeParams are a StorageClass's parameters.
+type volumeParams struct {
+	ClusterID, Pool, Features, Mounter string
+}
+
+func parseParams(p map[string]string) (volumeParams, error) {
+	v := volumeParams{ClusterID: p["clusterID"], Pool: p["pool"], Features: p["imageFeatures"], Mounter: p["mounter"]}
+	for k := range p {
+		switch k {
+		case "clusterID", "pool", "imageFeatures", "mounter":
+		default:
+			if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
+				return v, fmt.Errorf("unknown parameter %q (clusterID, pool, imageFeatures, mounter): %w", k, errInvalid)
+			}
+		}
+	}
+	if v.ClusterID == "" || v.Pool == "" {
+		return v, fmt.Errorf("parameters clusterID and pool are required: %w", errInvalid)
+	}
+	switch v.Mounter {
+	case "", mapper.KRBD, mapper.RBDNBD, mapper.Fuse:
+	default:
+		return v, fmt.Errorf("mounter %q: want %s, %s or %s: %w", v.Mounter, mapper.KRBD, mapper.RBDNBD, mapper.Fuse, errInvalid)
+	}
+	if _, err := rbd.ParseFeatures(v.Features); err != nil {
+		return v, err
+	}
+	return v, nil
+}
+
+func sizeFrom(r *csi.CapacityRange) (uint64, error) {
+	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, fmt.Errorf("negative capacity: %w", errInvalid)
+	}
+	size := uint64(req)
+	if size == 0 {
+		size = defaultSize
+		if lim > 0 && uint64(lim) < size {
+			size = uint64(lim)
+		}
+	}
+	if lim > 0 && size > uint64(lim) {
+		return 0, fmt.Errorf("required %d bytes exceed the limit %d: %w", req, lim, errOutOfRange)
+	}
+	if size > maxSize {
+		return 0, fmt.Errorf("%d bytes is more than the %d an image may have here: %w", size, uint64(maxSize), errOutOfRange)
+	}
+	return size, nil
+}
+
+// CreateVolume implements csi.ControllerServer.
+func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	resp, err := d.createVolume(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	if req.GetName() == "" {
+		return nil, fmt.Errorf("volume name is required: %w", errInvalid)
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return nil, err
+	}
+	size, err := sizeFrom(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	params, err := parseParams(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, fmt.Errorf("volume content sources (snapshots, clones) are not supported yet: %w", errInvalid)
+	}
+	creds, err := credsFrom(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.tryLock("name/" + req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c, err := d.conn(ctx, params.ClusterID, creds)
+	if err != nil {
+		return nil, err
+	}
+	poolID, err := c.PoolID(params.Pool)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", params.Pool, params.ClusterID, errInvalid)
+	}
+	if err != nil {
+		return nil, err
+	}
+	vol, created, err := c.CreateVolume(ctx, rbd.VolumeSpec{Name: req.GetName(), Pool: params.Pool, SizeBytes: size, Features: params.Features})
+	if err != nil {
+		return nil, err
+	}
+	id := VolumeID{ClusterID: params.ClusterID, PoolID: poolID, UUID: strings.TrimPrefix(vol.Image, imagePrefix)}
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("image %s does not make a volume ID: %w", vol.Image, err)
+	}
+	if created {
+		d.log.Info("volume created", "name", req.GetName(), "id", id.String(), "pool", vol.Pool, "image", vol.Image, "bytes", vol.SizeBytes)
+	}
+	vctx := map[string]string{"clusterID": params.ClusterID, "pool": params.Pool, "imageName": vol.Image}
+	if params.Mounter != "" {
+		vctx["mounter"] = params.Mounter
+	}
+	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
+		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: vctx,
+	}}, nil
+}
+
+// DeleteVolume implements csi.ControllerServer. A volume that does not
+// exist, or an ID that is not ours, is already deleted.
+func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	return &csi.DeleteVolumeResponse{}, toStatus(d.deleteVolume(ctx, req))
+}
+
+func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) error {
+	if req.GetVolumeId() == "" {
+		return fmt.Errorf("volume ID is required: %w", errInvalid)
+	}
+	id, err := ParseVolumeID(req.GetVolumeId())
+	if err != nil {
+		d.log.Info("delete of a volume ID that is not ours: nothing to do", "id", req.GetVolumeId())
+		return nil
+	}
+	if _, err := d.clusters.Get(id.ClusterID); err != nil {
+		d.log.Info("delete of a volume of an unknown cluster: nothing to do", "id", req.GetVolumeId())
+		return nil
+	}
+	creds, err := credsFrom(req.GetSecrets())
+	if err != nil {
+		return err
+	}
+	unlock, err := d.locks.tryLock(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	c, err := d.conn(ctx, id.ClusterID, creds)
+	if err != nil {
+		return err
+	}
+	pool, err := c.PoolName(id.PoolID)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.DeleteVolume(ctx, pool, imagePrefix+id.UUID); err != nil {
+		return err
+	}
+	d.log.Info("volume deleted", "id", req.GetVolumeId())
+	return nil
+}
+
+// lookupVolume finds an existing volume by ID (NotFound otherwise).
+func (d *Driver) lookupVolume(ctx context.Context, volumeID string, secrets map[string]string) (rbd.Volume, error) {
+	id, err := ParseVolumeID(volumeID)
+	if err != nil {
+		return rbd.Volume{}, err
+	}
+	var c *rbd.Conn
+	if len(secrets) > 0 {
+		creds, err := credsFrom(secrets)
+		if err != nil {
+			return rbd.Volume{}, err
+		}
+		c, err = d.conn(ctx, id.ClusterID, creds)
+		if err != nil {
+			return rbd.Volume{}, err
+		}
+	} else if c, err = d.connNoSecrets(ctx, id.ClusterID); err != nil {
+		return rbd.Volume{}, err
+	}
+	pool, err := c.PoolName(id.PoolID)
+	if err != nil {
+		return rbd.Volume{}, err
+	}
+	return c.GetVolume(ctx, pool, imagePrefix+id.UUID)
+}
+
+// ValidateVolumeCapabilities implements csi.ControllerServer.
+func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, toStatus(fmt.Errorf("volume ID is required: %w", errInvalid))
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, toStatus(fmt.Errorf("volume capabilities are required: %w", errInvalid))
+	}
+	if _, err := d.lookupVolume(ctx, req.GetVolumeId(), req.GetSecrets()); err != nil {
+		return nil, toStatus(err)
+	}
+	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext: req.GetVolumeContext(), VolumeCapabilities: req.GetVolumeCapabilities(), Parameters: req.GetParameters(),
+	}}, nil
+}

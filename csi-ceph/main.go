@@ -1,0 +1,48 @@
+// Command csi-ceph is a CSI driver for Ceph RBD (block and filesystem
+// volumes). Work in progress: identity and the controller's volume
+// lifecycle are served; the node service, snapshots, clones and expansion
+// come next (see the README).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/nodeinfra/nodeinfra/csi-ceph/driver"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
+	"github.com/nodeinfra/nodeinfra/pkg/version"
+)
+
+func main() {
+	cfg := driver.Config{Version: version.Version}
+	var level string
+	flag.StringVar(&cfg.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
+	flag.StringVar(&cfg.NodeID, "nodeid", "", "this node's name (node mode)")
+	flag.StringVar(&cfg.Type, "type", "rbd", "driver type: rbd")
+	flag.StringVar(&cfg.Mode, "mode", "all", "all, controller or node")
+	flag.StringVar(&cfg.ClusterConfig, "cluster-config", "/etc/csi-ceph/config.json", "clusters, in ceph-csi's config.json shape")
+	flag.StringVar(&cfg.CredentialsDir, "credentials-dir", "", "optional <clusterID>/userID and userKey files for calls without secrets (ListVolumes, GetCapacity)")
+	flag.StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+	lvl, err := logging.ParseLevel(level)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "csi-ceph:", err)
+		os.Exit(2)
+	}
+	log := logging.NewJSON(os.Stderr, lvl)
+	d, err := driver.New(cfg, log)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "csi-ceph:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := d.Run(ctx); err != nil {
+		log.Error("csi-ceph stopped", "error", err)
+		os.Exit(1)
+	}
+}
