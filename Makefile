@@ -9,10 +9,12 @@ LDFLAGS := -X github.com/nodeinfra/nodeinfra/pkg/version.Version=$(VERSION)
 # Pinned code generators (go.mod pins the runtime libraries).
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+# csi-sanity, run by `make test` against csi-ceph.
+CSI_SANITY_VERSION := v5.6.0
 # The peer measured by `make bench`.
 HOST_DEVICE_VERSION := v1.9.1
 
-.PHONY: all build test unit e2e bench demo proto lint prereqs clean
+.PHONY: all build test bench demo proto lint prereqs tools clean
 
 all: build
 
@@ -39,8 +41,15 @@ lint:
 
 # Unit tests and the e2e tests on real namespaces, a real Ceph cluster
 # (one for the whole run) and the built binaries.
-test: prereqs lint build
-	./e2e/run-tests.sh $(BIN)
+test: prereqs lint build tools
+	NODEINFRA_CSI_SANITY=$(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) ./e2e/run-tests.sh $(BIN)
+
+# Test tools built from their Go modules at pinned versions.
+tools:
+	@mkdir -p $(TOOLS)/bin
+	@test -x $(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) || { \
+		GOBIN=$(TOOLS)/cs $(GO) install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION) && \
+		mv $(TOOLS)/cs/csi-sanity $(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION); }
 
 bench: prereqs build
 	@mkdir -p $(TOOLS)/bin

@@ -26,6 +26,8 @@ func main() {
 	flag.StringVar(&cfg.Mode, "mode", "all", "all, controller or node")
 	flag.StringVar(&cfg.ClusterConfig, "cluster-config", "/etc/csi-ceph/config.json", "clusters, in ceph-csi's config.json shape")
 	flag.StringVar(&cfg.CredentialsDir, "credentials-dir", "", "optional <clusterID>/userID and userKey files for calls without secrets (ListVolumes, GetCapacity)")
+	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/csi-ceph", "node: staging records and mapping work dirs")
+	flag.Int64Var(&cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "node: volumes the node may hold (0: no limit)")
 	flag.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	lvl, err := logging.ParseLevel(level)

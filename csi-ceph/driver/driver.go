@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -43,7 +44,11 @@ type Config struct {
 	// <clusterID>/userKey, used by the calls that carry no secrets
 	// (ListVolumes, GetCapacity).
 	CredentialsDir string
-	Version        string
+	// StateDir holds the node's staging records and mapping work dirs.
+	StateDir string
+	// MaxVolumesPerNode is reported by NodeGetInfo (0: no limit).
+	MaxVolumesPerNode int64
+	Version           string
 }
 
 // Validate checks the configuration.
@@ -84,11 +89,13 @@ func socketPath(endpoint string) (string, error) {
 type Driver struct {
 	csi.UnimplementedIdentityServer
 	csi.UnimplementedControllerServer
+	csi.UnimplementedNodeServer
 
 	cfg      Config
 	clusters Clusters
 	log      *slog.Logger
 	locks    *locks
+	node     *node
 
 	mu    sync.Mutex
 	conns map[string]*rbd.Conn // by cluster, user and key hash
@@ -104,8 +111,15 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Driver{cfg: cfg, clusters: clusters, log: log, locks: newLocks(),
-		conns: map[string]*rbd.Conn{}, creds: map[string]rbd.Credentials{}}, nil
+	d := &Driver{cfg: cfg, clusters: clusters, log: log, locks: newLocks(),
+		conns: map[string]*rbd.Conn{}, creds: map[string]rbd.Credentials{}}
+	if cfg.Mode != ModeController {
+		if !filepath.IsAbs(cfg.StateDir) {
+			return nil, fmt.Errorf("--state-dir %q must be an absolute path", cfg.StateDir)
+		}
+		d.node = newNode(cfg.StateDir)
+	}
+	return d, nil
 }
 
 // Run serves CSI on the endpoint until ctx ends.
@@ -127,6 +141,9 @@ func (d *Driver) Run(ctx context.Context) error {
 	csi.RegisterIdentityServer(g, d)
 	if d.cfg.Mode != ModeNode {
 		csi.RegisterControllerServer(g, d)
+	}
+	if d.cfg.Mode != ModeController {
+		csi.RegisterNodeServer(g, d)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
@@ -247,3 +264,5 @@ func (l *locks) tryLock(id string) (func(), error) {
 		l.mu.Unlock()
 	}, nil
 }
+
+var execLookPath = exec.LookPath
