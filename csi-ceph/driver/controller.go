@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
@@ -23,6 +25,8 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 	var caps []*csi.ControllerServiceCapability
 	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}
@@ -271,3 +275,103 @@ func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.Valida
 		VolumeContext: req.GetVolumeContext(), VolumeCapabilities: req.GetVolumeCapabilities(), Parameters: req.GetParameters(),
 	}}, nil
 }
+
+// ListVolumes implements csi.ControllerServer: the journaled volumes of
+// every pool of every configured cluster, ordered by volume ID. The token
+// is the ID to resume at, so it stays valid when that volume is deleted
+// in the meantime.
+func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	resp, err := d.listVolumes(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) listVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, fmt.Errorf("max_entries must not be negative: %w", errInvalid)
+	}
+	if t := req.GetStartingToken(); t != "" {
+		if _, err := ParseVolumeID(t); err != nil {
+			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errAborted)
+		}
+	}
+	var all []*csi.ListVolumesResponse_Entry
+	for clusterID := range d.clusters {
+		c, err := d.connNoSecrets(ctx, clusterID)
+		if err != nil {
+			return nil, err
+		}
+		pools, err := c.Pools()
+		if err != nil {
+			return nil, err
+		}
+		for _, pool := range pools {
+			vols, err := c.ListVolumes(ctx, pool)
+			if err != nil {
+				return nil, err
+			}
+			if len(vols) == 0 {
+				continue
+			}
+			poolID, err := c.PoolID(pool)
+			if err != nil {
+				return nil, err
+			}
+			for _, v := range vols {
+				id := VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(v.Image, imagePrefix)}
+				if id.Validate() != nil {
+					continue
+				}
+				all = append(all, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: int64(v.SizeBytes)}})
+			}
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Volume.VolumeId < all[j].Volume.VolumeId })
+	start := sort.Search(len(all), func(i int) bool { return all[i].Volume.VolumeId >= req.GetStartingToken() })
+	all = all[start:]
+	resp := &csi.ListVolumesResponse{}
+	if n := int(req.GetMaxEntries()); n > 0 && len(all) > n {
+		resp.NextToken = all[n].Volume.VolumeId
+		all = all[:n]
+	}
+	resp.Entries = all
+	return resp, nil
+}
+
+// GetCapacity implements csi.ControllerServer: what can still be written
+// to the pool of the parameters.
+func (d *Driver) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	resp, err := d.getCapacity(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) getCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	if len(req.GetVolumeCapabilities()) > 0 {
+		if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
+			return &csi.GetCapacityResponse{}, nil // none of it fits such volumes
+		}
+	}
+	params := req.GetParameters()
+	if len(params) == 0 {
+		// No pool named: the sum of the clusters' free space is no
+		// promise, so report none rather than a number that misleads.
+		return &csi.GetCapacityResponse{}, nil
+	}
+	p, err := parseParams(params)
+	if err != nil {
+		return nil, err
+	}
+	c, err := d.connNoSecrets(ctx, p.ClusterID)
+	if err != nil {
+		return nil, err
+	}
+	st, err := c.PoolStats(ctx, p.Pool)
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", p.Pool, p.ClusterID, errInvalid)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &csi.GetCapacityResponse{AvailableCapacity: int64(st.AvailableBytes), MaximumVolumeSize: wrapInt64(maxSize)}, nil
+}
+
+func wrapInt64(v int64) *wrapperspb.Int64Value { return wrapperspb.Int64(v) }

@@ -157,3 +157,15 @@ func (c *Conn) PoolName(id int64) (string, error) {
 	}
 	return name, nil
 }
+
+// Pools lists the cluster's pools.
+func (c *Conn) Pools() ([]string, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
+	pools, err := c.rados.ListPools()
+	if err != nil {
+		return nil, fmt.Errorf("list pools: %w", err)
+	}
+	return pools, nil
+}

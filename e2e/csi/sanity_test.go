@@ -46,10 +46,19 @@ func TestCSISanity(t *testing.T) {
 	}
 	secretsFile := write("secrets.yaml", secrets.String())
 	params := write("params.yaml", fmt.Sprintf("clusterID: %s\npool: rbd\n", cl.ClusterID))
+	// ListVolumes and GetCapacity carry no secrets: the driver reads the
+	// credentials of each cluster from --credentials-dir.
+	credDir := filepath.Join(dir, "creds", cl.ClusterID)
+	if err := os.MkdirAll(credDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write(filepath.Join("creds", cl.ClusterID, "userID"), "admin")
+	write(filepath.Join("creds", cl.ClusterID, "userKey"), cl.AdminKey)
 	sock := filepath.Join(dir, "csi.sock")
 	var driverLog bytes.Buffer
 	drv := exec.Command(driverBin, "--endpoint", "unix://"+sock, "--nodeid", "sanity-node", "--mode", "all",
-		"--cluster-config", config, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info")
+		"--cluster-config", config, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info",
+		"--credentials-dir", filepath.Join(dir, "creds"))
 	drv.Stdout, drv.Stderr = &driverLog, &driverLog
 	if err := drv.Start(); err != nil {
 		t.Fatal(err)
