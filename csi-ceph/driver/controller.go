@@ -27,6 +27,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}
@@ -375,3 +376,50 @@ func (d *Driver) getCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 }
 
 func wrapInt64(v int64) *wrapperspb.Int64Value { return wrapperspb.Int64(v) }
+
+// ControllerExpandVolume implements csi.ControllerServer: grow the image
+// (never shrink); a filesystem volume then needs the node to grow it.
+func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	resp, err := d.controllerExpand(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, fmt.Errorf("volume ID is required: %w", errInvalid)
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, fmt.Errorf("capacity range is required: %w", errInvalid)
+	}
+	size, err := sizeFrom(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	id, err := ParseVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	creds, err := credsFrom(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := d.locks.tryLock(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c, err := d.conn(ctx, id.ClusterID, creds)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := c.PoolName(id.PoolID)
+	if err != nil {
+		return nil, err
+	}
+	got, err := c.ExpandVolume(ctx, pool, imagePrefix+id.UUID, size)
+	if err != nil {
+		return nil, err
+	}
+	block := req.GetVolumeCapability().GetBlock() != nil
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(got), NodeExpansionRequired: !block}, nil
+}

@@ -106,6 +106,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 	for _, c := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
 	}
@@ -367,4 +368,40 @@ func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeS
 		{Unit: csi.VolumeUsage_BYTES, Total: int64(sfs.Blocks) * bs, Available: int64(sfs.Bavail) * bs, Used: int64(sfs.Blocks-sfs.Bfree) * bs},
 		{Unit: csi.VolumeUsage_INODES, Total: int64(sfs.Files), Available: int64(sfs.Ffree), Used: int64(sfs.Files - sfs.Ffree)},
 	}}, nil
+}
+
+// NodeExpandVolume implements csi.NodeServer: make the mapped device show
+// the image's new size, then grow the filesystem (online).
+func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	resp, err := d.nodeExpand(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" || req.GetVolumePath() == "" {
+		return nil, fmt.Errorf("volume ID and volume path are required: %w", errInvalid)
+	}
+	if _, err := os.Stat(req.GetVolumePath()); err != nil {
+		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errNotFound)
+	}
+	s, ok, err := d.node.load(req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("volume %s is not staged on this node: %w", req.GetVolumeId(), errNotFound)
+	}
+	want := uint64(req.GetCapacityRange().GetRequiredBytes())
+	size, err := mapper.WaitForSize(ctx, s.Mapping, want, "losetup")
+	if err != nil {
+		return nil, err
+	}
+	block := s.Block || req.GetVolumeCapability().GetBlock() != nil
+	if !block {
+		if _, err := mount.NewResizeFs(utilexec.New()).Resize(s.Mapping.Device, req.GetVolumePath()); err != nil {
+			return nil, fmt.Errorf("grow the filesystem on %s: %w", s.Mapping.Device, err)
+		}
+	}
+	d.log.Info("volume expanded on the node", "id", req.GetVolumeId(), "bytes", size)
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: int64(size)}, nil
 }

@@ -11,9 +11,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Target is the image to map and how to reach it.
@@ -116,4 +118,47 @@ func (h Host) Choose(requested string) (string, error) {
 		return "", errors.New("no way to map RBD images on this node: no krbd, no rbd-nbd with the nbd module, no rbd-fuse with /dev/fuse and loop devices")
 	}
 	return avail[0], nil
+}
+
+// WaitForSize refreshes a mapping after its image grew and waits until the
+// device shows at least size bytes: krbd and rbd-nbd pick the new size up
+// by themselves; a loop device on an rbd-fuse file needs `losetup -c` once
+// FUSE reports the new file size (its attribute cache lives about 1 s).
+func WaitForSize(ctx context.Context, m Mapping, size uint64, losetup string) (uint64, error) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if m.Mapper == Fuse {
+			if _, err := run(ctx, losetup, "--set-capacity", m.Device); err != nil {
+				return 0, err
+			}
+		}
+		got, err := deviceSize(m.Device)
+		if err != nil {
+			return 0, err
+		}
+		if got >= size {
+			return got, nil
+		}
+		if time.Now().After(deadline) {
+			return got, fmt.Errorf("%s still has %d bytes, want %d", m.Device, got, size)
+		}
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func deviceSize(dev string) (uint64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, fmt.Errorf("open %s: %w", dev, err)
+	}
+	defer f.Close()
+	n, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", dev, err)
+	}
+	return uint64(n), nil
 }
