@@ -28,6 +28,9 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
 	}
@@ -143,9 +146,6 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, fmt.Errorf("volume content sources (snapshots, clones) are not supported yet: %w", errInvalid)
-	}
 	creds, err := credsFrom(req.GetSecrets())
 	if err != nil {
 		return nil, err
@@ -166,7 +166,17 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	vol, created, err := c.CreateVolume(ctx, rbd.VolumeSpec{Name: req.GetName(), Pool: params.Pool, SizeBytes: size, Features: params.Features})
+	spec := rbd.VolumeSpec{Name: req.GetName(), Pool: params.Pool, SizeBytes: size, Features: params.Features}
+	var vol rbd.Volume
+	var created bool
+	if src := req.GetVolumeContentSource(); src != nil {
+		if req.GetCapacityRange().GetRequiredBytes() == 0 {
+			spec.SizeBytes = 0 // the source's size
+		}
+		vol, created, err = d.createFromSource(ctx, c, params.ClusterID, spec, src)
+	} else {
+		vol, created, err = c.CreateVolume(ctx, spec)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -183,6 +193,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
 		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: vctx,
+		ContentSource: req.GetVolumeContentSource(),
 	}}, nil
 }
 

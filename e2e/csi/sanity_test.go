@@ -41,7 +41,8 @@ func TestCSISanity(t *testing.T) {
 	}
 	config := write("config.json", fmt.Sprintf(`[{"clusterID": %q, "monitors": [%q]}]`, cl.ClusterID, cl.Monitors[0]))
 	var secrets strings.Builder
-	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret", "ControllerExpandVolumeSecret"} {
+	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret", "ControllerExpandVolumeSecret",
+		"CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret"} {
 		fmt.Fprintf(&secrets, "%s:\n  userID: admin\n  userKey: %s\n", k, cl.AdminKey)
 	}
 	secretsFile := write("secrets.yaml", secrets.String())

@@ -1,0 +1,231 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+)
+
+const snapPrefix = "csi-snap-"
+
+// volumeRef resolves a volume ID to its connection, pool and image.
+func (d *Driver) volumeRef(ctx context.Context, volumeID string, secrets map[string]string) (*rbd.Conn, VolumeID, string, error) {
+	id, err := ParseVolumeID(volumeID)
+	if err != nil {
+		return nil, id, "", err
+	}
+	creds, err := credsFrom(secrets)
+	if err != nil {
+		return nil, id, "", err
+	}
+	c, err := d.conn(ctx, id.ClusterID, creds)
+	if err != nil {
+		return nil, id, "", err
+	}
+	pool, err := c.PoolName(id.PoolID)
+	if err != nil {
+		return nil, id, "", err
+	}
+	return c, id, pool, nil
+}
+
+func snapshotToCSI(id SnapshotID, s rbd.Snapshot) *csi.Snapshot {
+	return &csi.Snapshot{
+		SnapshotId: id.String(), SourceVolumeId: id.VolumeID.String(), SizeBytes: int64(s.SizeBytes),
+		CreationTime: timestamppb.New(s.CreatedAt), ReadyToUse: s.ReadyToUse,
+	}
+}
+
+// CreateSnapshot implements csi.ControllerServer.
+func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	resp, err := d.createSnapshot(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	if req.GetName() == "" {
+		return nil, fmt.Errorf("snapshot name is required: %w", errInvalid)
+	}
+	if req.GetSourceVolumeId() == "" {
+		return nil, fmt.Errorf("source volume ID is required: %w", errInvalid)
+	}
+	unlock, err := d.locks.tryLock("snapname/" + req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c, vid, pool, err := d.volumeRef(ctx, req.GetSourceVolumeId(), req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	s, created, err := c.CreateSnapshot(ctx, rbd.SnapshotSpec{Name: req.GetName(), Pool: pool, SourceImage: imagePrefix + vid.UUID})
+	if err != nil {
+		return nil, err
+	}
+	sid := SnapshotID{VolumeID: vid, SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
+	if err := sid.Validate(); err != nil || !isUUID(sid.SnapUUID) {
+		return nil, fmt.Errorf("snapshot %s does not make a snapshot ID", s.SnapName)
+	}
+	if created {
+		d.log.Info("snapshot created", "name", req.GetName(), "id", sid.String())
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: snapshotToCSI(sid, s)}, nil
+}
+
+// DeleteSnapshot implements csi.ControllerServer: a snapshot that does
+// not exist, or an ID that is not ours, is already deleted.
+func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	return &csi.DeleteSnapshotResponse{}, toStatus(d.deleteSnapshot(ctx, req))
+}
+
+func (d *Driver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) error {
+	if req.GetSnapshotId() == "" {
+		return fmt.Errorf("snapshot ID is required: %w", errInvalid)
+	}
+	sid, err := ParseSnapshotID(req.GetSnapshotId())
+	if err != nil {
+		return nil
+	}
+	if _, err := d.clusters.Get(sid.ClusterID); err != nil {
+		return nil
+	}
+	unlock, err := d.locks.tryLock(req.GetSnapshotId())
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	c, vid, pool, err := d.volumeRef(ctx, sid.VolumeID.String(), req.GetSecrets())
+	if errors.Is(err, rbd.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return c.DeleteSnapshot(ctx, pool, imagePrefix+vid.UUID, snapPrefix+sid.SnapUUID)
+}
+
+// ListSnapshots implements csi.ControllerServer, filtered by snapshot or
+// source volume and paged by snapshot ID.
+func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	resp, err := d.listSnapshots(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) listSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
+	if req.GetMaxEntries() < 0 {
+		return nil, fmt.Errorf("max_entries must not be negative: %w", errInvalid)
+	}
+	if t := req.GetStartingToken(); t != "" {
+		if _, err := ParseSnapshotID(t); err != nil {
+			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errAborted)
+		}
+	}
+	if s := req.GetSnapshotId(); s != "" {
+		if _, err := ParseSnapshotID(s); err != nil {
+			return &csi.ListSnapshotsResponse{}, nil
+		}
+	}
+	if v := req.GetSourceVolumeId(); v != "" {
+		if _, err := ParseVolumeID(v); err != nil {
+			return &csi.ListSnapshotsResponse{}, nil
+		}
+	}
+	var all []*csi.ListSnapshotsResponse_Entry
+	for clusterID := range d.clusters {
+		var c *rbd.Conn
+		var err error
+		if len(req.GetSecrets()) > 0 {
+			creds, cerr := credsFrom(req.GetSecrets())
+			if cerr != nil {
+				return nil, cerr
+			}
+			c, err = d.conn(ctx, clusterID, creds)
+		} else {
+			c, err = d.connNoSecrets(ctx, clusterID)
+		}
+		if err != nil {
+			return nil, err
+		}
+		pools, err := c.Pools()
+		if err != nil {
+			return nil, err
+		}
+		for _, pool := range pools {
+			snaps, err := c.ListSnapshots(ctx, pool)
+			if err != nil {
+				return nil, err
+			}
+			if len(snaps) == 0 {
+				continue
+			}
+			poolID, err := c.PoolID(pool)
+			if err != nil {
+				return nil, err
+			}
+			for _, s := range snaps {
+				sid := SnapshotID{VolumeID: VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(s.SourceImage, imagePrefix)},
+					SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
+				if sid.Validate() != nil || !isUUID(sid.SnapUUID) {
+					continue
+				}
+				if req.GetSnapshotId() != "" && sid.String() != req.GetSnapshotId() {
+					continue
+				}
+				if req.GetSourceVolumeId() != "" && sid.VolumeID.String() != req.GetSourceVolumeId() {
+					continue
+				}
+				all = append(all, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotToCSI(sid, s)})
+			}
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Snapshot.SnapshotId < all[j].Snapshot.SnapshotId })
+	start := sort.Search(len(all), func(i int) bool { return all[i].Snapshot.SnapshotId >= req.GetStartingToken() })
+	all = all[start:]
+	resp := &csi.ListSnapshotsResponse{}
+	if n := int(req.GetMaxEntries()); n > 0 && len(all) > n {
+		resp.NextToken = all[n].Snapshot.SnapshotId
+		all = all[:n]
+	}
+	resp.Entries = all
+	return resp, nil
+}
+
+// createFromSource makes a volume from a snapshot or a volume.
+func (d *Driver) createFromSource(ctx context.Context, c *rbd.Conn, clusterID string, spec rbd.VolumeSpec, src *csi.VolumeContentSource) (rbd.Volume, bool, error) {
+	if s := src.GetSnapshot(); s != nil {
+		sid, err := ParseSnapshotID(s.GetSnapshotId())
+		if err != nil {
+			return rbd.Volume{}, false, fmt.Errorf("source snapshot %q: %w", s.GetSnapshotId(), errNotFound)
+		}
+		if sid.ClusterID != clusterID {
+			return rbd.Volume{}, false, fmt.Errorf("source snapshot is in cluster %q, not %q: %w", sid.ClusterID, clusterID, errInvalid)
+		}
+		pool, err := c.PoolName(sid.PoolID)
+		if err != nil {
+			return rbd.Volume{}, false, err
+		}
+		return c.CreateVolumeFromSnapshot(ctx, spec, pool, imagePrefix+sid.UUID, snapPrefix+sid.SnapUUID)
+	}
+	if v := src.GetVolume(); v != nil {
+		vid, err := ParseVolumeID(v.GetVolumeId())
+		if err != nil {
+			return rbd.Volume{}, false, fmt.Errorf("source volume %q: %w", v.GetVolumeId(), errNotFound)
+		}
+		if vid.ClusterID != clusterID {
+			return rbd.Volume{}, false, fmt.Errorf("source volume is in cluster %q, not %q: %w", vid.ClusterID, clusterID, errInvalid)
+		}
+		pool, err := c.PoolName(vid.PoolID)
+		if err != nil {
+			return rbd.Volume{}, false, err
+		}
+		return c.CreateVolumeFromVolume(ctx, spec, pool, imagePrefix+vid.UUID)
+	}
+	return rbd.Volume{}, false, fmt.Errorf("unknown volume content source: %w", errInvalid)
+}
