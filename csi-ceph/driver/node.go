@@ -213,7 +213,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if ro {
 		opts = append(opts, "ro")
 	}
-	if err := n.mounter.FormatAndMount(m.Device, req.GetStagingTargetPath(), fsType, opts); err != nil {
+	if err := n.mounter.FormatAndMountSensitiveWithFormatOptions(m.Device, req.GetStagingTargetPath(), fsType, opts, nil, mkfsOptions(fsType)); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", m.Device, req.GetStagingTargetPath(), err)
 	}
 	d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which, "fsType", fsType)
@@ -404,4 +404,19 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 	}
 	d.log.Info("volume expanded on the node", "id", req.GetVolumeId(), "bytes", size)
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: int64(size)}, nil
+}
+
+// mkfsOptions are what a new filesystem on a thin RBD image gets: no
+// discard of the fresh (already empty) image, lazy initialisation, and for
+// ext4 4 KiB blocks whatever the size, so that small volumes can later grow
+// online far beyond one group descriptor block (mke2fs's "small" profile
+// uses 1 KiB blocks, and then the kernel refuses such online growth).
+func mkfsOptions(fsType string) []string {
+	switch fsType {
+	case "ext4":
+		return []string{"-b", "4096", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"}
+	case "xfs":
+		return []string{"-K"}
+	}
+	return nil
 }

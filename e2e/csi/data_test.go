@@ -1,0 +1,240 @@
+package csi_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nodeinfra/nodeinfra/pkg/testutil"
+)
+
+type driver struct {
+	fs *csi.VolumeCapability
+	csi.ControllerClient
+	csi.NodeClient
+	secrets map[string]string
+	params  map[string]string
+	dir     string
+}
+
+// startDriver runs the csi-ceph binary in mode all against the run's
+// cluster and connects to it.
+func startDriver(t *testing.T) *driver {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	bin := os.Getenv("NODEINFRA_BIN")
+	if bin == "" {
+		t.Skip("needs NODEINFRA_BIN: run `make test`")
+	}
+	cl := testutil.Ceph(t)
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(config, []byte(fmt.Sprintf(`[{"clusterID": %q, "monitors": [%q]}]`, cl.ClusterID, cl.Monitors[0])), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "csi.sock")
+	var log bytes.Buffer
+	cmd := exec.Command(filepath.Join(bin, "csi-ceph"), "--endpoint", "unix://"+sock, "--nodeid", "data-node", "--mode", "all",
+		"--cluster-config", config, "--state-dir", filepath.Join(dir, "state"))
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("driver log:\n%s", log.String())
+		}
+	})
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &driver{ControllerClient: csi.NewControllerClient(conn), NodeClient: csi.NewNodeClient(conn),
+		secrets: map[string]string{"userID": "admin", "userKey": cl.AdminKey},
+		params:  map[string]string{"clusterID": cl.ClusterID, "pool": "rbd"}, dir: dir}
+}
+
+func fsCap(fsType string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+// hasCapSysResource reports whether this process may grow a mounted ext4
+// filesystem (the kernel asks for CAP_SYS_RESOURCE; this VM kind lacks it).
+func hasCapSysResource() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			var caps uint64
+			fmt.Sscanf(strings.TrimSpace(v), "%x", &caps)
+			return caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}
+
+func (d *driver) create(t *testing.T, name string, size int64, src *csi.VolumeContentSource) string {
+	t.Helper()
+	resp, err := d.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size},
+		VolumeCapabilities: []*csi.VolumeCapability{d.fs}, Parameters: d.params, Secrets: d.secrets, VolumeContentSource: src})
+	if err != nil {
+		t.Fatalf("CreateVolume %s: %v", name, err)
+	}
+	id := resp.GetVolume().GetVolumeId()
+	t.Cleanup(func() {
+		_, _ = d.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id, Secrets: d.secrets})
+	})
+	return id
+}
+
+// mount stages and publishes a volume at fresh paths and returns the
+// target and a function that unpublishes and unstages it.
+func (d *driver) mount(t *testing.T, id, tag string) (string, func()) {
+	t.Helper()
+	ctx := context.Background()
+	stage := filepath.Join(d.dir, "stage-"+tag)
+	target := filepath.Join(d.dir, "target-"+tag)
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: stage, VolumeCapability: d.fs, Secrets: d.secrets}); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+	if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: stage, TargetPath: target, VolumeCapability: d.fs}); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	done := false
+	release := func() {
+		if done {
+			return
+		}
+		done = true
+		if _, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+			t.Errorf("NodeUnpublishVolume: %v", err)
+		}
+		if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: stage}); err != nil {
+			t.Errorf("NodeUnstageVolume: %v", err)
+		}
+	}
+	t.Cleanup(release)
+	return target, release
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// Data written through a published filesystem volume survives unpublish,
+// unstage and a new stage at other paths; a snapshot restore and a clone
+// carry it; an expansion shows inside the filesystem. For ext4 and xfs.
+func TestVolumeDataLifecycle(t *testing.T) {
+	for _, fs := range []string{"ext4", "xfs"} {
+		t.Run(fs, func(t *testing.T) { dataLifecycle(t, fs) })
+	}
+}
+
+func dataLifecycle(t *testing.T, fsType string) {
+	d := startDriver(t)
+	d.fs = fsCap(fsType)
+	ctx := context.Background()
+	vol := d.create(t, "data-"+fmt.Sprint(time.Now().UnixNano()), 320<<20, nil)
+	target, release := d.mount(t, vol, "a")
+	const payload = "rows of a database\n"
+	if err := os.WriteFile(filepath.Join(target, "table"), []byte(payload), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	unix.Sync()
+	release()
+
+	target, release = d.mount(t, vol, "b")
+	if got := readFile(t, filepath.Join(target, "table")); got != payload {
+		t.Fatalf("after restage: %q", got)
+	}
+	release()
+
+	snap, err := d.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "snap-" + fmt.Sprint(time.Now().UnixNano()), SourceVolumeId: vol, Secrets: d.secrets})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sid := snap.GetSnapshot().GetSnapshotId()
+	t.Cleanup(func() {
+		_, _ = d.DeleteSnapshot(context.Background(), &csi.DeleteSnapshotRequest{SnapshotId: sid, Secrets: d.secrets})
+	})
+	restored := d.create(t, "restored-"+fmt.Sprint(time.Now().UnixNano()), 320<<20,
+		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: sid}}})
+	target, release = d.mount(t, restored, "restored")
+	if got := readFile(t, filepath.Join(target, "table")); got != payload {
+		t.Fatalf("restored from the snapshot: %q", got)
+	}
+	release()
+
+	clone := d.create(t, "clone-"+fmt.Sprint(time.Now().UnixNano()), 320<<20,
+		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: vol}}})
+	target, release = d.mount(t, clone, "clone")
+	if got := readFile(t, filepath.Join(target, "table")); got != payload {
+		t.Fatalf("cloned: %q", got)
+	}
+	// Online expansion: the controller grows the image, the node the filesystem.
+	if fsType == "ext4" && !hasCapSysResource() {
+		t.Log("not growing ext4 online: this host denies CAP_SYS_RESOURCE, which the kernel asks for (xfs covers online growth here)")
+		release()
+		return
+	}
+	var before unix.Statfs_t
+	if err := unix.Statfs(target, &before); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: clone, CapacityRange: &csi.CapacityRange{RequiredBytes: 448 << 20}, Secrets: d.secrets, VolumeCapability: d.fs}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: clone, VolumePath: target, CapacityRange: &csi.CapacityRange{RequiredBytes: 448 << 20}, VolumeCapability: d.fs}); err != nil {
+		t.Fatal(err)
+	}
+	var after unix.Statfs_t
+	if err := unix.Statfs(target, &after); err != nil {
+		t.Fatal(err)
+	}
+	if b, a := before.Blocks*uint64(before.Bsize), after.Blocks*uint64(after.Bsize); a < b+100<<20 {
+		t.Fatalf("filesystem grew from %d to %d bytes, want about 128 MiB more", b, a)
+	}
+	if got := readFile(t, filepath.Join(target, "table")); got != payload {
+		t.Fatalf("after expansion: %q", got)
+	}
+	release()
+
+	// Nothing of the node side is left: no mounts, no loop devices.
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	if strings.Contains(string(mounts), d.dir) {
+		t.Errorf("mounts left under %s", d.dir)
+	}
+	if out, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(out), d.dir) {
+		t.Errorf("loop devices left:\n%s", out)
+	}
+}
