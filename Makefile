@@ -62,6 +62,7 @@ bench: prereqs build
 	$(GO) run ./e2e/cnibench --bin $(BIN) \
 		--host-device $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION) \
 		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
+	$(GO) run ./e2e/csibench --bin $(BIN)
 
 demo: prereqs build
 	./e2e/demo.sh $(BIN)

@@ -178,10 +178,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err != nil {
 		return err
 	}
-	vol, err := c.GetVolume(ctx, pool, imagePrefix+id.UUID)
-	if err != nil {
-		return err
-	}
+	// No image lookup first: mapping a missing image fails by itself, and
+	// an image open costs header reads and a watch.
+	vol := struct{ Pool, Image string }{pool, imagePrefix + id.UUID}
 	which, err := n.host.Choose(req.GetVolumeContext()["mounter"])
 	if err != nil {
 		return fmt.Errorf("%v: %w", err, errPrecondition)

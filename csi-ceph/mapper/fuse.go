@@ -35,9 +35,11 @@ func (f FuseLoop) Map(ctx context.Context, t Target, work string) (Mapping, erro
 	m := Mapping{Mapper: Fuse, Dir: work}
 	mnt := filepath.Join(work, "fuse")
 	file := filepath.Join(mnt, t.Image)
-	if dev, ok := f.loopOf(ctx, file); ok {
-		m.Device = dev // mapped already (a retried stage)
-		return m, nil
+	if isMountPoint(mnt) {
+		if dev, ok := f.loopOf(ctx, file); ok {
+			m.Device = dev // mapped already (a retried stage)
+			return m, nil
+		}
 	}
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
 		return m, fmt.Errorf("fuse map: %w", err)

@@ -25,7 +25,8 @@ var (
 // -> csi name).
 const journalObject = "nodeinfra.csi.volumes"
 
-// imageNameMeta is the image metadata key that also records its CSI name.
+// imageNameMeta is the image metadata key that also records the CSI name
+// of a clone (plain volumes have only the journal's reverse key).
 const imageNameMeta = "nodeinfra.csi.name"
 
 // DefaultFeatures are the image features when a StorageClass sets none:
@@ -142,6 +143,9 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 			if err != nil {
 				return Volume{}, false, fmt.Errorf("features of %s: %w", image, err)
 			}
+			if src, err := img.GetMetadata(cloneSourceMeta); err == nil && src != "" {
+				return Volume{}, false, fmt.Errorf("volume %q exists as a clone (%s) of %s: %w", spec.Name, image, src, ErrAlreadyExists)
+			}
 			if size != spec.SizeBytes || have&uint64(fs) != uint64(fs) {
 				return Volume{}, false, fmt.Errorf("volume %q exists as %s/%s with %d bytes and features %v: %w",
 					spec.Name, spec.Pool, image, size, featureNames(have), ErrAlreadyExists)
@@ -168,14 +172,8 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 	if err := librbd.CreateImage(io, image, spec.SizeBytes, opts); err != nil {
 		return Volume{}, false, fmt.Errorf("create image %s/%s: %w", spec.Pool, image, err)
 	}
-	img, err := librbd.OpenImage(io, image, librbd.NoSnapshot)
-	if err != nil {
-		return Volume{}, false, fmt.Errorf("open new image %s: %w", image, err)
-	}
-	defer img.Close()
-	if err := img.SetMetadata(imageNameMeta, spec.Name); err != nil {
-		return Volume{}, false, fmt.Errorf("tag image %s: %w", image, err)
-	}
+	// The journal maps the image back to its name: no image metadata to
+	// write, which would cost an image open (header reads and a watch).
 	return Volume{Name: spec.Name, Pool: spec.Pool, Image: image, SizeBytes: spec.SizeBytes}, true, nil
 }
 
@@ -226,7 +224,13 @@ func (c *Conn) GetVolume(ctx context.Context, pool, image string) (Volume, error
 	if err != nil {
 		return Volume{}, fmt.Errorf("size of %s: %w", image, err)
 	}
-	name, _ := img.GetMetadata(imageNameMeta)
+	name, found, err := omapGet(io, "image/"+image)
+	if err != nil {
+		return Volume{}, err
+	}
+	if !found {
+		name, _ = img.GetMetadata(imageNameMeta)
+	}
 	return Volume{Name: name, Pool: pool, Image: image, SizeBytes: size}, nil
 }
 

@@ -1,0 +1,322 @@
+// Command csibench measures csi-ceph's CreateVolume and NodeStage +
+// NodePublish latency against the bare steps (a go-ceph image create; an
+// rbd-fuse map, loop device, mkfs and mount by hand) in one run, on a
+// Ceph cluster it starts with e2e/ceph/up.sh. It prints a markdown table.
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	librbd "github.com/ceph/go-ceph/rbd"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+type sample struct{ create, stage []time.Duration }
+
+func main() {
+	bin := flag.String("bin", "bin", "directory with csi-ceph")
+	seq := flag.Int("seq", 50, "volumes one after another")
+	conc := flag.Int("conc", 16, "volumes at once")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "csibench: needs root (mounts, loop devices)")
+		os.Exit(2)
+	}
+	if err := run(*bin, *seq, *conc); err != nil {
+		fmt.Fprintln(os.Stderr, "csibench:", err)
+		os.Exit(1)
+	}
+}
+
+func sh(name string, args ...string) error {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func run(bin string, seq, conc int) error {
+	tmp, err := os.MkdirTemp("", "csibench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	cdir := filepath.Join(tmp, "ceph")
+	fmt.Fprintln(os.Stderr, "csibench: starting a Ceph cluster")
+	if err := sh("e2e/ceph/up.sh", cdir); err != nil {
+		return err
+	}
+	defer func() { _ = sh("e2e/ceph/down.sh", cdir) }()
+	var clusters []struct {
+		ClusterID string   `json:"clusterID"`
+		Monitors  []string `json:"monitors"`
+	}
+	b, err := os.ReadFile(filepath.Join(cdir, "cluster.json"))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, &clusters); err != nil {
+		return err
+	}
+	key, err := adminKey(filepath.Join(cdir, "ceph.client.admin.keyring"))
+	if err != nil {
+		return err
+	}
+	mons := clusters[0].Monitors
+
+	sock := filepath.Join(tmp, "csi.sock")
+	drv := exec.Command(filepath.Join(bin, "csi-ceph"), "--endpoint", "unix://"+sock, "--nodeid", "bench", "--mode", "all",
+		"--cluster-config", filepath.Join(cdir, "cluster.json"), "--state-dir", filepath.Join(tmp, "state"), "--log-level", "warn")
+	drv.Stderr = os.Stderr
+	if err := drv.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = drv.Process.Kill(); _ = drv.Wait() }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
+	secrets := map[string]string{"userID": "admin", "userKey": key}
+	params := map[string]string{"clusterID": clusters[0].ClusterID, "pool": "rbd"}
+	capab := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	const size = 64 << 20
+
+	// The bare steps' own connection, made once, as a long-running
+	// controller would hold one.
+	rc, err := rados.NewConnWithUser("admin")
+	if err != nil {
+		return err
+	}
+	_ = rc.SetConfigOption("mon_host", strings.Join(mons, ","))
+	_ = rc.SetConfigOption("key", key)
+	if err := rc.Connect(); err != nil {
+		return err
+	}
+	defer rc.Shutdown()
+	ioctx, err := rc.OpenIOContext("rbd")
+	if err != nil {
+		return err
+	}
+	defer ioctx.Destroy()
+	confDir := filepath.Join(tmp, "bare")
+	if err := os.MkdirAll(confDir, 0o700); err != nil {
+		return err
+	}
+	kr := filepath.Join(confDir, "keyring")
+	_ = os.WriteFile(kr, []byte("[client.admin]\n\tkey = "+key+"\n"), 0o600)
+	conf := filepath.Join(confDir, "ceph.conf")
+	_ = os.WriteFile(conf, []byte("[global]\nmon host = "+strings.Join(mons, ",")+"\nkeyring = "+kr+"\n"), 0o600)
+
+	ctx := context.Background()
+	ours := func(tag string, i int, s *sample, mu *sync.Mutex) (func(), error) {
+		name := fmt.Sprintf("bench-%s-%d", tag, i)
+		t0 := time.Now()
+		resp, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size},
+			VolumeCapabilities: []*csi.VolumeCapability{capab}, Parameters: params, Secrets: secrets})
+		if err != nil {
+			return nil, err
+		}
+		t1 := time.Now()
+		id := resp.GetVolume().GetVolumeId()
+		stage, target := filepath.Join(tmp, "s", name), filepath.Join(tmp, "t", name)
+		if _, err := node.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: stage, VolumeCapability: capab, Secrets: secrets}); err != nil {
+			return nil, err
+		}
+		if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: stage, TargetPath: target, VolumeCapability: capab}); err != nil {
+			return nil, err
+		}
+		t2 := time.Now()
+		mu.Lock()
+		s.create = append(s.create, t1.Sub(t0))
+		s.stage = append(s.stage, t2.Sub(t1))
+		mu.Unlock()
+		return func() {
+			_, _ = node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target})
+			_, _ = node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: stage})
+			_, _ = ctrl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets})
+		}, nil
+	}
+	bare := func(tag string, i int, s *sample, mu *sync.Mutex) (func(), error) {
+		image := fmt.Sprintf("bare-%s-%d", tag, i)
+		opts := librbd.NewRbdImageOptions()
+		_ = opts.SetUint64(librbd.ImageOptionFeatures, librbd.FeatureLayering)
+		t0 := time.Now()
+		err := librbd.CreateImage(ioctx, image, size, opts)
+		opts.Destroy()
+		if err != nil {
+			return nil, err
+		}
+		t1 := time.Now()
+		fuse, stage, target := filepath.Join(tmp, "bf", image), filepath.Join(tmp, "bs", image), filepath.Join(tmp, "bt", image)
+		for _, d := range []string{fuse, stage, target} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return nil, err
+			}
+		}
+		if err := sh("rbd-fuse", "-c", conf, "--id", "admin", "-p", "rbd", "-r", image, fuse); err != nil {
+			return nil, err
+		}
+		out, err := exec.Command("losetup", "--find", "--show", filepath.Join(fuse, image)).Output()
+		if err != nil {
+			return nil, fmt.Errorf("losetup: %w", err)
+		}
+		dev := strings.TrimSpace(string(out))
+		if err := sh("mkfs.ext4", "-q", "-F", "-m0", "-b", "4096", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", dev); err != nil {
+			return nil, err
+		}
+		if err := sh("mount", "-t", "ext4", dev, stage); err != nil {
+			return nil, err
+		}
+		if err := sh("mount", "--bind", stage, target); err != nil {
+			return nil, err
+		}
+		t2 := time.Now()
+		mu.Lock()
+		s.create = append(s.create, t1.Sub(t0))
+		s.stage = append(s.stage, t2.Sub(t1))
+		mu.Unlock()
+		return func() {
+			_ = sh("umount", target)
+			_ = sh("umount", stage)
+			_ = sh("losetup", "-d", dev)
+			for j := 0; j < 50 && sh("umount", fuse) != nil; j++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+			_ = librbd.RemoveImage(ioctx, image)
+		}, nil
+	}
+	type contestant struct {
+		name string
+		f    func(string, int, *sample, *sync.Mutex) (func(), error)
+	}
+	cs := []contestant{{"csi-ceph (gRPC, rbd-fuse)", ours}, {"bare steps (go-ceph; rbd-fuse, losetup, mkfs, mount)", bare}}
+	results := map[string]map[string]*sample{}
+	for _, sc := range []struct {
+		name string
+		n    int
+		conc bool
+	}{{fmt.Sprintf("%d sequential", seq), seq, false}, {fmt.Sprintf("%d concurrent", conc), conc, true}} {
+		results[sc.name] = map[string]*sample{}
+		for _, c := range cs {
+			fmt.Fprintf(os.Stderr, "csibench: %s, %s\n", sc.name, c.name)
+			// Warm up: the first calls set up connections on both paths.
+			var wmu sync.Mutex
+			for w := 0; w < 2; w++ {
+				undo, err := c.f("warmup"+strings.ReplaceAll(sc.name, " ", ""), w, &sample{}, &wmu)
+				if err != nil {
+					return fmt.Errorf("%s warm-up: %w", c.name, err)
+				}
+				undo()
+			}
+			s := &sample{}
+			var mu sync.Mutex
+			var cleanups []func()
+			var firstErr error
+			var wg sync.WaitGroup
+			for i := 0; i < sc.n; i++ {
+				do := func(i int) {
+					undo, err := c.f(strings.ReplaceAll(sc.name, " ", ""), i, s, &mu)
+					mu.Lock()
+					defer mu.Unlock()
+					if err != nil && firstErr == nil {
+						firstErr = err
+					}
+					if undo != nil {
+						cleanups = append(cleanups, undo)
+					}
+				}
+				if sc.conc {
+					wg.Add(1)
+					go func(i int) { defer wg.Done(); do(i) }(i)
+				} else {
+					do(i)
+				}
+			}
+			wg.Wait()
+			for _, u := range cleanups {
+				u()
+			}
+			if firstErr != nil {
+				return fmt.Errorf("%s: %w", c.name, firstErr)
+			}
+			results[sc.name][c.name] = s
+		}
+	}
+	fmt.Printf("\nCreateVolume and NodeStage+NodePublish of 64 MiB ext4 volumes, measured %s on %s\n\n", time.Now().UTC().Format("2006-01-02"), hostname())
+	fmt.Println("| scenario | path | create p50 | create p99 | stage+publish p50 | stage+publish p99 |")
+	fmt.Println("|---|---|---|---|---|---|")
+	var names []string
+	for k := range results {
+		names = append(names, k)
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	for _, sc := range names {
+		for _, c := range cs {
+			s := results[sc][c.name]
+			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", sc, c.name, ms(pct(s.create, .5)), ms(pct(s.create, .99)), ms(pct(s.stage, .5)), ms(pct(s.stage, .99)))
+		}
+		o, b := results[sc][cs[0].name], results[sc][cs[1].name]
+		r := func(x, y time.Duration) string { return fmt.Sprintf("%.2f×", float64(x)/float64(y)) }
+		fmt.Printf("| %s | ratio | %s | %s | %s | %s |\n", sc, r(pct(o.create, .5), pct(b.create, .5)), r(pct(o.create, .99), pct(b.create, .99)),
+			r(pct(o.stage, .5), pct(b.stage, .5)), r(pct(o.stage, .99), pct(b.stage, .99)))
+	}
+	fmt.Println("\nTargets: create ≤ 1.5× the bare go-ceph create, stage+publish ≤ 1.2× the bare steps.")
+	return nil
+}
+
+func hostname() string { h, _ := os.Hostname(); return h }
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func pct(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(p*float64(len(s))+0.5) - 1
+	if i < 0 {
+		i = 0
+	}
+	if i >= len(s) {
+		i = len(s) - 1
+	}
+	return s[i]
+}
+
+func adminKey(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && strings.TrimSpace(k) == "key" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("no key in %s", path)
+}
