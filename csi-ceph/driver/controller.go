@@ -337,16 +337,8 @@ func (d *Driver) listVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			}
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Volume.VolumeId < all[j].Volume.VolumeId })
-	start := sort.Search(len(all), func(i int) bool { return all[i].Volume.VolumeId >= req.GetStartingToken() })
-	all = all[start:]
-	resp := &csi.ListVolumesResponse{}
-	if n := int(req.GetMaxEntries()); n > 0 && len(all) > n {
-		resp.NextToken = all[n].Volume.VolumeId
-		all = all[:n]
-	}
-	resp.Entries = all
-	return resp, nil
+	entries, next := page(all, func(e *csi.ListVolumesResponse_Entry) string { return e.Volume.VolumeId }, req.GetStartingToken(), req.GetMaxEntries())
+	return &csi.ListVolumesResponse{Entries: entries, NextToken: next}, nil
 }
 
 // GetCapacity implements csi.ControllerServer: what can still be written
@@ -433,4 +425,17 @@ func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpand
 	}
 	block := req.GetVolumeCapability().GetBlock() != nil
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(got), NodeExpansionRequired: !block}, nil
+}
+
+// page orders entries by their ID, starts at the first ID at or after
+// token and returns at most max of them (0: all) with the next token. A
+// token stays valid when its own entry has gone in the meantime.
+func page[T any](entries []T, id func(T) string, token string, max int32) ([]T, string) {
+	sort.Slice(entries, func(i, j int) bool { return id(entries[i]) < id(entries[j]) })
+	start := sort.Search(len(entries), func(i int) bool { return id(entries[i]) >= token })
+	entries = entries[start:]
+	if n := int(max); n > 0 && len(entries) > n {
+		return entries[:n], id(entries[n])
+	}
+	return entries, ""
 }

@@ -1,54 +1,51 @@
 package driver
 
 import (
-	"context"
 	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// Kinds of failure the driver's own checks report; rbd's sentinels and
-// these are mapped to gRPC codes once, in toStatus.
+// The driver's own checks use the suite's sentinels.
 var (
-	errInvalid      = errors.New("invalid argument")
-	errUnavailable  = errors.New("unavailable")
-	errPrecondition = errors.New("failed precondition")
-	errAborted      = errors.New("aborted")
-	errOutOfRange   = errors.New("out of range")
-	errNotFound     = errors.New("not found")
+	errInvalid      = errdefs.ErrInvalidArgument
+	errUnavailable  = errdefs.ErrUnavailable
+	errPrecondition = errdefs.ErrFailedPrecondition
+	errAborted      = errdefs.ErrAborted
+	errOutOfRange   = errdefs.ErrOutOfRange
+	errNotFound     = errdefs.ErrNotFound
 )
 
-var codeOf = []struct {
+// ownCodes maps the errors of this driver's packages that errdefs does not
+// know.
+var ownCodes = []struct {
 	err  error
 	code codes.Code
 }{
-	{errInvalid, codes.InvalidArgument},
 	{ErrMalformedID, codes.NotFound},
 	{ErrUnknownCluster, codes.InvalidArgument},
 	{rbd.ErrInvalid, codes.InvalidArgument},
 	{rbd.ErrAlreadyExists, codes.AlreadyExists},
-	{errNotFound, codes.NotFound},
 	{rbd.ErrNotFound, codes.NotFound},
-	{errUnavailable, codes.Unavailable},
-	{errPrecondition, codes.FailedPrecondition},
-	{errAborted, codes.Aborted},
-	{errOutOfRange, codes.OutOfRange},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
 }
 
-// toStatus converts a domain error to a gRPC status error.
+// toStatus converts a domain error to a gRPC status error, once, at the
+// edge; anything unrecognised is Internal.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, c := range codeOf {
+	for _, c := range ownCodes {
 		if errors.Is(err, c.err) {
 			return status.Error(c.code, err.Error())
 		}
+	}
+	if code := errdefs.Code(err); code != codes.Unknown {
+		return status.Error(code, err.Error())
 	}
 	return status.Error(codes.Internal, err.Error())
 }

@@ -85,3 +85,20 @@ func FuzzParseIDs(f *testing.F) {
 		}
 	})
 }
+
+func TestPage(t *testing.T) {
+	ids := []string{"d", "b", "a", "c"}
+	id := func(s string) string { return s }
+	got, next := page(append([]string(nil), ids...), id, "", 2)
+	if strings.Join(got, "") != "ab" || next != "c" {
+		t.Fatalf("first page %v, next %q", got, next)
+	}
+	// The token's own entry is gone: resume at the next one.
+	got, next = page([]string{"a", "b", "d"}, id, "c", 2)
+	if strings.Join(got, "") != "d" || next != "" {
+		t.Fatalf("second page %v, next %q", got, next)
+	}
+	if got, _ := page(append([]string(nil), ids...), id, "", 0); len(got) != 4 {
+		t.Fatalf("no limit: %v", got)
+	}
+}

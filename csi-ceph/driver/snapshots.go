@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -185,16 +184,8 @@ func (d *Driver) listSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			}
 		}
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i].Snapshot.SnapshotId < all[j].Snapshot.SnapshotId })
-	start := sort.Search(len(all), func(i int) bool { return all[i].Snapshot.SnapshotId >= req.GetStartingToken() })
-	all = all[start:]
-	resp := &csi.ListSnapshotsResponse{}
-	if n := int(req.GetMaxEntries()); n > 0 && len(all) > n {
-		resp.NextToken = all[n].Snapshot.SnapshotId
-		all = all[:n]
-	}
-	resp.Entries = all
-	return resp, nil
+	entries, next := page(all, func(e *csi.ListSnapshotsResponse_Entry) string { return e.Snapshot.SnapshotId }, req.GetStartingToken(), req.GetMaxEntries())
+	return &csi.ListSnapshotsResponse{Entries: entries, NextToken: next}, nil
 }
 
 // createFromSource makes a volume from a snapshot or a volume.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/e2e/latency"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -64,22 +65,6 @@ func main() {
 type sample struct {
 	add, del []time.Duration
 	failures int
-}
-
-func pct(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(p*float64(len(s))+0.5) - 1
-	if i < 0 {
-		i = 0
-	}
-	if i >= len(s) {
-		i = len(s) - 1
-	}
-	return s[i]
 }
 
 // plugin is one contestant: how to build the conflist of pod i.
@@ -332,8 +317,6 @@ func (b *bench) cycle(p plugin, n int, conc bool, s *sample) error {
 	return nil
 }
 
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
-
 func printTable(w *os.File, o options, cs []plugin, res map[string]map[string]*sample) {
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "\nCNI ADD/DEL latency through libcni, measured %s on %s (%d CPUs); peer built from containernetworking/plugins %s\n\n",
@@ -349,7 +332,7 @@ func printTable(w *os.File, o options, cs []plugin, res map[string]map[string]*s
 		for _, c := range cs {
 			s := res[sc][c.name]
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d |\n", sc, c.name,
-				ms(pct(s.add, .5)), ms(pct(s.add, .99)), ms(pct(s.del, .5)), ms(pct(s.del, .99)), s.failures)
+				latency.Ms(latency.Percentile(s.add, .5)), latency.Ms(latency.Percentile(s.add, .99)), latency.Ms(latency.Percentile(s.del, .5)), latency.Ms(latency.Percentile(s.del, .99)), s.failures)
 		}
 		ours := res[sc][cs[0].name]
 		for _, c := range cs[1:] {
@@ -361,8 +344,8 @@ func printTable(w *os.File, o options, cs []plugin, res map[string]map[string]*s
 				return fmt.Sprintf("%.2f×", float64(a)/float64(b))
 			}
 			fmt.Fprintf(w, "| %s | ratio cni-eni / %s | %s | %s | %s | %s | |\n", sc, c.name,
-				r(pct(ours.add, .5), pct(s.add, .5)), r(pct(ours.add, .99), pct(s.add, .99)),
-				r(pct(ours.del, .5), pct(s.del, .5)), r(pct(ours.del, .99), pct(s.del, .99)))
+				r(latency.Percentile(ours.add, .5), latency.Percentile(s.add, .5)), r(latency.Percentile(ours.add, .99), latency.Percentile(s.add, .99)),
+				r(latency.Percentile(ours.del, .5), latency.Percentile(s.del, .5)), r(latency.Percentile(ours.del, .99), latency.Percentile(s.del, .99)))
 		}
 	}
 	fmt.Fprintln(w, "\nTargets: cni-eni ADD and DEL p50 ≤ 0.40× host-device's, p99 ≤ 0.50×, zero failures with 32 concurrent ADDs.")

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/e2e/latency"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -277,36 +278,18 @@ func run(bin string, seq, conc int) error {
 	for _, sc := range names {
 		for _, c := range cs {
 			s := results[sc][c.name]
-			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", sc, c.name, ms(pct(s.create, .5)), ms(pct(s.create, .99)), ms(pct(s.stage, .5)), ms(pct(s.stage, .99)))
+			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", sc, c.name, latency.Ms(latency.Percentile(s.create, .5)), latency.Ms(latency.Percentile(s.create, .99)), latency.Ms(latency.Percentile(s.stage, .5)), latency.Ms(latency.Percentile(s.stage, .99)))
 		}
 		o, b := results[sc][cs[0].name], results[sc][cs[1].name]
 		r := func(x, y time.Duration) string { return fmt.Sprintf("%.2f×", float64(x)/float64(y)) }
-		fmt.Printf("| %s | ratio | %s | %s | %s | %s |\n", sc, r(pct(o.create, .5), pct(b.create, .5)), r(pct(o.create, .99), pct(b.create, .99)),
-			r(pct(o.stage, .5), pct(b.stage, .5)), r(pct(o.stage, .99), pct(b.stage, .99)))
+		fmt.Printf("| %s | ratio | %s | %s | %s | %s |\n", sc, r(latency.Percentile(o.create, .5), latency.Percentile(b.create, .5)), r(latency.Percentile(o.create, .99), latency.Percentile(b.create, .99)),
+			r(latency.Percentile(o.stage, .5), latency.Percentile(b.stage, .5)), r(latency.Percentile(o.stage, .99), latency.Percentile(b.stage, .99)))
 	}
 	fmt.Println("\nTargets: create ≤ 1.5× the bare go-ceph create, stage+publish ≤ 1.2× the bare steps.")
 	return nil
 }
 
 func hostname() string { h, _ := os.Hostname(); return h }
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
-
-func pct(d []time.Duration, p float64) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), d...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	i := int(p*float64(len(s))+0.5) - 1
-	if i < 0 {
-		i = 0
-	}
-	if i >= len(s) {
-		i = len(s) - 1
-	}
-	return s[i]
-}
 
 func adminKey(path string) (string, error) {
 	b, err := os.ReadFile(path)

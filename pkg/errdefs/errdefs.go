@@ -21,6 +21,7 @@ var (
 	ErrResourceExhausted  = errors.New("resource exhausted")
 	ErrUnavailable        = errors.New("unavailable")
 	ErrAborted            = errors.New("aborted")
+	ErrOutOfRange         = errors.New("out of range")
 )
 
 var table = []struct {
@@ -34,6 +35,7 @@ var table = []struct {
 	{ErrResourceExhausted, codes.ResourceExhausted},
 	{ErrUnavailable, codes.Unavailable},
 	{ErrAborted, codes.Aborted},
+	{ErrOutOfRange, codes.OutOfRange},
 	{context.DeadlineExceeded, codes.DeadlineExceeded},
 	{context.Canceled, codes.Canceled},
 }
