@@ -31,6 +31,7 @@ var ownCodes = []struct {
 	{rbd.ErrInvalid, codes.InvalidArgument},
 	{rbd.ErrAlreadyExists, codes.AlreadyExists},
 	{rbd.ErrNotFound, codes.NotFound},
+	{rbd.ErrBusy, codes.FailedPrecondition},
 }
 
 // toStatus converts a domain error to a gRPC status error, once, at the

@@ -18,7 +18,19 @@ var (
 	ErrInvalid       = errors.New("invalid")
 	ErrNotFound      = errors.New("not found")
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrBusy means the image cannot go yet: it has snapshots, or clones
+	// still depend on it, or it is open elsewhere.
+	ErrBusy = errors.New("in use")
 )
+
+// errno returns the (negative) errno of a go-ceph error, or 0.
+func errno(err error) int {
+	var coded interface{ ErrorCode() int }
+	if errors.As(err, &coded) {
+		return coded.ErrorCode()
+	}
+	return 0
+}
 
 // journalObject is the object in each pool whose omap maps CSI volume
 // names to images ("name/<csi name>" -> image) and back ("image/<image>"
@@ -189,6 +201,9 @@ func (c *Conn) DeleteVolume(ctx context.Context, pool, image string) error {
 	}
 	defer io.Destroy()
 	if err := librbd.RemoveImage(io, image); err != nil && !errors.Is(err, librbd.ErrNotFound) {
+		if e := errno(err); e == -39 || e == -16 { // ENOTEMPTY, EBUSY
+			return fmt.Errorf("image %s/%s has snapshots or users (delete its snapshots first): %v: %w", pool, image, err, ErrBusy)
+		}
 		return fmt.Errorf("remove image %s/%s: %w", pool, image, err)
 	}
 	name, found, err := omapGet(io, "image/"+image)

@@ -95,3 +95,31 @@ func TestParseFeatures(t *testing.T) {
 		}
 	}
 }
+
+// A volume with a snapshot cannot be deleted until the snapshot is gone
+// (the CSI spec lets a plugin answer FailedPrecondition for that).
+func TestDeleteVolumeWithSnapshotIsBusy(t *testing.T) {
+	c, _ := connect(t)
+	ctx := context.Background()
+	v, _, err := c.CreateVolume(ctx, VolumeSpec{Name: uniqueName(t), Pool: "rbd", SizeBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.DeleteVolume(context.Background(), v.Pool, v.Image) })
+	s, _, err := c.CreateSnapshot(ctx, SnapshotSpec{Name: uniqueName(t), Pool: v.Pool, SourceImage: v.Image})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteVolume(ctx, v.Pool, v.Image); !errors.Is(err, ErrBusy) {
+		t.Fatalf("DeleteVolume with a snapshot = %v, want ErrBusy", err)
+	}
+	if _, err := c.GetVolume(ctx, v.Pool, v.Image); err != nil {
+		t.Fatalf("the volume must survive a refused delete: %v", err)
+	}
+	if err := c.DeleteSnapshot(ctx, s.Pool, s.SourceImage, s.SnapName); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteVolume(ctx, v.Pool, v.Image); err != nil {
+		t.Fatalf("DeleteVolume after its snapshot went: %v", err)
+	}
+}
