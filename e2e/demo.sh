@@ -12,4 +12,6 @@ BIN="$(cd "$BIN" 2>/dev/null && pwd)" || { echo "demo: no directory ${1:-$root/b
 cd "$root"
 # exec: signals (Ctrl-C, SIGTERM) reach go run and the demo directly; the
 # demo tears down everything it created before exiting.
-exec go run ./e2e/demo --bin "$BIN"
+go run ./e2e/demo --bin "$BIN"
+# The storage part: a Ceph cluster, csi-ceph and a database volume.
+exec go run ./e2e/csidemo --bin "$BIN"
