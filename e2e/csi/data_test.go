@@ -238,3 +238,59 @@ func dataLifecycle(t *testing.T, fsType string) {
 		t.Errorf("loop devices left:\n%s", out)
 	}
 }
+
+// A read-only publish cannot be written through; unstage releases the map,
+// the loop device and rbd-fuse even when the staging mount is already gone.
+func TestReadOnlyPublishAndUnstageAfterMountLoss(t *testing.T) {
+	d := startDriver(t)
+	d.fs = fsCap("ext4")
+	ctx := context.Background()
+	vol := d.create(t, "ro-"+fmt.Sprint(time.Now().UnixNano()), 64<<20, nil)
+	stage, rw, ro := filepath.Join(d.dir, "stage"), filepath.Join(d.dir, "rw"), filepath.Join(d.dir, "ro")
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: stage, VolumeCapability: d.fs, Secrets: d.secrets}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		target   string
+		readonly bool
+	}{{rw, false}, {ro, true}} {
+		if _, err := d.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol, StagingTargetPath: stage, TargetPath: p.target, VolumeCapability: d.fs, Readonly: p.readonly}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(rw, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("write through the read-write target: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(ro, "g"), []byte("x"), 0o644); err == nil {
+		t.Fatal("wrote through a read-only publish")
+	}
+	if got := readFile(t, filepath.Join(ro, "f")); got != "x" {
+		t.Fatalf("read-only target reads %q", got)
+	}
+	for _, target := range []string{rw, ro} {
+		if _, err := d.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Someone unmounted the staging path behind the driver's back.
+	if err := unix.Unmount(stage, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: stage}); err != nil {
+		t.Fatalf("NodeUnstageVolume after the mount was lost: %v", err)
+	}
+	if out, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(out), d.dir) {
+		t.Errorf("loop device left:\n%s", out)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	if strings.Contains(string(mounts), d.dir) {
+		t.Errorf("mounts left under %s (rbd-fuse still mounted?)", d.dir)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(d.dir, "state", "maps")); len(entries) != 0 {
+		t.Errorf("map work dirs (with the keyring) left: %v", entries)
+	}
+	// Unstaging again is a no-op.
+	if _, err := d.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol, StagingTargetPath: stage}); err != nil {
+		t.Fatalf("second NodeUnstageVolume: %v", err)
+	}
+}
