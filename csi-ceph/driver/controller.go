@@ -307,35 +307,21 @@ func (d *Driver) listVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 		}
 	}
 	var all []*csi.ListVolumesResponse_Entry
-	for clusterID := range d.clusters {
-		c, err := d.connNoSecrets(ctx, clusterID)
+	err := d.eachPool(ctx, nil, func(clusterID string, c *rbd.Conn, pool string, poolID int64) error {
+		vols, err := c.ListVolumes(ctx, pool)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		pools, err := c.Pools()
-		if err != nil {
-			return nil, err
-		}
-		for _, pool := range pools {
-			vols, err := c.ListVolumes(ctx, pool)
-			if err != nil {
-				return nil, err
-			}
-			if len(vols) == 0 {
-				continue
-			}
-			poolID, err := c.PoolID(pool)
-			if err != nil {
-				return nil, err
-			}
-			for _, v := range vols {
-				id := VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(v.Image, imagePrefix)}
-				if id.Validate() != nil {
-					continue
-				}
+		for _, v := range vols {
+			id := VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(v.Image, imagePrefix)}
+			if id.Validate() == nil {
 				all = append(all, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: int64(v.SizeBytes)}})
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	entries, next := page(all, func(e *csi.ListVolumesResponse_Entry) string { return e.Volume.VolumeId }, req.GetStartingToken(), req.GetMaxEntries())
 	return &csi.ListVolumesResponse{Entries: entries, NextToken: next}, nil
@@ -438,4 +424,40 @@ func page[T any](entries []T, id func(T) string, token string, max int32) ([]T, 
 		return entries[:n], id(entries[n])
 	}
 	return entries, ""
+}
+
+// eachPool calls fn for every pool of every configured cluster, connected
+// with secrets when the call carries them, else with the secret-less
+// credentials.
+func (d *Driver) eachPool(ctx context.Context, secrets map[string]string, fn func(clusterID string, c *rbd.Conn, pool string, poolID int64) error) error {
+	for clusterID := range d.clusters {
+		var c *rbd.Conn
+		var err error
+		if len(secrets) > 0 {
+			creds, cerr := credsFrom(secrets)
+			if cerr != nil {
+				return cerr
+			}
+			c, err = d.conn(ctx, clusterID, creds)
+		} else {
+			c, err = d.connNoSecrets(ctx, clusterID)
+		}
+		if err != nil {
+			return err
+		}
+		pools, err := c.Pools()
+		if err != nil {
+			return err
+		}
+		for _, pool := range pools {
+			poolID, err := c.PoolID(pool)
+			if err != nil {
+				return err
+			}
+			if err := fn(clusterID, c, pool, poolID); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -137,52 +137,29 @@ func (d *Driver) listSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 		}
 	}
 	var all []*csi.ListSnapshotsResponse_Entry
-	for clusterID := range d.clusters {
-		var c *rbd.Conn
-		var err error
-		if len(req.GetSecrets()) > 0 {
-			creds, cerr := credsFrom(req.GetSecrets())
-			if cerr != nil {
-				return nil, cerr
-			}
-			c, err = d.conn(ctx, clusterID, creds)
-		} else {
-			c, err = d.connNoSecrets(ctx, clusterID)
-		}
+	err := d.eachPool(ctx, req.GetSecrets(), func(clusterID string, c *rbd.Conn, pool string, poolID int64) error {
+		snaps, err := c.ListSnapshots(ctx, pool)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		pools, err := c.Pools()
-		if err != nil {
-			return nil, err
-		}
-		for _, pool := range pools {
-			snaps, err := c.ListSnapshots(ctx, pool)
-			if err != nil {
-				return nil, err
-			}
-			if len(snaps) == 0 {
+		for _, s := range snaps {
+			sid := SnapshotID{VolumeID: VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(s.SourceImage, imagePrefix)},
+				SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
+			if sid.Validate() != nil || !isUUID(sid.SnapUUID) {
 				continue
 			}
-			poolID, err := c.PoolID(pool)
-			if err != nil {
-				return nil, err
+			if req.GetSnapshotId() != "" && sid.String() != req.GetSnapshotId() {
+				continue
 			}
-			for _, s := range snaps {
-				sid := SnapshotID{VolumeID: VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(s.SourceImage, imagePrefix)},
-					SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
-				if sid.Validate() != nil || !isUUID(sid.SnapUUID) {
-					continue
-				}
-				if req.GetSnapshotId() != "" && sid.String() != req.GetSnapshotId() {
-					continue
-				}
-				if req.GetSourceVolumeId() != "" && sid.VolumeID.String() != req.GetSourceVolumeId() {
-					continue
-				}
-				all = append(all, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotToCSI(sid, s)})
+			if req.GetSourceVolumeId() != "" && sid.VolumeID.String() != req.GetSourceVolumeId() {
+				continue
 			}
+			all = append(all, &csi.ListSnapshotsResponse_Entry{Snapshot: snapshotToCSI(sid, s)})
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	entries, next := page(all, func(e *csi.ListSnapshotsResponse_Entry) string { return e.Snapshot.SnapshotId }, req.GetStartingToken(), req.GetMaxEntries())
 	return &csi.ListSnapshotsResponse{Entries: entries, NextToken: next}, nil

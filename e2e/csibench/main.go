@@ -7,7 +7,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"github.com/nodeinfra/nodeinfra/e2e/latency"
@@ -22,8 +21,8 @@ import (
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nodeinfra/nodeinfra/e2e/cephenv"
 )
 
 type sample struct{ create, stage []time.Duration }
@@ -59,49 +58,21 @@ func run(bin string, seq, conc int) error {
 	defer os.RemoveAll(tmp)
 	cdir := filepath.Join(tmp, "ceph")
 	fmt.Fprintln(os.Stderr, "csibench: starting a Ceph cluster")
-	if err := sh("e2e/ceph/up.sh", cdir); err != nil {
-		return err
-	}
-	defer func() { _ = sh("e2e/ceph/down.sh", cdir) }()
-	var clusters []struct {
-		ClusterID string   `json:"clusterID"`
-		Monitors  []string `json:"monitors"`
-	}
-	b, err := os.ReadFile(filepath.Join(cdir, "cluster.json"))
+	cl, err := cephenv.Up(cdir)
 	if err != nil {
 		return err
 	}
-	if err := json.Unmarshal(b, &clusters); err != nil {
-		return err
-	}
-	key, err := adminKey(filepath.Join(cdir, "ceph.client.admin.keyring"))
+	defer cl.Down()
+	key, mons := cl.AdminKey, cl.Monitors
+	drv, err := cephenv.StartDriver(bin, tmp, cl)
 	if err != nil {
 		return err
 	}
-	mons := clusters[0].Monitors
-
-	sock := filepath.Join(tmp, "csi.sock")
-	drv := exec.Command(filepath.Join(bin, "csi-ceph"), "--endpoint", "unix://"+sock, "--nodeid", "bench", "--mode", "all",
-		"--cluster-config", filepath.Join(cdir, "cluster.json"), "--state-dir", filepath.Join(tmp, "state"), "--log-level", "warn")
-	drv.Stderr = os.Stderr
-	if err := drv.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = drv.Process.Kill(); _ = drv.Wait() }()
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
+	defer drv.Stop()
+	conn := drv.Conn
 	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	secrets := map[string]string{"userID": "admin", "userKey": key}
-	params := map[string]string{"clusterID": clusters[0].ClusterID, "pool": "rbd"}
+	secrets := cl.Secrets()
+	params := map[string]string{"clusterID": cl.ClusterID, "pool": "rbd"}
 	capab := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	const size = 64 << 20
@@ -290,16 +261,3 @@ func run(bin string, seq, conc int) error {
 }
 
 func hostname() string { h, _ := os.Hostname(); return h }
-
-func adminKey(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && strings.TrimSpace(k) == "key" {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", fmt.Errorf("no key in %s", path)
-}

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -17,8 +16,8 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/nodeinfra/nodeinfra/e2e/cephenv"
 )
 
 func main() {
@@ -47,50 +46,23 @@ func run(ctx context.Context, bin string) error {
 	cdir := filepath.Join(tmp, "ceph")
 	step("A single-node Ceph cluster on 127.0.0.1 (e2e/ceph/up.sh)")
 	start := time.Now()
-	if out, err := exec.Command("e2e/ceph/up.sh", cdir).CombinedOutput(); err != nil {
-		return fmt.Errorf("ceph up: %v: %s", err, out)
-	}
-	defer func() { _ = exec.Command("e2e/ceph/down.sh", cdir).Run() }()
-	fmt.Printf("  up and healthy in %.1fs\n", time.Since(start).Seconds())
-	var clusters []struct {
-		ClusterID string   `json:"clusterID"`
-		Monitors  []string `json:"monitors"`
-	}
-	b, _ := os.ReadFile(filepath.Join(cdir, "cluster.json"))
-	if err := json.Unmarshal(b, &clusters); err != nil {
-		return err
-	}
-	key := ""
-	kb, _ := os.ReadFile(filepath.Join(cdir, "ceph.client.admin.keyring"))
-	for _, l := range strings.Split(string(kb), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimSpace(l), "="); ok && strings.TrimSpace(k) == "key" {
-			key = strings.TrimSpace(v)
-		}
-	}
-
-	step("csi-ceph in mode all (controller and node), as the DaemonSet and Deployment run it")
-	sock := filepath.Join(tmp, "csi.sock")
-	drv := exec.Command(filepath.Join(bin, "csi-ceph"), "--endpoint", "unix://"+sock, "--nodeid", "demo-node", "--mode", "all",
-		"--cluster-config", filepath.Join(cdir, "cluster.json"), "--state-dir", filepath.Join(tmp, "state"), "--log-level", "warn")
-	drv.Stderr = os.Stderr
-	if err := drv.Start(); err != nil {
-		return err
-	}
-	defer func() { _ = drv.Process.Kill(); _ = drv.Wait() }()
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	cl, err := cephenv.Up(cdir)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer cl.Down()
+	fmt.Printf("  up and healthy in %.1fs\n", time.Since(start).Seconds())
+
+	step("csi-ceph in mode all (controller and node), as the DaemonSet and Deployment run it")
+	drv, err := cephenv.StartDriver(bin, tmp, cl)
+	if err != nil {
+		return err
+	}
+	defer drv.Stop()
+	conn := drv.Conn
 	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	secrets := map[string]string{"userID": "admin", "userKey": key}
-	params := map[string]string{"clusterID": clusters[0].ClusterID, "pool": "rbd"}
+	secrets := cl.Secrets()
+	params := map[string]string{"clusterID": cl.ClusterID, "pool": "rbd"}
 	fs := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 
