@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"syscall"
 
+	"k8s.io/klog/v2"
+
 	"github.com/nodeinfra/nodeinfra/csi-ceph/driver"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 	"github.com/nodeinfra/nodeinfra/pkg/version"
@@ -36,6 +38,8 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.NewJSON(os.Stderr, lvl)
+	// mount-utils logs through klog: send it to the same JSON log.
+	klog.SetSlogLogger(log.With("source", "mount-utils"))
 	d, err := driver.New(cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "csi-ceph:", err)
