@@ -14,7 +14,7 @@ CSI_SANITY_VERSION := v5.6.0
 # The peer measured by `make bench`.
 HOST_DEVICE_VERSION := v1.9.1
 
-.PHONY: all build test bench demo proto lint prereqs tools clean
+.PHONY: all build test bench demo proto lint prereqs tools guest-kernel clean
 
 all: build
 
@@ -43,6 +43,11 @@ lint:
 # (one for the whole run) and the built binaries.
 test: prereqs lint build tools
 	NODEINFRA_CSI_SANITY=$(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) ./e2e/run-tests.sh $(BIN)
+
+# The sandbox guest kernel (tinyconfig + nodeagent/guest/kernel/guest.config,
+# from Debian's linux-source-6.1), cached under /var/cache/nodeinfra/kernel.
+guest-kernel:
+	@./nodeagent/guest/kernel/build.sh
 
 # Test tools built from their Go modules at pinned versions.
 tools:

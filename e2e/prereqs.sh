@@ -7,6 +7,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 if [[ "${1:-}" == "--proto" ]]; then
 	command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi
