@@ -17,7 +17,7 @@ func main() {
 	_ = unix.Mount("devtmpfs", "/dev", "devtmpfs", 0, "")
 	up, _ := os.ReadFile("/proc/uptime")
 	cpus, _ := os.ReadFile("/sys/devices/system/cpu/online")
-	fmt.Printf("nodeinfra-bootprobe: ready uptime=%s cpus=%s\n", strings.Fields(string(up)+" ?")[0], strings.TrimSpace(string(cpus)))
+	fmt.Printf("nodeinfra-bootprobe: ready uptime=%s cpus=%s\n", strings.Fields(string(up) + " ?")[0], strings.TrimSpace(string(cpus)))
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	select {}
