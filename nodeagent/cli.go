@@ -75,10 +75,6 @@ func (c *cli) call(args []string, f func(ctx context.Context, cl *agentclient.Cl
 	return 0
 }
 
-func (c *cli) usageError(format string, a ...any) error {
-	return fmt.Errorf(format, a...)
-}
-
 func (c *cli) printJSON(m proto.Message) error {
 	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
 	if err != nil {
@@ -122,7 +118,7 @@ func eniAdd(args []string) int {
 	c.fs.Var(&routes, "route", "extra destination routed via the gateway (repeatable)")
 	return c.call(args, func(ctx context.Context, cl *agentclient.Client) error {
 		if mac == "" || vpc == "" || len(ips) == 0 || len(gws) == 0 {
-			return c.usageError("--mac, --vpc, --ip and --gateway are required")
+			return fmt.Errorf("--mac, --vpc, --ip and --gateway are required")
 		}
 		e, err := cl.RegisterENI(ctx, &apiv1.RegisterENIRequest{Config: &apiv1.ENIConfig{
 			Mac: mac, Vpc: vpc, Addresses: ips, Gateways: gws, Mtu: uint32(mtu), Routes: routes,
@@ -149,7 +145,7 @@ func eniAssign(args []string) int {
 			return err
 		}
 		if (mac == "") == (vpc == "") {
-			return c.usageError("give exactly one of --mac or --vpc")
+			return fmt.Errorf("give exactly one of --mac or --vpc")
 		}
 		a := &apiv1.Assignment{PodNamespace: p.Namespace, PodName: p.Name}
 		if mac != "" {
@@ -212,7 +208,7 @@ func eniRemove(args []string) int {
 	c.fs.StringVar(&mac, "mac", "", "MAC address of the ENI (required)")
 	return c.call(args, func(ctx context.Context, cl *agentclient.Client) error {
 		if mac == "" {
-			return c.usageError("--mac is required")
+			return fmt.Errorf("--mac is required")
 		}
 		_, err := cl.RemoveENI(ctx, &apiv1.RemoveENIRequest{Mac: mac})
 		return err

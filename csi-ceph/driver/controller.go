@@ -361,10 +361,8 @@ func (d *Driver) getCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &csi.GetCapacityResponse{AvailableCapacity: int64(st.AvailableBytes), MaximumVolumeSize: wrapInt64(maxSize)}, nil
+	return &csi.GetCapacityResponse{AvailableCapacity: int64(st.AvailableBytes), MaximumVolumeSize: wrapperspb.Int64(maxSize)}, nil
 }
-
-func wrapInt64(v int64) *wrapperspb.Int64Value { return wrapperspb.Int64(v) }
 
 // ControllerExpandVolume implements csi.ControllerServer: grow the image
 // (never shrink); a filesystem volume then needs the node to grow it.
@@ -384,24 +382,12 @@ func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpand
 	if err != nil {
 		return nil, err
 	}
-	id, err := ParseVolumeID(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	creds, err := credsFrom(req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
 	unlock, err := d.locks.tryLock(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	c, err := d.conn(ctx, id.ClusterID, creds)
-	if err != nil {
-		return nil, err
-	}
-	pool, err := c.PoolName(id.PoolID)
+	c, id, pool, err := d.volumeRef(ctx, req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -264,5 +263,3 @@ func (l *locks) tryLock(id string) (func(), error) {
 		l.mu.Unlock()
 	}, nil
 }
-
-var execLookPath = exec.LookPath

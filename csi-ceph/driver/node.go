@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -31,7 +32,7 @@ type node struct {
 
 func newNode(stateDir string) *node {
 	return &node{
-		host: mapper.Host{SysRoot: "/sys", DevRoot: "/dev", LookPath: lookPath},
+		host: mapper.Host{SysRoot: "/sys", DevRoot: "/dev", LookPath: exec.LookPath},
 		mappers: map[string]mapper.Mapper{
 			mapper.KRBD:   mapper.Krbd{SysRoot: "/sys", DevRoot: "/dev"},
 			mapper.RBDNBD: mapper.NBD{Bin: "rbd-nbd"},
@@ -93,7 +94,26 @@ func (n *node) save(s staged) error {
 	return os.Rename(tmp, p)
 }
 
-func lookPath(b string) (string, error) { return execLookPath(b) }
+// release unmounts the staging path if it is mounted, unmaps the image
+// (loop device, FUSE process, map, keyring) and removes the record.
+func (n *node) release(ctx context.Context, s staged) error {
+	if !s.Block {
+		if err := mount.CleanupMountPoint(s.StagingPath, n.mounter, true); err != nil {
+			return fmt.Errorf("unmount staging path: %w", err)
+		}
+	}
+	mp, found := n.mappers[s.Mapping.Mapper]
+	if !found {
+		return fmt.Errorf("staging record names unknown mapper %q", s.Mapping.Mapper)
+	}
+	if err := mp.Unmap(ctx, s.Mapping); err != nil {
+		return err
+	}
+	if err := os.Remove(n.recordPath(s.VolumeID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove staging record: %w", err)
+	}
+	return nil
+}
 
 // NodeGetInfo implements csi.NodeServer.
 func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
@@ -160,7 +180,12 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		if notMnt, err := n.mounter.IsLikelyNotMountPoint(s.StagingPath); err == nil && !notMnt {
 			return nil
 		}
-		// The record is there but the mount is not: mount again below.
+		// The record is there but the mount is not (an earlier stage
+		// failed halfway, or the mount was lost): release what the record
+		// holds, so that mapping again below cannot leave a second map.
+		if err := n.release(ctx, s); err != nil {
+			return err
+		}
 	}
 	creds, err := credsFrom(req.GetSecrets())
 	if err != nil {
@@ -196,7 +221,16 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		_ = n.mappers[which].Unmap(context.Background(), m)
 		return err
 	}
+	ok := false
+	defer func() {
+		if !ok { // a failed stage leaves no map, loop device or FUSE process behind
+			if err := n.release(context.Background(), s); err != nil {
+				d.log.Error("undo a failed stage", "id", req.GetVolumeId(), "error", err)
+			}
+		}
+	}()
 	if block {
+		ok = true
 		d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which)
 		return nil
 	}
@@ -215,6 +249,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err := n.formatAndMount(m.Device, req.GetStagingTargetPath(), fsType, opts, ro); err != nil {
 		return fmt.Errorf("mount %s at %s: %w", m.Device, req.GetStagingTargetPath(), err)
 	}
+	ok = true
 	d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which, "fsType", fsType)
 	return nil
 }
@@ -246,15 +281,8 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	if err != nil || !ok {
 		return err
 	}
-	mp, found := n.mappers[s.Mapping.Mapper]
-	if !found {
-		return fmt.Errorf("staging record names unknown mapper %q", s.Mapping.Mapper)
-	}
-	if err := mp.Unmap(ctx, s.Mapping); err != nil {
+	if err := n.release(ctx, s); err != nil {
 		return err
-	}
-	if err := os.Remove(n.recordPath(req.GetVolumeId())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove staging record: %w", err)
 	}
 	d.log.Info("volume unstaged", "id", req.GetVolumeId())
 	return nil

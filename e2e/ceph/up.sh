@@ -42,6 +42,9 @@ pick_base() {
 	exit 1
 }
 base=${CEPH_PORT_BASE:-$(pick_base)}
+# A start that fails halfway stops the daemons it started (logs stay).
+up=""
+trap '[[ -n "$up" ]] || { pkill -9 -f -- "-c $dir/ceph.conf" 2>/dev/null || true; log "start failed; daemons stopped, logs in $dir/log"; }' EXIT
 fsid=$(cat /proc/sys/kernel/random/uuid)
 mkdir -p "$dir"/{run,log,mon,mgr/ceph-x,osd/ceph-0,mds/ceph-a}
 
@@ -171,4 +174,5 @@ if [[ -z "$ok" ]]; then
 	exit 1
 fi
 printf '[{"clusterID": "test", "monitors": ["127.0.0.1:%d"]}]\n' "$base" >"$dir/cluster.json"
+up=1
 log "cluster up in $dir (mon 127.0.0.1:$base v2, :$((base + 1)) v1, fsid $fsid)"

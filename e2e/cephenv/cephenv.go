@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -63,10 +64,21 @@ func (c *Cluster) Secrets() map[string]string {
 	return map[string]string{"userID": "admin", "userKey": c.AdminKey}
 }
 
+// Params are StorageClass parameters for pool of c.
+func (c *Cluster) Params(pool string) map[string]string {
+	return map[string]string{"clusterID": c.ClusterID, "pool": pool}
+}
+
+// Ext4 is a single-node-writer ext4 volume capability.
+var Ext4 = &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
+	AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+
 // Driver is a running csi-ceph in mode all.
 type Driver struct {
-	Conn *grpc.ClientConn
-	cmd  *exec.Cmd
+	Conn       *grpc.ClientConn
+	Controller csi.ControllerClient
+	Node       csi.NodeClient
+	cmd        *exec.Cmd
 }
 
 // StartDriver runs bin/csi-ceph against c with its socket and state in dir.
@@ -90,7 +102,7 @@ func StartDriver(bin, dir string, c *Cluster) (*Driver, error) {
 		d.Stop()
 		return nil, err
 	}
-	d.Conn = conn
+	d.Conn, d.Controller, d.Node = conn, csi.NewControllerClient(conn), csi.NewNodeClient(conn)
 	return d, nil
 }
 

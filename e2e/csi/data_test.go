@@ -294,3 +294,35 @@ func TestReadOnlyPublishAndUnstageAfterMountLoss(t *testing.T) {
 		t.Fatalf("second NodeUnstageVolume: %v", err)
 	}
 }
+
+// A stage that fails halfway (here: the mount, on a bad mount option)
+// leaves no map, loop device, FUSE mount or keyring behind, and a retry
+// with a good capability stages the volume.
+func TestFailedStageLeavesNothing(t *testing.T) {
+	d := startDriver(t)
+	d.fs = fsCap("ext4")
+	ctx := context.Background()
+	vol := d.create(t, "halfway-"+fmt.Sprint(time.Now().UnixNano()), 64<<20, nil)
+	stage := filepath.Join(d.dir, "stage")
+	bad := fsCap("ext4")
+	bad.GetMount().MountFlags = []string{"no-such-mount-option"}
+	if _, err := d.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: vol, StagingTargetPath: stage, VolumeCapability: bad, Secrets: d.secrets}); err == nil {
+		t.Fatal("stage with a bad mount option succeeded")
+	}
+	if out, _ := exec.Command("losetup", "-a").Output(); strings.Contains(string(out), d.dir) {
+		t.Errorf("loop device left after a failed stage:\n%s", out)
+	}
+	if mounts, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(mounts), d.dir) {
+		t.Errorf("mounts left under %s after a failed stage", d.dir)
+	}
+	for _, sub := range []string{"maps", "staged"} {
+		if entries, _ := os.ReadDir(filepath.Join(d.dir, "state", sub)); len(entries) != 0 {
+			t.Errorf("state/%s left after a failed stage: %v", sub, entries)
+		}
+	}
+	target, release := d.mount(t, vol, "retry")
+	if err := os.WriteFile(filepath.Join(target, "ok"), []byte("ok"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	release()
+}

@@ -69,12 +69,8 @@ func run(bin string, seq, conc int) error {
 		return err
 	}
 	defer drv.Stop()
-	conn := drv.Conn
-	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	secrets := cl.Secrets()
-	params := map[string]string{"clusterID": cl.ClusterID, "pool": "rbd"}
-	capab := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	ctrl, node := drv.Controller, drv.Node
+	secrets, params, capab := cl.Secrets(), cl.Params("rbd"), cephenv.Ext4
 	const size = 64 << 20
 
 	// The bare steps' own connection, made once, as a long-running

@@ -59,12 +59,8 @@ func run(ctx context.Context, bin string) error {
 		return err
 	}
 	defer drv.Stop()
-	conn := drv.Conn
-	ctrl, node := csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	secrets := cl.Secrets()
-	params := map[string]string{"clusterID": cl.ClusterID, "pool": "rbd"}
-	fs := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: "ext4"}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
+	ctrl, node := drv.Controller, drv.Node
+	secrets, params, fs := cl.Secrets(), cl.Params("rbd"), cephenv.Ext4
 
 	create := func(name string, src *csi.VolumeContentSource) (string, error) {
 		r, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20},

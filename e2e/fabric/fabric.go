@@ -13,9 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -245,19 +243,6 @@ func FindLink(n ns.NetNS, mac string) (LinkState, bool, error) {
 		return nil
 	})
 	return st, found, err
-}
-
-// LeftoverNetns lists namespaces under /run/netns whose name starts with
-// prefix (testutils names them cni-...).
-func LeftoverNetns(prefix string) []string {
-	entries, _ := os.ReadDir("/run/netns")
-	var out []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			out = append(out, e.Name())
-		}
-	}
-	return out
 }
 
 func ipnet(p netip.Prefix) *net.IPNet {

@@ -201,9 +201,8 @@ func MoveOut(spec Spec, pod, host ns.NetNS) (bool, error) {
 		if err != nil {
 			return err
 		}
-		noAlias := ""
-		if err := setLink(l.Attrs().Index, int(host.Fd()), spec.HostName, 0, false, &noAlias); err != nil {
-			return fmt.Errorf("move link %s (%s) back to the node as %s: %w", l.Attrs().Name, spec.MAC, spec.HostName, err)
+		if err := moveBack(l, host, spec.HostName); err != nil {
+			return err
 		}
 		moved = true
 		return nil
@@ -225,14 +224,23 @@ func MoveOutByName(pod, host ns.NetNS, ifname string) (string, error) {
 		if !ok || hostName == "" {
 			return nil
 		}
-		noAlias := ""
-		if err := setLink(l.Attrs().Index, int(host.Fd()), hostName, 0, false, &noAlias); err != nil {
-			return fmt.Errorf("move link %s (%s) back to the node as %s: %w", ifname, macOf(l), hostName, err)
+		if err := moveBack(l, host, hostName); err != nil {
+			return err
 		}
 		mac = macOf(l)
 		return nil
 	})
 	return mac, err
+}
+
+// moveBack moves l from the current namespace to host, named name, down
+// and without its alias; the kernel drops its addresses and routes.
+func moveBack(l netlink.Link, host ns.NetNS, name string) error {
+	noAlias := ""
+	if err := setLink(l.Attrs().Index, int(host.Fd()), name, 0, false, &noAlias); err != nil {
+		return fmt.Errorf("move link %s (%s) back to the node as %s: %w", l.Attrs().Name, macOf(l), name, err)
+	}
+	return nil
 }
 
 // Verify compares the link ifname in pod with spec and returns an error

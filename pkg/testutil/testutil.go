@@ -4,7 +4,6 @@ package testutil
 
 import (
 	"os"
-	"runtime"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -41,11 +40,4 @@ func Do(t testing.TB, n ns.NetNS, f func() error) {
 	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// LockThread pins the calling goroutine to its thread for the test: needed
-// before a test enters a namespace with ns.Set.
-func LockThread(t testing.TB) {
-	runtime.LockOSThread()
-	t.Cleanup(runtime.UnlockOSThread)
 }
