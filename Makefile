@@ -18,11 +18,21 @@ HOST_DEVICE_VERSION := v1.9.1
 
 all: build
 
+# The sandbox guest: the agent (/init, static), its initramfs (with
+# Debian's busybox-static) and the tailored kernel (cached by build.sh).
+GUEST_BIN := $(BIN)/nodeagent-guest
+
 build:
-	@mkdir -p $(BIN)
+	@mkdir -p $(BIN) $(GUEST_BIN)
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/cni-eni ./cni-eni
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/nodeagent ./nodeagent
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/csi-ceph ./csi-ceph
+	CGO_ENABLED=0 $(GO) build -ldflags "-s -w $(LDFLAGS)" -o $(GUEST_BIN)/init ./nodeagent/guest/agent
+	@dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || \
+		./e2e/apt-install.sh "guest initramfs" busybox-static
+	$(GO) run ./nodeagent/guest/mkinitramfs -init $(GUEST_BIN)/init -busybox /bin/busybox -o $(GUEST_BIN)/initramfs.cpio
+	@kernel=$$(./nodeagent/guest/kernel/build.sh) && \
+		{ ln -f "$$kernel" $(GUEST_BIN)/vmlinux 2>/dev/null || cp -f "$$kernel" $(GUEST_BIN)/vmlinux; }
 
 # Debian packages: network tools, and Ceph (daemons for the test cluster,
 # the -dev libraries go-ceph links against, rbd-fuse).

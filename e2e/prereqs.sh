@@ -8,6 +8,10 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)
 command -v losetup >/dev/null 2>&1 || need+=(mount)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
+# QEMU's own rbd driver, which opens sandboxes' RBD disks without a host map.
+[[ -e /usr/lib/x86_64-linux-gnu/qemu/block-rbd.so ]] || need+=(qemu-block-extra)
+# The sandbox guest's initramfs takes busybox from here (it must be static).
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || need+=(busybox-static)
 if [[ "${1:-}" == "--proto" ]]; then
 	command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 fi

@@ -12,8 +12,12 @@ package manifests
 //  2. Invariants that hold across documents: references (service accounts,
 //     ConfigMaps, Secrets, roles, volumes, env vars, CSI drivers) resolve to
 //     objects defined here; every container has a tagged image and resource
-//     requests; RBAC grants what the CSI sidecars need; csi-ceph's flags,
-//     sockets, probes and host paths fit its contract and the CSIDriver.
+//     requests; RBAC grants what the CSI sidecars need, and an account bound
+//     to nothing has no token mounted; JSON in ConfigMaps parses; device
+//     host paths are type-checked; csi-ceph's flags, sockets, probes and
+//     host paths fit its contract and the CSIDriver; the node agent's
+//     DaemonSet has the host access it needs, and the cni-eni conflist it
+//     installs parses as the runtime parses it and points at its socket.
 
 import (
 	"bufio"
@@ -34,7 +38,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -720,6 +726,13 @@ func TestWorkloads(t *testing.T) {
 				if !path.IsAbs(v.HostPath.Path) {
 					t.Errorf("%s: volume %q: hostPath %q is not absolute", o, v.Name, v.HostPath.Path)
 				}
+				// Without a type, the runtime makes a missing bind-mount
+				// source: a directory where a device node belongs.
+				if strings.HasPrefix(path.Clean(v.HostPath.Path), "/dev/") {
+					if ty := v.HostPath.Type; ty == nil || (*ty != corev1.HostPathCharDev && *ty != corev1.HostPathBlockDev) {
+						t.Errorf("%s: volume %q: device %s needs hostPath type CharDevice or BlockDevice", o, v.Name, v.HostPath.Path)
+					}
+				}
 			}
 		}
 
@@ -771,6 +784,11 @@ func TestWorkloads(t *testing.T) {
 				mountPaths[path.Clean(m.MountPath)] = true
 				if m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional && !isPrivileged(c) {
 					t.Errorf("%s: Bidirectional mount propagation at %s needs a privileged container", who, m.MountPath)
+				}
+				if m.MountPropagation != nil && *m.MountPropagation != corev1.MountPropagationNone {
+					if v := volumeNamed(s, m.Name); v == nil || v.HostPath == nil {
+						t.Errorf("%s: mount propagation %s at %s on a volume that is not a host path", who, *m.MountPropagation, m.MountPath)
+					}
 				}
 			}
 
@@ -825,6 +843,9 @@ func TestWorkloads(t *testing.T) {
 				}
 			}
 			for _, pr := range []*corev1.Probe{c.LivenessProbe, c.ReadinessProbe, c.StartupProbe} {
+				if pr != nil && pr.Exec != nil && (len(pr.Exec.Command) == 0 || pr.Exec.Command[0] == "") {
+					t.Errorf("%s: exec probe without a command", who)
+				}
 				if pr == nil || pr.HTTPGet == nil {
 					continue
 				}
@@ -898,6 +919,19 @@ func grantsFor(objs []*object, ns, sa string) []grant {
 		}
 	})
 	return gs
+}
+
+// bound says whether a RoleBinding or ClusterRoleBinding names the account.
+func bound(objs []*object, ns, sa string) bool {
+	is := func(subs []rbacv1.Subject) bool {
+		return slices.ContainsFunc(subs, func(s rbacv1.Subject) bool {
+			return s.Kind == rbacv1.ServiceAccountKind && s.Name == sa && s.Namespace == ns
+		})
+	}
+	found := false
+	each(objs, func(_ *object, b *rbacv1.ClusterRoleBinding) { found = found || is(b.Subjects) })
+	each(objs, func(_ *object, b *rbacv1.RoleBinding) { found = found || is(b.Subjects) })
+	return found
 }
 
 func has(list []string, v string) bool { return slices.Contains(list, v) || slices.Contains(list, "*") }
@@ -1004,6 +1038,26 @@ func TestRBAC(t *testing.T) {
 	}
 	each(objs, func(o *object, b *rbacv1.ClusterRoleBinding) { checkBinding(o, b.Subjects, b.RoleRef) })
 	each(objs, func(o *object, b *rbacv1.RoleBinding) { checkBinding(o, b.Subjects, b.RoleRef) })
+
+	// A workload whose account is bound to no role has no use for its
+	// token: it must not be mounted.
+	for _, w := range workloads(objs) {
+		s := w.spec()
+		sa := lookup[corev1.ServiceAccount](objs, w.o.ns(), s.ServiceAccountName)
+		if sa == nil || bound(objs, w.o.ns(), s.ServiceAccountName) {
+			continue
+		}
+		automount := true
+		if sa.AutomountServiceAccountToken != nil {
+			automount = *sa.AutomountServiceAccountToken
+		}
+		if s.AutomountServiceAccountToken != nil {
+			automount = *s.AutomountServiceAccountToken
+		}
+		if automount {
+			t.Errorf("%s: ServiceAccount %s is bound to no role, yet its token is mounted: set automountServiceAccountToken false", w.o, s.ServiceAccountName)
+		}
+	}
 
 	// csi-ceph: the controller's account has what its sidecars need (leases
 	// only in its namespace); the node's account has only get on nodes.
@@ -1694,5 +1748,540 @@ func checkCephNode(t *testing.T, w workload, c *corev1.Container, driver, sockVo
 	}
 	if registrars != 1 {
 		t.Errorf("%s: %d node-driver-registrar containers, want one", o, registrars)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// JSON in ConfigMaps.
+
+// TestConfigMapJSON parses every ConfigMap key whose name says JSON.
+func TestConfigMapJSON(t *testing.T) {
+	objs := load(t)
+	each(objs, func(o *object, cm *corev1.ConfigMap) {
+		for k, v := range cm.Data {
+			switch path.Ext(k) {
+			case ".json", ".conf", ".conflist":
+				var x any
+				if err := json.Unmarshal([]byte(v), &x); err != nil {
+					t.Errorf("%s: key %s is not JSON: %v", o, k, err)
+				}
+			}
+		}
+	})
+}
+
+// ---------------------------------------------------------------------------
+// The node agent and cni-eni.
+
+// The nodeagent contract (README: nodeagent serve, cni-eni).
+const (
+	agentNamespace = "kube-system"
+	agentDaemonSet = "nodeagent"
+	agentImageRepo = "ghcr.io/nodeinfra/nodeagent"
+	agentSocket    = "/run/nodeagent/nodeagent.sock" // serve's default
+	agentStateDir  = "/var/lib/nodeagent"            // serve's default
+	// agentShutdown is the longest clean stop of `nodeagent serve`
+	// (serve.go): 5 s for each of its two HTTP servers, then up to 10 s of
+	// gRPC GracefulStop.
+	agentShutdown = 20 * time.Second
+
+	cniConfigMap   = "cni-eni-config"
+	cniConflist    = "10-cni-eni.conflist"
+	cniPluginType  = "cni-eni"
+	cniBinDir      = "/opt/cni/bin"
+	cniConfDir     = "/etc/cni/net.d"
+	cniExampleFile = "cni-eni/10-cni-eni.conflist"
+)
+
+// agentServeFlags are the flags of `nodeagent serve` (nodeagent/serve.go).
+var agentServeFlags = map[string]bool{
+	"socket": true, "state-dir": true, "metrics-addr": true, "probe-addr": true,
+	"reconcile-interval": true, "log-level": true,
+	"guest-kernel": true, "guest-initrd": true, "qemu": true, "accel": true, "cgroup-parent": true,
+	"boot-timeout": true, "ceph-conf": true, "ceph-user": true, "ceph-keyring": true,
+}
+
+// commandLine is a container's command and arguments, with $(VAR) expanded.
+func commandLine(c *corev1.Container) []string {
+	env := envOf(c)
+	var out []string
+	for _, a := range append(slices.Clone(c.Command), c.Args...) {
+		e, _ := expand(a, env)
+		out = append(out, e)
+	}
+	return out
+}
+
+// argFlags parses the flags and positional arguments of a command line
+// (without its program name), as flags() does for a container's args.
+func argFlags(c *corev1.Container, args []string) (map[string][]string, []string) {
+	tmp := corev1.Container{Env: c.Env, Args: args}
+	return flags(&tmp)
+}
+
+// hostPathOf is the host path behind container path p of c, if p is on a
+// hostPath volume.
+func hostPathOf(s *corev1.PodSpec, c *corev1.Container, p string) (string, bool) {
+	m, rel, ok := mountFor(c, p)
+	if !ok {
+		return "", false
+	}
+	v := volumeNamed(s, m.Name)
+	if v == nil || v.HostPath == nil {
+		return "", false
+	}
+	return path.Join(v.HostPath.Path, rel), true
+}
+
+// agent returns the agent's DaemonSet and its nodeagent container.
+func agent(t *testing.T, objs []*object) (*appsv1.DaemonSet, *corev1.Container) {
+	t.Helper()
+	ds := lookup[appsv1.DaemonSet](objs, agentNamespace, agentDaemonSet)
+	if ds == nil {
+		t.Fatalf("DaemonSet %s/%s is not in the manifests", agentNamespace, agentDaemonSet)
+	}
+	var found *corev1.Container
+	for i := range ds.Spec.Template.Spec.Containers {
+		c := &ds.Spec.Template.Spec.Containers[i]
+		if cl := commandLine(c); len(cl) > 1 && path.Base(cl[0]) == "nodeagent" && cl[1] == "serve" {
+			if found != nil {
+				t.Fatalf("DaemonSet %s: two containers run nodeagent serve", agentDaemonSet)
+			}
+			found = c
+		}
+	}
+	if found == nil {
+		t.Fatalf("DaemonSet %s: no container runs `nodeagent serve`", agentDaemonSet)
+	}
+	return ds, found
+}
+
+// agentSocketPaths returns the socket `nodeagent serve` listens on, in the
+// container and on the host.
+func agentSocketPaths(t *testing.T, s *corev1.PodSpec, c *corev1.Container) (string, string) {
+	t.Helper()
+	f, _ := argFlags(c, commandLine(c)[2:])
+	sock, ok := flag1(f, "socket")
+	if !ok {
+		sock = agentSocket
+	}
+	host, ok := hostPathOf(s, c, sock)
+	if !ok {
+		t.Fatalf("DaemonSet %s: --socket %s is not on a hostPath volume: cni-eni on the host cannot reach it", agentDaemonSet, sock)
+	}
+	return sock, host
+}
+
+func TestNodeagentDaemonSet(t *testing.T) {
+	objs := load(t)
+	ds, c := agent(t, objs)
+	s := &ds.Spec.Template.Spec
+	who := fmt.Sprintf("DaemonSet %s: container %s", agentDaemonSet, c.Name)
+
+	if repo, tag := imageRepo(c.Image); repo != agentImageRepo || tag == "" {
+		t.Errorf("%s: image %q is not from %s", who, c.Image, agentImageRepo)
+	}
+	if !s.HostPID || !s.HostNetwork {
+		t.Errorf("DaemonSet %s: needs hostPID (QEMU processes outlive the pod) and hostNetwork (ENIs)", agentDaemonSet)
+	}
+	if !isPrivileged(c) {
+		t.Errorf("%s: must be privileged (netns, links, /dev/kvm, the host's cgroup namespace)", who)
+	}
+	if s.PriorityClassName != "system-node-critical" {
+		t.Errorf("DaemonSet %s: priorityClassName %q, want system-node-critical", agentDaemonSet, s.PriorityClassName)
+	}
+	if !slices.ContainsFunc(s.Tolerations, func(tl corev1.Toleration) bool {
+		return tl.Key == "" && tl.Operator == corev1.TolerationOpExists && tl.Effect == ""
+	}) {
+		t.Errorf("DaemonSet %s: must tolerate every taint (operator Exists, no key)", agentDaemonSet)
+	}
+	grace := time.Duration(corev1.DefaultTerminationGracePeriodSeconds) * time.Second
+	if g := s.TerminationGracePeriodSeconds; g != nil {
+		grace = time.Duration(*g) * time.Second
+	}
+	if grace < agentShutdown {
+		t.Errorf("DaemonSet %s: terminationGracePeriodSeconds %v: the agent may take %v to stop cleanly", agentDaemonSet, grace, agentShutdown)
+	}
+
+	// Flags.
+	f, positional := argFlags(c, commandLine(c)[2:])
+	if len(positional) > 0 {
+		t.Errorf("%s: positional arguments %v after serve", who, positional)
+	}
+	for name, vals := range f {
+		if !agentServeFlags[name] {
+			t.Errorf("%s: nodeagent serve has no flag --%s", who, name)
+		}
+		if len(vals) > 1 {
+			t.Errorf("%s: --%s given %d times", who, name, len(vals))
+		}
+	}
+	for _, name := range []string{"metrics-addr", "probe-addr"} {
+		a, ok := flag1(f, name)
+		if !ok || a == "" {
+			continue
+		}
+		_, port, err := net.SplitHostPort(a)
+		if err != nil {
+			t.Errorf("%s: --%s %q: %v", who, name, a, err)
+			continue
+		}
+		for _, p := range c.Ports {
+			if p.Name == strings.TrimSuffix(name, "-addr") && strconv.Itoa(int(p.ContainerPort)) != port {
+				t.Errorf("%s: port %s is %d but --%s %s", who, p.Name, p.ContainerPort, name, a)
+			}
+		}
+	}
+	if lvl, ok := flag1(f, "log-level"); ok && !slices.Contains([]string{"debug", "info", "warn", "error"}, lvl) {
+		t.Errorf("%s: --log-level %q", who, lvl)
+	}
+	if a, ok := flag1(f, "accel"); ok && !slices.Contains([]string{"auto", "kvm", "tcg"}, a) {
+		t.Errorf("%s: --accel %q", who, a)
+	}
+	// nodeagent/quota takes a cgroup path below the root; the groups live
+	// in the host's tree, so the host's cgroup file systems must be there.
+	if cg, ok := flag1(f, "cgroup-parent"); !ok || cg != "" {
+		if cg == "" {
+			cg = "/nodeagent" // serve's default
+		}
+		if !path.IsAbs(cg) || path.Clean(cg) == "/" || strings.Contains(cg, "..") {
+			t.Errorf("%s: --cgroup-parent %q: want an absolute cgroup path below the root, such as /nodeagent", who, cg)
+		}
+	}
+
+	// The socket, and every way of reaching it from inside.
+	sock, hostSock := agentSocketPaths(t, s, c)
+	if !path.IsAbs(sock) {
+		t.Errorf("%s: --socket %q is not absolute", who, sock)
+	}
+	if env, ok := envOf(c)["NODEAGENT_SOCKET"]; ok && env != sock {
+		t.Errorf("%s: NODEAGENT_SOCKET %s but --socket %s", who, env, sock)
+	}
+	for name, pr := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+		if pr == nil || pr.Exec == nil || len(pr.Exec.Command) < 2 || path.Base(pr.Exec.Command[0]) != "nodeagent" || pr.Exec.Command[1] != "status" {
+			t.Errorf("%s: %s probe: want exec `nodeagent status`", who, name)
+			continue
+		}
+		pf, _ := argFlags(c, pr.Exec.Command[2:])
+		ps, ok := flag1(pf, "socket")
+		if !ok {
+			ps = agentSocket
+			if env, ok := envOf(c)["NODEAGENT_SOCKET"]; ok {
+				ps = env
+			}
+		}
+		if ps != sock {
+			t.Errorf("%s: %s probe asks %s, the agent listens on %s", who, name, ps, sock)
+		}
+		if pr.TimeoutSeconds < 2 {
+			t.Errorf("%s: %s probe timeout %ds: a status call needs more", who, name, pr.TimeoutSeconds)
+		}
+	}
+
+	// Host paths.
+	stateDir, ok := flag1(f, "state-dir")
+	if !ok {
+		stateDir = agentStateDir
+	}
+	if h, ok := hostPathOf(s, c, stateDir); !ok || h != agentStateDir {
+		t.Errorf("%s: --state-dir %s must be host path %s (the state outlives the pod), got %q", who, stateDir, agentStateDir, h)
+	}
+	if path.Dir(hostSock) != "/run/nodeagent" {
+		t.Errorf("%s: the socket is at %s on the host, want it in /run/nodeagent", who, hostSock)
+	}
+	mounts := []struct {
+		p           string
+		ty          corev1.HostPathType
+		propagation corev1.MountPropagationMode
+	}{
+		{"/dev/kvm", corev1.HostPathCharDev, ""},
+		{"/dev/net/tun", corev1.HostPathCharDev, ""},
+		{"/run/nodeagent", corev1.HostPathDirectoryOrCreate, ""},
+		{agentStateDir, corev1.HostPathDirectoryOrCreate, ""},
+		{"/run/netns", "", corev1.MountPropagationHostToContainer},
+		{"/sys/fs/cgroup", "", ""},
+	}
+	for _, want := range mounts {
+		i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return path.Clean(m.MountPath) == want.p })
+		if i < 0 {
+			t.Errorf("%s: nothing mounted at %s", who, want.p)
+			continue
+		}
+		m := c.VolumeMounts[i]
+		v := volumeNamed(s, m.Name)
+		if v == nil || v.HostPath == nil || path.Clean(v.HostPath.Path) != want.p || m.SubPath != "" {
+			t.Errorf("%s: %s must be host path %s", who, want.p, want.p)
+			continue
+		}
+		if want.ty != "" && (v.HostPath.Type == nil || *v.HostPath.Type != want.ty) {
+			t.Errorf("%s: host path %s: type %v, want %s", who, want.p, v.HostPath.Type, want.ty)
+		}
+		if m.ReadOnly {
+			t.Errorf("%s: %s is read-only", who, want.p)
+		}
+		if want.propagation != "" {
+			if got := m.MountPropagation; got == nil || (*got != want.propagation && *got != corev1.MountPropagationBidirectional) {
+				t.Errorf("%s: %s needs mount propagation %s (namespaces made after the agent started)", who, want.p, want.propagation)
+			}
+		}
+	}
+}
+
+// cniNetConf is cni-eni's network configuration (cni-eni/config.go), the
+// fields of one plugin entry of a conflist; the runtime adds name and
+// cniVersion.
+type cniNetConf struct {
+	Type        string `json:"type"`
+	AgentSocket string `json:"agentSocket,omitempty"`
+	Timeout     string `json:"timeout,omitempty"`
+	LogFile     string `json:"logFile,omitempty"`
+	LogLevel    string `json:"logLevel,omitempty"`
+}
+
+// cniNameRe is the CNI spec's network name.
+var cniNameRe = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// parseCNIConflist parses a conflist as libcni (the runtime's loader)
+// does, then cni-eni's entry strictly, and checks what cni-eni's
+// parseConfig checks. It returns the socket cni-eni will dial.
+func parseCNIConflist(b []byte) (string, error) {
+	// libcni re-encodes what it reads (a duplicated key vanishes): decode
+	// the text strictly first.
+	var top struct {
+		CNIVersion             string            `json:"cniVersion"`
+		CNIVersions            []string          `json:"cniVersions"`
+		Name                   string            `json:"name"`
+		Plugins                []json.RawMessage `json:"plugins"`
+		DisableCheck           bool              `json:"disableCheck"`
+		DisableGC              bool              `json:"disableGC"`
+		LoadOnlyInlinedPlugins bool              `json:"loadOnlyInlinedPlugins"`
+	}
+	strict, err := sigsjson.UnmarshalStrict(b, &top, sigsjson.DisallowDuplicateFields, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		return "", err
+	}
+	if len(strict) > 0 {
+		return "", fmt.Errorf("conflist: %w", errors.Join(strict...))
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		return "", err
+	}
+	if list.CNIVersion != "1.0.0" {
+		return "", fmt.Errorf("cniVersion %q: want 1.0.0 (containerd 1.6 refuses 1.1.0 results)", list.CNIVersion)
+	}
+	if !cniNameRe.MatchString(list.Name) {
+		return "", fmt.Errorf("network name %q", list.Name)
+	}
+	if len(list.Plugins) != 1 {
+		return "", fmt.Errorf("%d plugins, want cni-eni alone", len(list.Plugins))
+	}
+	var nc cniNetConf
+	strict, err = sigsjson.UnmarshalStrict(top.Plugins[0], &nc, sigsjson.DisallowDuplicateFields, sigsjson.DisallowUnknownFields)
+	if err != nil {
+		return "", err
+	}
+	if len(strict) > 0 {
+		return "", fmt.Errorf("plugin entry: %w", errors.Join(strict...))
+	}
+	if nc.Type != cniPluginType {
+		return "", fmt.Errorf("plugin type %q, want %s", nc.Type, cniPluginType)
+	}
+	if nc.AgentSocket == "" {
+		nc.AgentSocket = agentSocket
+	}
+	if !path.IsAbs(nc.AgentSocket) {
+		return "", fmt.Errorf("agentSocket %q is not absolute", nc.AgentSocket)
+	}
+	if nc.Timeout != "" {
+		if d, err := time.ParseDuration(nc.Timeout); err != nil || d <= 0 || d > 5*time.Minute {
+			return "", fmt.Errorf("timeout %q: want a Go duration in (0, 5m]", nc.Timeout)
+		}
+	}
+	if nc.LogFile != "" && !path.IsAbs(nc.LogFile) {
+		return "", fmt.Errorf("logFile %q is not absolute", nc.LogFile)
+	}
+	if nc.LogLevel != "" && !slices.Contains([]string{"debug", "info", "warn", "error"}, nc.LogLevel) {
+		return "", fmt.Errorf("logLevel %q", nc.LogLevel)
+	}
+	return nc.AgentSocket, nil
+}
+
+func TestParseCNIConflistRejects(t *testing.T) {
+	const valid = `{"cniVersion": "1.0.0", "name": "eni", "plugins": [{"type": "cni-eni", "agentSocket": "/run/x.sock", "timeout": "10s"}]}`
+	if sock, err := parseCNIConflist([]byte(valid)); err != nil || sock != "/run/x.sock" {
+		t.Fatalf("valid conflist: %q, %v", sock, err)
+	}
+	for _, bad := range []string{
+		strings.Replace(valid, `"1.0.0"`, `"1.1.0"`, 1),
+		strings.Replace(valid, `"eni"`, `"-eni"`, 1),
+		strings.Replace(valid, `"cni-eni"`, `"bridge"`, 1),
+		strings.Replace(valid, `"agentSocket"`, `"agentsocket"`, 1),
+		strings.Replace(valid, `"agentSocket"`, `"socket"`, 1),
+		strings.Replace(valid, `"/run/x.sock"`, `"run/x.sock"`, 1),
+		strings.Replace(valid, `"10s"`, `"10"`, 1),
+		strings.Replace(valid, `"plugins"`, `"plugin"`, 1),
+		strings.Replace(valid, `"timeout": "10s"`, `"timeout": "10s", "timeout": "5s"`, 1),
+		strings.Replace(valid, `}]}`, `}, {"type": "portmap"}]}`, 1),
+		strings.Replace(valid, `"name": "eni"`, `"name": "eni", "name": "x"`, 1),
+		strings.Replace(valid, `"name": "eni"`, `"name": "eni", "mtu": 1500`, 1),
+		`{"cniVersion": "1.0.0", "name": "eni", "type": "cni-eni"}`,
+	} {
+		if _, err := parseCNIConflist([]byte(bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+}
+
+// shellVars collects the NAME=value lines of a script.
+var shellAssign = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_]*)=(\S+)$`)
+
+// shellWords splits a script's line into words, expanding $VAR and ${VAR}
+// from vars and dropping double quotes (enough for a plain install script).
+func shellWords(line string, vars map[string]string) []string {
+	var out []string
+	for _, w := range strings.Fields(line) {
+		w = strings.ReplaceAll(w, `"`, "")
+		for k, v := range vars {
+			w = strings.ReplaceAll(w, "${"+k+"}", v)
+			w = strings.ReplaceAll(w, "$"+k, v)
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// installStep is a file the installer puts on the host: copied to tmp,
+// then renamed to target.
+type installStep struct{ from, tmp, target string }
+
+// installSteps reads `cp FROM TMP` and `mv [-f] TMP TARGET` pairs from a
+// shell script.
+func installSteps(script string) []installStep {
+	vars := map[string]string{}
+	copies := map[string]string{}
+	var steps []installStep
+	for _, line := range strings.Split(script, "\n") {
+		line = strings.TrimSpace(line)
+		if m := shellAssign.FindStringSubmatch(line); m != nil {
+			vars[m[1]] = strings.Trim(m[2], `"`)
+			continue
+		}
+		w := shellWords(line, vars)
+		if len(w) == 0 {
+			continue
+		}
+		args := slices.DeleteFunc(slices.Clone(w[1:]), func(a string) bool { return strings.HasPrefix(a, "-") })
+		switch {
+		case w[0] == "cp" && len(args) == 2:
+			copies[args[1]] = args[0]
+		case w[0] == "mv" && len(args) == 2:
+			steps = append(steps, installStep{from: copies[args[0]], tmp: args[0], target: args[1]})
+		}
+	}
+	return steps
+}
+
+func TestCNIEniInstall(t *testing.T) {
+	objs := load(t)
+	ds, agentC := agent(t, objs)
+	s := &ds.Spec.Template.Spec
+	_, hostSock := agentSocketPaths(t, s, agentC)
+
+	// The installer: an init container of the agent's pod whose script
+	// copies each file next to its target and renames it over.
+	var inst *corev1.Container
+	var steps []installStep
+	for i := range s.InitContainers {
+		c := &s.InitContainers[i]
+		st := installSteps(strings.Join(commandLine(c), "\n"))
+		if slices.ContainsFunc(st, func(st installStep) bool { return path.Base(st.target) == cniPluginType }) {
+			inst, steps = c, st
+		}
+	}
+	if inst == nil {
+		t.Fatalf("DaemonSet %s: no init container installs %s (cp to a temporary name, then mv)", agentDaemonSet, cniPluginType)
+	}
+	who := fmt.Sprintf("DaemonSet %s: init container %s", agentDaemonSet, inst.Name)
+	if repo, _ := imageRepo(inst.Image); inst.Image != agentC.Image || repo != agentImageRepo {
+		t.Errorf("%s: image %s, want the agent's %s (plugin and agent speak one API version)", who, inst.Image, agentC.Image)
+	}
+	var conflistFrom string
+	for _, want := range []struct{ hostPath, what string }{
+		{path.Join(cniBinDir, cniPluginType), "the plugin"},
+		{path.Join(cniConfDir, cniConflist), "the conflist"},
+	} {
+		i := slices.IndexFunc(steps, func(st installStep) bool {
+			h, ok := hostPathOf(s, inst, st.target)
+			return ok && h == want.hostPath
+		})
+		if i < 0 {
+			t.Errorf("%s: no `mv TMP TARGET` puts %s at host path %s", who, want.what, want.hostPath)
+			continue
+		}
+		st := steps[i]
+		// Atomic, and noticed by containerd: a rename within the folder,
+		// from a name libcni does not load.
+		if path.Dir(st.tmp) != path.Dir(st.target) {
+			t.Errorf("%s: %s is renamed from %s: the temporary file must be in the target's folder", who, want.what, st.tmp)
+		}
+		if ext := path.Ext(st.tmp); ext == ".conf" || ext == ".conflist" || ext == ".json" {
+			t.Errorf("%s: temporary file %s has an extension the runtime loads", who, st.tmp)
+		}
+		if st.from == "" {
+			t.Errorf("%s: nothing is copied to %s before the rename", who, st.tmp)
+		}
+		if want.what == "the conflist" {
+			conflistFrom = st.from
+		}
+	}
+
+	// The conflist comes from the ConfigMap...
+	var conflist []byte
+	if conflistFrom != "" {
+		m, rel, ok := mountFor(inst, conflistFrom)
+		var v *corev1.Volume
+		if ok {
+			v = volumeNamed(s, m.Name)
+		}
+		if v == nil || v.ConfigMap == nil || v.ConfigMap.Name != cniConfigMap {
+			t.Errorf("%s: the conflist is copied from %s, not from ConfigMap %s", who, conflistFrom, cniConfigMap)
+		} else {
+			key := rel
+			for _, it := range v.ConfigMap.Items {
+				if path.Clean(it.Path) == rel {
+					key = it.Key
+				}
+			}
+			if key != cniConflist {
+				t.Errorf("%s: the conflist is key %q of ConfigMap %s, want %s", who, key, cniConfigMap, cniConflist)
+			}
+		}
+	}
+	cm := lookup[corev1.ConfigMap](objs, agentNamespace, cniConfigMap)
+	if cm == nil || !configMapHasKey(cm, cniConflist) {
+		t.Fatalf("ConfigMap %s/%s with key %s is not in the manifests", agentNamespace, cniConfigMap, cniConflist)
+	}
+	conflist = []byte(cm.Data[cniConflist])
+
+	// ...parses as the runtime and cni-eni parse it, and points at the
+	// agent's socket as the host sees it.
+	sock, err := parseCNIConflist(conflist)
+	if err != nil {
+		t.Fatalf("ConfigMap %s key %s: %v", cniConfigMap, cniConflist, err)
+	}
+	if sock != hostSock {
+		t.Errorf("ConfigMap %s: agentSocket %s, but the agent listens on host path %s", cniConfigMap, sock, hostSock)
+	}
+
+	// The example conflist kept beside the manifests says the same.
+	ex, err := os.ReadFile(cniExampleFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exSock, err := parseCNIConflist(ex); err != nil {
+		t.Errorf("%s: %v", cniExampleFile, err)
+	} else if exSock != hostSock {
+		t.Errorf("%s: agentSocket %s, but the agent listens on host path %s", cniExampleFile, exSock, hostSock)
 	}
 }

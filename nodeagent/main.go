@@ -22,6 +22,15 @@ Admin (each takes --socket, default $NODEAGENT_SOCKET or /run/nodeagent/nodeagen
   attachments [-o table|json]
   status [-o table|json]
   probe --pod NAMESPACE/NAME --port N [--http-path PATH] [--timeout DUR]
+  sandbox create ID [--vcpus N] [--memory MiB] [--netns PATH] [--disk PATH|rbd:POOL/IMAGE ...] [--wait] [-o table|json]
+  sandbox list [-o table|json]
+  sandbox get ID [-o table|json]
+  sandbox stop ID [--timeout DUR] [-o table|json]
+  sandbox delete ID
+  sandbox exec ID [--env KEY=VALUE ...] [--dir DIR] -- CMD [ARGS...]
+  sandbox attach ID --disk PATH|rbd:POOL/IMAGE [--id DISKID] [--read-only] [-o table|json]
+  sandbox detach ID DISKID [-o table|json]
+  sandbox events [--current] [-o table|json]
   version
 `
 
@@ -45,6 +54,8 @@ func run(args []string) int {
 		return statusCmd(args[1:])
 	case "probe":
 		return probeCmd(args[1:])
+	case "sandbox":
+		return sandboxCmd(args[1:])
 	case "version":
 		return versionCmd()
 	case "-h", "--help", "help":

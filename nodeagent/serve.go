@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
+	"github.com/nodeinfra/nodeinfra/nodeagent/quota"
+	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 	"github.com/nodeinfra/nodeinfra/nodeagent/server"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 	"github.com/nodeinfra/nodeinfra/pkg/version"
@@ -36,6 +39,24 @@ type Config struct {
 	ProbeAddr         string
 	ReconcileInterval time.Duration
 	LogLevel          string
+	Sandbox           SandboxConfig
+}
+
+// SandboxConfig configures the pod sandboxes (QEMU VMs).
+type SandboxConfig struct {
+	// Kernel and Initrd boot the guests; defaults are the files `make
+	// build` puts in nodeagent-guest/ beside the agent's binary. When the
+	// defaults are absent the sandbox API answers FailedPrecondition.
+	Kernel, Initrd string
+	QEMU           string
+	Accel          string // auto, kvm or tcg
+	// CgroupParent is the cgroup (under each v1 controller, or under the
+	// v2 root) that holds one cgroup per sandbox; "" disables quotas.
+	CgroupParent string
+	BootTimeout  time.Duration
+	CephConf     string
+	CephUser     string
+	CephKeyring  string
 }
 
 // Validate checks the configuration.
@@ -60,7 +81,35 @@ func (c Config) Validate() error {
 	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
 		return err
 	}
+	sb := c.Sandbox
+	switch sb.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return fmt.Errorf("--accel %q: want auto, kvm or tcg", sb.Accel)
+	}
+	for name, p := range map[string]string{"--guest-kernel": sb.Kernel, "--guest-initrd": sb.Initrd,
+		"--ceph-conf": sb.CephConf, "--ceph-keyring": sb.CephKeyring} {
+		if p != "" && !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path", name, p)
+		}
+	}
+	if sb.CgroupParent != "" && (strings.Contains(sb.CgroupParent, "..") || !strings.HasPrefix(sb.CgroupParent, "/") || sb.CgroupParent == "/") {
+		return fmt.Errorf("--cgroup-parent %q: want a cgroup path such as /nodeagent", sb.CgroupParent)
+	}
+	if sb.BootTimeout < time.Second {
+		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)
+	}
 	return nil
+}
+
+// guestDir is where `make build` puts the guest kernel and initramfs,
+// beside the agent's binary.
+func guestDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "/usr/local/lib/nodeagent-guest"
+	}
+	return filepath.Join(filepath.Dir(exe), "nodeagent-guest")
 }
 
 func serve(args []string) int {
@@ -72,6 +121,16 @@ func serve(args []string) int {
 	fs.StringVar(&cfg.ProbeAddr, "probe-addr", "127.0.0.1:9807", "address of the pod probe endpoint for the kubelet (empty disables)")
 	fs.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", 30*time.Second, "how often ENI state is reconciled with the node's links")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "debug, info, warn or error")
+	sb := &cfg.Sandbox
+	fs.StringVar(&sb.Kernel, "guest-kernel", "", "guest kernel (vmlinux) of the sandboxes (default nodeagent-guest/vmlinux beside this binary)")
+	fs.StringVar(&sb.Initrd, "guest-initrd", "", "guest initramfs with the guest agent (default nodeagent-guest/initramfs.cpio beside this binary)")
+	fs.StringVar(&sb.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	fs.StringVar(&sb.Accel, "accel", "auto", "sandbox accelerator: auto (probe KVM, fall back to TCG), kvm or tcg")
+	fs.StringVar(&sb.CgroupParent, "cgroup-parent", "/nodeagent", "cgroup holding one cgroup per sandbox (empty disables quotas)")
+	fs.DurationVar(&sb.BootTimeout, "boot-timeout", 60*time.Second, "time a sandbox has from QEMU start to the guest agent's first answer")
+	fs.StringVar(&sb.CephConf, "ceph-conf", "", "ceph.conf for RBD disks of sandboxes")
+	fs.StringVar(&sb.CephUser, "ceph-user", "admin", "cephx user for RBD disks (without client.)")
+	fs.StringVar(&sb.CephKeyring, "ceph-keyring", "", "keyring (or key file) of --ceph-user")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -102,14 +161,24 @@ func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	m := metrics.New(inv)
 	srv := &server.ENIServer{Inv: inv, Metrics: m, Version: version.Version}
+	sandboxes, err := openSandboxes(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
 
 	lis, err := listenUnix(cfg.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(cfg.Socket)
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log, m)))
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(server.UnaryInterceptor(log, m)),
+		grpc.ChainStreamInterceptor(server.StreamInterceptor(log, m)))
 	apiv1.RegisterENIServiceServer(g, srv)
+	var svc sandbox.Service // nil: the API answers FailedPrecondition
+	if sandboxes != nil {
+		svc = sandboxes
+	}
+	apiv1.RegisterSandboxServiceServer(g, server.NewSandboxServer(svc))
 
 	errc := make(chan error, 3)
 	go func() { errc <- g.Serve(lis) }()
@@ -161,6 +230,9 @@ func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 		_ = h.Shutdown(sctx)
 		cancel()
 	}
+	if sandboxes != nil {
+		sandboxes.Close() // ends event streams; the VMs keep running for the next agent
+	}
 	done := make(chan struct{})
 	go func() { g.GracefulStop(); close(done) }()
 	select {
@@ -169,6 +241,44 @@ func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 		g.Stop()
 	}
 	return nil
+}
+
+// openSandboxes opens the sandbox manager, which re-adopts running VMs. It
+// returns nil (sandboxes disabled, with a warning) when the default guest
+// files are absent; files named by flags must exist.
+func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.Manager, error) {
+	sb := cfg.Sandbox
+	kernel, initrd := sb.Kernel, sb.Initrd
+	if kernel == "" {
+		kernel = filepath.Join(guestDir(), "vmlinux")
+	}
+	if initrd == "" {
+		initrd = filepath.Join(guestDir(), "initramfs.cpio")
+	}
+	for flagName, p := range map[string]string{"--guest-kernel": kernel, "--guest-initrd": initrd} {
+		if _, err := os.Stat(p); err != nil {
+			if sb.Kernel != "" || sb.Initrd != "" {
+				return nil, fmt.Errorf("%s: %w", flagName, err)
+			}
+			log.Warn("sandboxes disabled: guest files not found (run make build, or pass --guest-kernel and --guest-initrd)", "missing", p)
+			return nil, nil
+		}
+	}
+	var qm *quota.Manager
+	if sb.CgroupParent != "" {
+		mode, err := quota.Detect()
+		if err != nil {
+			return nil, fmt.Errorf("cgroups: %w", err)
+		}
+		if qm, err = quota.NewManager(mode, sb.CgroupParent); err != nil {
+			return nil, fmt.Errorf("cgroups: %w", err)
+		}
+	}
+	return sandbox.Open(ctx, sandbox.Config{
+		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel,
+		Ceph:  sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
+		Quota: qm, BootTimeout: sb.BootTimeout, Log: log,
+	})
 }
 
 // listenUnix listens on path with mode 0600. A stale socket is replaced;

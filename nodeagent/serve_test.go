@@ -6,7 +6,8 @@ import (
 )
 
 func TestConfigValidate(t *testing.T) {
-	good := Config{Socket: "/run/x.sock", StateDir: "/var/lib/x", MetricsAddr: "127.0.0.1:9808", ProbeAddr: "", ReconcileInterval: time.Second, LogLevel: "info"}
+	good := Config{Socket: "/run/x.sock", StateDir: "/var/lib/x", MetricsAddr: "127.0.0.1:9808", ProbeAddr: "", ReconcileInterval: time.Second, LogLevel: "info",
+		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -17,6 +18,13 @@ func TestConfigValidate(t *testing.T) {
 		"bad probe addr":     func(c *Config) { c.ProbeAddr = "localhost" },
 		"short interval":     func(c *Config) { c.ReconcileInterval = time.Millisecond },
 		"bad log level":      func(c *Config) { c.LogLevel = "chatty" },
+		"bad accel":          func(c *Config) { c.Sandbox.Accel = "hvf" },
+		"relative kernel":    func(c *Config) { c.Sandbox.Kernel = "vmlinux" },
+		"relative keyring":   func(c *Config) { c.Sandbox.CephKeyring = "keyring" },
+		"cgroup escape":      func(c *Config) { c.Sandbox.CgroupParent = "/../x" },
+		"relative cgroup":    func(c *Config) { c.Sandbox.CgroupParent = "nodeagent" },
+		"root cgroup":        func(c *Config) { c.Sandbox.CgroupParent = "/" },
+		"short boot timeout": func(c *Config) { c.Sandbox.BootTimeout = time.Millisecond },
 	} {
 		c := good
 		mutate(&c)

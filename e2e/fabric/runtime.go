@@ -31,12 +31,16 @@ type Agent struct {
 	log    *os.File
 }
 
-// StartAgent starts `nodeagent serve` inside node, with its socket and
+// StartAgent starts `nodeagent serve` inside node (nil: the machine's own
+// namespace, without HTTP endpoints), with its socket and
 // state under dir, and waits until it answers. extra flags are appended
 // (a later --reconcile-interval overrides the tests' 1s).
 func StartAgent(bin string, node ns.NetNS, dir string, extra ...string) (*Agent, error) {
 	a := &Agent{Bin: bin, Dir: dir, Socket: filepath.Join(dir, "agent.sock"), StateDir: filepath.Join(dir, "state"),
 		MetricsAddr: "127.0.0.1:9808", ProbeAddr: "127.0.0.1:9807", Node: node, Extra: extra}
+	if node == nil { // fixed ports would collide with other agents
+		a.MetricsAddr, a.ProbeAddr = "", ""
+	}
 	return a, a.Start()
 }
 
@@ -47,10 +51,15 @@ func (a *Agent) Start() error {
 		return err
 	}
 	a.log = f
-	a.cmd = exec.Command("ip", "netns", "exec", Name(a.Node), a.Bin, "serve",
-		"--socket", a.Socket, "--state-dir", a.StateDir,
+	// nsenter, not `ip netns exec`: the agent needs the host's mounts
+	// (ip netns exec remounts /sys, which hides the cgroup hierarchies).
+	args := []string{a.Bin, "serve", "--socket", a.Socket, "--state-dir", a.StateDir,
 		"--metrics-addr", a.MetricsAddr, "--probe-addr", a.ProbeAddr,
-		"--reconcile-interval", "1s", "--log-level", "debug")
+		"--reconcile-interval", "1s", "--log-level", "debug"}
+	if a.Node != nil {
+		args = append([]string{"nsenter", "--net=" + a.Node.Path()}, args...)
+	}
+	a.cmd = exec.Command(args[0], args[1:]...)
 	a.cmd.Args = append(a.cmd.Args, a.Extra...)
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	if err := a.cmd.Start(); err != nil {

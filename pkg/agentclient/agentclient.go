@@ -31,9 +31,11 @@ func SocketPath(flagValue string) string {
 	return DefaultSocket
 }
 
-// Client is a connection to the agent.
+// Client is a connection to the agent, with a client of each of its
+// services.
 type Client struct {
 	apiv1.ENIServiceClient
+	apiv1.SandboxServiceClient
 	conn *grpc.ClientConn
 }
 
@@ -55,7 +57,11 @@ func Dial(socket string) (*Client, error) {
 		return nil, fmt.Errorf("agent client for %s: %w", socket, err)
 	}
 	conn.Connect() // start the handshake now, while the caller gets ready
-	return &Client{ENIServiceClient: apiv1.NewENIServiceClient(conn), conn: conn}, nil
+	return &Client{
+		ENIServiceClient:     apiv1.NewENIServiceClient(conn),
+		SandboxServiceClient: apiv1.NewSandboxServiceClient(conn),
+		conn:                 conn,
+	}, nil
 }
 
 // Close closes the connection.

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,43 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/guest/initramfs"
 )
-
-// cpioEntry is one member of a newc archive.
-type cpioEntry struct {
-	name         string
-	mode         uint32 // type and permission bits
-	data         []byte
-	major, minor uint32 // device nodes
-}
-
-// writeNewc writes an initramfs in the kernel's newc cpio format.
-func writeNewc(w io.Writer, entries []cpioEntry) error {
-	pad := func(n int) error {
-		if r := n % 4; r != 0 {
-			_, err := w.Write(make([]byte, 4-r))
-			return err
-		}
-		return nil
-	}
-	for i, e := range append(entries, cpioEntry{name: "TRAILER!!!"}) {
-		hdr := fmt.Sprintf("070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X",
-			i+1, e.mode, 0, 0, 1, 0, len(e.data), 0, 0, e.major, e.minor, len(e.name)+1, 0)
-		if _, err := io.WriteString(w, hdr+e.name+"\x00"); err != nil {
-			return err
-		}
-		if err := pad(len(hdr) + len(e.name) + 1); err != nil {
-			return err
-		}
-		if _, err := w.Write(e.data); err != nil {
-			return err
-		}
-		if err := pad(len(e.data)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // tscKHz reads the host TSC frequency, which the guest is told so that it
 // skips calibration (slow and flaky under TCG).
@@ -85,10 +50,10 @@ func TestGuestKernelBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cpio bytes.Buffer
-	if err := writeNewc(&cpio, []cpioEntry{
-		{name: "dev", mode: 0o040755}, {name: "proc", mode: 0o040755}, {name: "sys", mode: 0o040755},
-		{name: "dev/console", mode: 0o020600, major: 5, minor: 1},
-		{name: "init", mode: 0o100755, data: init},
+	if err := initramfs.WriteNewc(&cpio, []initramfs.Entry{
+		initramfs.Dir("dev", 0o755), initramfs.Dir("proc", 0o755), initramfs.Dir("sys", 0o755),
+		initramfs.CharDev("dev/console", 0o600, 5, 1),
+		initramfs.File("init", 0o755, init),
 	}); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,199 @@
+package qemu
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Files in a sandbox's working directory.
+const (
+	QMPSocket   = "qmp.sock"
+	AgentSocket = "agent.sock"
+	ConsoleLog  = "console.log"
+	PIDFile     = "qemu.pid"
+)
+
+// AgentPortName is the virtio-serial port the guest agent listens on.
+const AgentPortName = "agent.0"
+
+// Machine describes one sandbox VM. Args turns it into QEMU's command line.
+type Machine struct {
+	// Name is the sandbox ID; it is on the command line as
+	// "-name sandbox-<ID>" so that admins find the VM with ps.
+	Name string
+	// Dir is the VM's working directory (sockets, console log, pid file).
+	Dir string
+	// Accel is AccelKVM or AccelTCG.
+	Accel     string
+	VCPUs     uint32
+	MemoryMiB uint32
+	Kernel    string
+	Initrd    string
+	// KernelArgs are appended to the default guest command line.
+	KernelArgs []string
+	// NIC, when set, is a virtio-net device on the tap whose file the
+	// launcher passes as fd 3 (exec.Cmd.ExtraFiles[0]).
+	NIC *NIC
+	// Disks are attached at boot as virtio-blk devices.
+	Disks []BlockDevice
+	// Paused starts the VM stopped (-S): the caller puts QEMU in its
+	// cgroup, then sends "cont".
+	Paused bool
+}
+
+// NIC is the VM's network card.
+type NIC struct {
+	MAC string
+}
+
+// Accelerators.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
+)
+
+// BlockDevice is a virtio-blk disk: a host file or block device, or an RBD
+// image opened by QEMU's rbd driver.
+type BlockDevice struct {
+	// ID names the disk; the guest sees it as the device's serial.
+	ID       string
+	Path     string
+	RBD      *RBD
+	ReadOnly bool
+}
+
+// RBD is an image of a Ceph pool, with the cephx user whose base64 key is
+// in KeyFile (QEMU reads it through a secret object).
+type RBD struct {
+	Pool, Image string
+	Conf        string // ceph.conf with the monitors
+	User        string
+	KeyFile     string
+}
+
+// NodeName is the block node of disk id; DeviceID its virtio-blk device;
+// SecretID the secret object holding its cephx key.
+func NodeName(id string) string { return "disk-" + id }
+func DeviceID(id string) string { return "blk-" + id }
+func SecretID(id string) string { return "sec-" + id }
+
+// Blockdev returns the blockdev-add arguments of d (also used on the
+// command line as JSON, which needs no comma escaping).
+func (d BlockDevice) Blockdev() map[string]any {
+	var file map[string]any
+	switch {
+	case d.RBD != nil:
+		file = map[string]any{"driver": "rbd", "pool": d.RBD.Pool, "image": d.RBD.Image,
+			"conf": d.RBD.Conf, "user": d.RBD.User, "key-secret": SecretID(d.ID)}
+	default:
+		driver := "file"
+		if fi, err := os.Stat(d.Path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+			driver = "host_device"
+		}
+		file = map[string]any{"driver": driver, "filename": d.Path}
+	}
+	return map[string]any{"driver": "raw", "node-name": NodeName(d.ID), "read-only": d.ReadOnly,
+		"file": file, "discard": "unmap"}
+}
+
+// Secret returns the object-add arguments of the disk's cephx key, or nil.
+func (d BlockDevice) Secret() map[string]any {
+	if d.RBD == nil {
+		return nil
+	}
+	return map[string]any{"qom-type": "secret", "id": SecretID(d.ID), "file": d.RBD.KeyFile, "format": "base64"}
+}
+
+// Device returns the device_add arguments of d's virtio-blk device.
+func (d BlockDevice) Device() map[string]any {
+	return map[string]any{"driver": "virtio-blk-pci", "id": DeviceID(d.ID), "drive": NodeName(d.ID), "serial": d.ID}
+}
+
+// DefaultKernelArgs boot the tailored guest kernel fast (Kata's choices):
+// no timer checks or calibration, expedited RCU, no PCI scan past bus 0.
+var DefaultKernelArgs = []string{"console=ttyS0", "tsc=reliable", "no_timer_check", "rcupdate.rcu_expedited=1",
+	"noreplace-smp", "cryptomgr.notests", "reboot=k", "pci=lastbus=0", "panic=-1", "quiet"}
+
+// Args returns QEMU's arguments (without the binary).
+func (m Machine) Args() ([]string, error) {
+	if m.Name == "" || m.Dir == "" || m.Kernel == "" || m.Initrd == "" {
+		return nil, fmt.Errorf("machine: name, dir, kernel and initrd are required")
+	}
+	if m.VCPUs == 0 || m.MemoryMiB == 0 {
+		return nil, fmt.Errorf("machine %s: vcpus and memory must be positive", m.Name)
+	}
+	kargs := append([]string{}, DefaultKernelArgs...)
+	if m.VCPUs == 1 {
+		kargs = append(kargs, "noapictimer")
+	}
+	if khz := TSCkHz(); khz > 0 {
+		kargs = append(kargs, "tsc_early_khz="+strconv.Itoa(khz))
+	}
+	kargs = append(kargs, "nodeinfra.id="+m.Name)
+	kargs = append(kargs, m.KernelArgs...)
+	accel, cpu := "tcg,tb-size=16", "max"
+	if m.Accel == AccelKVM {
+		accel, cpu = "kvm", "host"
+	}
+	mem := strconv.FormatUint(uint64(m.MemoryMiB), 10) + "M"
+	a := []string{
+		"-name", "sandbox-" + m.Name,
+		"-M", "pc,memory-backend=mem", "-accel", accel, "-cpu", cpu,
+		"-smp", strconv.FormatUint(uint64(m.VCPUs), 10), "-m", mem,
+		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-bios", "/usr/share/qemu/qboot.rom",
+		"-kernel", m.Kernel, "-initrd", m.Initrd, "-append", strings.Join(kargs, " "),
+		"-nographic", "-nodefaults", "-no-user-config", "-no-reboot",
+		"-serial", "file:" + filepath.Join(m.Dir, ConsoleLog),
+		"-chardev", "socket,id=qmp,path=" + filepath.Join(m.Dir, QMPSocket) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(m.Dir, AgentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=agent,name=" + AgentPortName,
+		"-pidfile", filepath.Join(m.Dir, PIDFile),
+	}
+	if strings.ContainsAny(m.Dir, ",") {
+		return nil, fmt.Errorf("machine %s: dir %q must not contain a comma", m.Name, m.Dir)
+	}
+	if m.NIC != nil {
+		// With fd=, QEMU reads the vnet header setting off the tap itself.
+		a = append(a, "-netdev", "tap,id=net0,fd=3,vhost=off",
+			"-device", "virtio-net-pci,netdev=net0,mac="+m.NIC.MAC)
+	}
+	for _, d := range m.Disks {
+		if s := d.Secret(); s != nil {
+			b, _ := json.Marshal(s)
+			a = append(a, "-object", string(b))
+		}
+		b, _ := json.Marshal(d.Blockdev())
+		dev := d.Device()
+		a = append(a, "-blockdev", string(b), "-device",
+			fmt.Sprintf("virtio-blk-pci,id=%s,drive=%s,serial=%s", dev["id"], dev["drive"], dev["serial"]))
+	}
+	if m.Paused {
+		a = append(a, "-S")
+	}
+	return a, nil
+}
+
+// TSCkHz is the host TSC frequency, passed to the guest so that it skips
+// calibration (slow and flaky under TCG); 0 when unknown.
+func TSCkHz() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,358 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
+	"github.com/nodeinfra/nodeinfra/nodeagent/quota"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+)
+
+// Config configures the manager.
+type Config struct {
+	// StateDir holds one directory per sandbox under sandboxes/.
+	StateDir string
+	// QEMU is the qemu-system-x86_64 binary.
+	QEMU string
+	// Kernel and Initrd boot every guest (the tailored vmlinux and the
+	// initramfs with the guest agent as /init).
+	Kernel, Initrd string
+	// Accel is "auto" (probe KVM, fall back to TCG), "kvm" or "tcg".
+	Accel string
+	// Ceph are the credentials QEMU's rbd driver uses for RBD disks.
+	Ceph CephCredentials
+	// Quota places each QEMU in its own cgroup; nil disables cgroups.
+	Quota *quota.Manager
+	// OverheadMiB is added to the guest's memory for the cgroup limit
+	// (QEMU's own memory and its translation cache under TCG).
+	OverheadMiB uint32
+	// BootTimeout bounds the time from QEMU start to the guest agent's
+	// first answer; StopTimeout is Stop's default.
+	BootTimeout, StopTimeout time.Duration
+	Log                      *slog.Logger
+}
+
+// CephCredentials name a cluster and a cephx user.
+type CephCredentials struct {
+	Conf    string // ceph.conf with mon_host
+	User    string // cephx user without "client.", e.g. "admin"
+	Keyring string // keyring file (or a file holding just the base64 key)
+}
+
+func (c *Config) defaults() {
+	if c.QEMU == "" {
+		c.QEMU = "qemu-system-x86_64"
+	}
+	if c.Accel == "" {
+		c.Accel = "auto"
+	}
+	if c.OverheadMiB == 0 {
+		c.OverheadMiB = 256
+	}
+	if c.BootTimeout == 0 {
+		c.BootTimeout = 60 * time.Second
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = 10 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+}
+
+// Validate checks the configuration.
+func (c Config) Validate() error {
+	for name, p := range map[string]string{"state dir": c.StateDir, "kernel": c.Kernel, "initrd": c.Initrd} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("sandbox %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalidArgument)
+		}
+	}
+	switch c.Accel {
+	case "", "auto", qemu.AccelKVM, qemu.AccelTCG:
+	default:
+		return fmt.Errorf("accel %q: want auto, kvm or tcg: %w", c.Accel, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Manager runs the node's sandboxes.
+type Manager struct {
+	cfg   Config
+	log   *slog.Logger
+	dir   string // StateDir/sandboxes
+	accel string
+
+	mu    sync.Mutex
+	boxes map[string]*box
+	subs  map[chan Event]struct{}
+}
+
+var _ Service = (*Manager)(nil)
+
+// box is one sandbox. op serializes Create, Stop, Delete and disk changes;
+// rec and cur are guarded by Manager.mu.
+type box struct {
+	op      sync.Mutex
+	dir     string
+	rec     record
+	cur     *run          // the QEMU run, nil when none
+	changed chan struct{} // closed and replaced at each state change
+	deleted bool
+}
+
+// Open loads the sandboxes recorded in cfg.StateDir, re-adopts the ones
+// whose QEMU still runs and cleans up after the ones that died while no
+// agent watched them.
+func Open(ctx context.Context, cfg Config) (*Manager, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("component", "sandbox"), dir: filepath.Join(cfg.StateDir, "sandboxes"),
+		boxes: map[string]*box{}, subs: map[chan Event]struct{}{}}
+	if err := os.MkdirAll(m.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("sandbox state dir: %w", err)
+	}
+	m.accel = m.chooseAccel(ctx)
+	entries, err := os.ReadDir(m.dir)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox state dir: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		dir := filepath.Join(m.dir, e.Name())
+		rec, err := readRecord(dir)
+		if err != nil || rec.Sandbox.Spec.ID != e.Name() {
+			m.log.Warn("ignoring a sandbox dir without a valid record", "dir", dir, "error", err)
+			continue
+		}
+		b := &box{dir: dir, rec: rec, changed: make(chan struct{})}
+		m.boxes[rec.Sandbox.Spec.ID] = b
+		switch rec.Sandbox.State {
+		case StateCreating, StateReady, StateStopping:
+			m.adopt(b)
+		}
+	}
+	return m, nil
+}
+
+// Accel reports the accelerator guests run under.
+func (m *Manager) Accel() string { return m.accel }
+
+func (m *Manager) chooseAccel(ctx context.Context) string {
+	switch m.cfg.Accel {
+	case qemu.AccelKVM, qemu.AccelTCG:
+		m.log.Info("sandbox accelerator set by configuration", "accel", m.cfg.Accel)
+		return m.cfg.Accel
+	}
+	if err := qemu.ProbeKVM(ctx, m.cfg.QEMU, m.cfg.Kernel); err != nil {
+		m.log.Info("KVM does not work here; sandboxes run under TCG (emulation, slower)", "accel", qemu.AccelTCG, "why", err.Error())
+		return qemu.AccelTCG
+	}
+	m.log.Info("KVM works; sandboxes run under KVM", "accel", qemu.AccelKVM)
+	return qemu.AccelKVM
+}
+
+// Close lets go of the running sandboxes without stopping them (the next
+// agent re-adopts them).
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, b := range m.boxes {
+		if r := b.cur; r != nil {
+			r.detach()
+		}
+	}
+	for ch := range m.subs {
+		delete(m.subs, ch)
+		close(ch)
+	}
+}
+
+// Get returns one sandbox.
+func (m *Manager) Get(id string) (Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return Sandbox{}, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	return b.snapshot(), nil
+}
+
+// List returns all sandboxes, by ID.
+func (m *Manager) List() []Sandbox {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Sandbox, 0, len(m.boxes))
+	for _, b := range m.boxes {
+		out = append(out, b.snapshot())
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Spec.ID < out[j].Spec.ID })
+	return out
+}
+
+// Watch streams events. A watcher that falls 256 events behind is cut
+// off (its channel closes) rather than slowing the agent down.
+func (m *Manager) Watch(ctx context.Context, includeCurrent bool) <-chan Event {
+	ch := make(chan Event, 256)
+	m.mu.Lock()
+	if includeCurrent {
+		ids := make([]string, 0, len(m.boxes))
+		for id := range m.boxes {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		for _, id := range ids {
+			if len(ch) < cap(ch) {
+				ch <- Event{Time: time.Now(), Type: EventState, Sandbox: m.boxes[id].snapshot()}
+			}
+		}
+	}
+	m.subs[ch] = struct{}{}
+	m.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		m.mu.Lock()
+		if _, ok := m.subs[ch]; ok {
+			delete(m.subs, ch)
+			close(ch)
+		}
+		m.mu.Unlock()
+	}()
+	return ch
+}
+
+// publishLocked sends an event to the watchers; m.mu is held.
+func (m *Manager) publishLocked(e Event) {
+	e.Time = time.Now()
+	for ch := range m.subs {
+		select {
+		case ch <- e:
+		default:
+			delete(m.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+// setState moves b to state with reason, persists it and tells watchers.
+func (m *Manager) setState(b *box, state State, reason string, edit func(*record)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b.rec.Sandbox.State = state
+	b.rec.Sandbox.Reason = reason
+	if edit != nil {
+		edit(&b.rec)
+	}
+	m.persistLocked(b)
+	close(b.changed)
+	b.changed = make(chan struct{})
+	m.publishLocked(Event{Type: EventState, Sandbox: b.snapshot()})
+}
+
+// update edits b's record and persists it without a state change.
+func (m *Manager) update(b *box, edit func(*record)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	edit(&b.rec)
+	m.persistLocked(b)
+}
+
+func (m *Manager) persistLocked(b *box) {
+	if b.deleted {
+		return
+	}
+	if err := writeRecord(b.dir, b.rec); err != nil {
+		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+	}
+}
+
+func (b *box) snapshot() Sandbox {
+	s := b.rec.Sandbox
+	s.Disks = append([]Disk(nil), s.Disks...)
+	s.Addresses = append([]string(nil), s.Addresses...)
+	return s
+}
+
+func (m *Manager) state(b *box) (State, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return b.rec.Sandbox.State, b.changed
+}
+
+func (m *Manager) lookup(id string) (*box, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	return b, nil
+}
+
+// ready returns the run of a Ready sandbox, with its guest agent.
+func (m *Manager) ready(id string) (*box, *run, *client.Client, error) {
+	b, err := m.lookup(id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b.rec.Sandbox.State != StateReady || b.cur == nil || b.cur.agent == nil {
+		return nil, nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, b.rec.Sandbox.State, errdefs.ErrFailedPrecondition)
+	}
+	return b, b.cur, b.cur.agent, nil
+}
+
+// Exec runs a process in the guest.
+func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExitStatus, error) {
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return ExitStatus{}, fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument)
+	}
+	_, _, agent, err := m.ready(id)
+	if err != nil {
+		return ExitStatus{}, err
+	}
+	st, err := agent.Exec(ctx, execSpec(req), req.Stdin, req.Stdout, req.Stderr)
+	if err != nil {
+		return ExitStatus{}, fmt.Errorf("exec in %q: %w", id, err)
+	}
+	return ExitStatus{Code: st.Code, Signal: st.Signal}, nil
+}
+
+// logTail returns the last n non-empty lines of a file, joined by " | ".
+func logTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			lines = append(lines, l)
+			if len(lines) > n {
+				lines = lines[1:]
+			}
+		}
+	}
+	return strings.Join(lines, " | ")
+}
+
+// errStopped is the boot error when Stop interrupts a boot.
+var errStopped = errors.New("stopped while booting")
