@@ -78,6 +78,7 @@ bench: prereqs build
 		--host-device $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION) \
 		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
 	$(GO) run ./e2e/csibench --bin $(BIN)
+	$(GO) run ./e2e/sandboxbench --bin $(BIN)
 
 demo: prereqs build
 	./e2e/demo.sh $(BIN)

@@ -50,6 +50,7 @@ type SandboxConfig struct {
 	Kernel, Initrd string
 	QEMU           string
 	Accel          string // auto, kvm or tcg
+	KernelArgs     string // appended to the guest kernel command line
 	// CgroupParent is the cgroup (under each v1 controller, or under the
 	// v2 root) that holds one cgroup per sandbox; "" disables quotas.
 	CgroupParent string
@@ -125,6 +126,7 @@ func serve(args []string) int {
 	fs.StringVar(&sb.Kernel, "guest-kernel", "", "guest kernel (vmlinux) of the sandboxes (default nodeagent-guest/vmlinux beside this binary)")
 	fs.StringVar(&sb.Initrd, "guest-initrd", "", "guest initramfs with the guest agent (default nodeagent-guest/initramfs.cpio beside this binary)")
 	fs.StringVar(&sb.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	fs.StringVar(&sb.KernelArgs, "guest-kernel-args", "", "appended to the guests' kernel command line (e.g. \"loglevel=7\" to debug a boot)")
 	fs.StringVar(&sb.Accel, "accel", "auto", "sandbox accelerator: auto (probe KVM, fall back to TCG), kvm or tcg")
 	fs.StringVar(&sb.CgroupParent, "cgroup-parent", "/nodeagent", "cgroup holding one cgroup per sandbox (empty disables quotas)")
 	fs.DurationVar(&sb.BootTimeout, "boot-timeout", 60*time.Second, "time a sandbox has from QEMU start to the guest agent's first answer")
@@ -275,7 +277,7 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 		}
 	}
 	return sandbox.Open(ctx, sandbox.Config{
-		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel,
+		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:  sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
 		Quota: qm, BootTimeout: sb.BootTimeout, Log: log,
 	})

@@ -169,7 +169,7 @@ func (m *Manager) boot(ctx context.Context, b *box, r *run) {
 func (m *Manager) bootSteps(ctx context.Context, b *box, r *run) error {
 	spec := b.rec.Sandbox.Spec
 	mach := qemu.Machine{Name: spec.ID, Dir: b.dir, Accel: m.accel, VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB,
-		Kernel: m.cfg.Kernel, Initrd: m.cfg.Initrd, Paused: true}
+		Kernel: m.cfg.Kernel, Initrd: m.cfg.Initrd, KernelArgs: m.cfg.KernelArgs, Paused: true}
 	var extra []*os.File
 	defer func() {
 		for _, f := range extra {

@@ -30,6 +30,8 @@ type Config struct {
 	Kernel, Initrd string
 	// Accel is "auto" (probe KVM, fall back to TCG), "kvm" or "tcg".
 	Accel string
+	// KernelArgs are appended to the guests' kernel command line.
+	KernelArgs []string
 	// Ceph are the credentials QEMU's rbd driver uses for RBD disks.
 	Ceph CephCredentials
 	// Quota places each QEMU in its own cgroup; nil disables cgroups.
