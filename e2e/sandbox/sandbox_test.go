@@ -221,6 +221,7 @@ func TestSandboxBadInput(t *testing.T) {
 	e := newEnv(t)
 	for name, spec := range map[string]*apiv1.SandboxSpec{
 		"path in ID":       {Id: "../etc"},
+		"socket too long":  {Id: strings.Repeat("a", 63)}, // under this test's deep temp dir
 		"slash in ID":      {Id: "a/b"},
 		"empty ID":         {Id: ""},
 		"too many vCPUs":   {Id: "bad-cpu", Vcpus: 1000},

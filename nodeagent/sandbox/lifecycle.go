@@ -72,6 +72,11 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 	if err := spec.Validate(); err != nil {
 		return Sandbox{}, err
 	}
+	// A unix socket path has room for 107 bytes.
+	if sock := filepath.Join(m.dir, spec.ID, qemu.AgentSocket); len(sock) > 107 {
+		return Sandbox{}, fmt.Errorf("sandbox %q: its socket %s would be longer than 107 bytes; use a shorter ID or state dir: %w",
+			spec.ID, sock, errdefs.ErrInvalidArgument)
+	}
 	m.mu.Lock()
 	b, exists := m.boxes[spec.ID]
 	if exists {
