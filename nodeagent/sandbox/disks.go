@@ -94,7 +94,7 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 			return Sandbox{}, fmt.Errorf("sandbox %q has another disk %q: %w", id, d.ID, errdefs.ErrAlreadyExists)
 		}
 	}
-	_, r, _, err := m.ready(id)
+	_, r, _, err := m.ready(ctx, id)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -158,7 +158,7 @@ func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, e
 	if disk == nil {
 		return m.Get(id) // not attached: nothing to do
 	}
-	_, r, _, err := m.ready(id)
+	_, r, _, err := m.ready(ctx, id)
 	if err != nil {
 		return Sandbox{}, err
 	}

@@ -35,6 +35,11 @@ type run struct {
 	cancel context.CancelFunc // ends the boot
 	ended  chan struct{}      // closed once QEMU is gone and cleaned up
 
+	// connected closes once QMP and the guest agent are connected, or the
+	// run ended.
+	connected     chan struct{}
+	connectedOnce sync.Once
+
 	mu       sync.Mutex
 	proc     *process
 	qmp      *qemu.QMP
@@ -47,8 +52,10 @@ type run struct {
 }
 
 func newRun(b *box) *run {
-	return &run{box: b, ended: make(chan struct{}), waiters: map[string]chan struct{}{}}
+	return &run{box: b, ended: make(chan struct{}), connected: make(chan struct{}), waiters: map[string]chan struct{}{}}
 }
+
+func (r *run) markConnected() { r.connectedOnce.Do(func() { close(r.connected) }) }
 
 // detach closes the agent's connections to a VM it leaves running.
 func (r *run) detach() {
@@ -275,6 +282,7 @@ func (m *Manager) bootSteps(ctx context.Context, b *box, r *run) error {
 	r.mu.Lock()
 	r.agent = agent
 	r.mu.Unlock()
+	r.markConnected()
 	var addrs []string
 	if net := b.rec.Net; net != nil {
 		if err := agent.ConfigureNetwork(ctx, guestNetConfig(*net)); err != nil {
@@ -431,6 +439,7 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 		m.log.Info("sandbox stopped", "sandbox", id, "reason", reason)
 	}
 	close(r.ended)
+	r.markConnected()
 }
 
 // deleteGroup removes a cgroup; the kernel may take a moment to let go of
@@ -624,6 +633,7 @@ func (m *Manager) adopt(b *box) {
 			r.mu.Lock()
 			r.agent = agent
 			r.mu.Unlock()
+			r.markConnected()
 			if was == StateCreating && b.rec.Net != nil {
 				if err := agent.ConfigureNetwork(ctx, guestNetConfig(*b.rec.Net)); err != nil {
 					return fmt.Errorf("guest network: %w", err)

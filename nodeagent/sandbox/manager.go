@@ -306,18 +306,34 @@ func (m *Manager) lookup(id string) (*box, error) {
 	return b, nil
 }
 
-// ready returns the run of a Ready sandbox, with its guest agent.
-func (m *Manager) ready(id string) (*box, *run, *client.Client, error) {
+// ready returns the run of a Ready sandbox, with its guest agent. A
+// sandbox re-adopted after a restart is Ready as recorded while the agent
+// reconnects to its QMP and guest agent; ready waits for that.
+func (m *Manager) ready(ctx context.Context, id string) (*box, *run, *client.Client, error) {
 	b, err := m.lookup(id)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if b.rec.Sandbox.State != StateReady || b.cur == nil || b.cur.agent == nil {
-		return nil, nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, b.rec.Sandbox.State, errdefs.ErrFailedPrecondition)
+	for {
+		m.mu.Lock()
+		st, r := b.rec.Sandbox.State, b.cur
+		m.mu.Unlock()
+		if st != StateReady || r == nil {
+			return nil, nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, st, errdefs.ErrFailedPrecondition)
+		}
+		r.mu.Lock()
+		agent, q := r.agent, r.qmp
+		r.mu.Unlock()
+		if agent != nil && q != nil {
+			return b, r, agent, nil
+		}
+		select {
+		case <-r.connected:
+		case <-r.ended:
+		case <-ctx.Done():
+			return nil, nil, nil, fmt.Errorf("sandbox %q: still reconnecting: %w", id, ctx.Err())
+		}
 	}
-	return b, b.cur, b.cur.agent, nil
 }
 
 // Exec runs a process in the guest.
@@ -325,7 +341,7 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExitSta
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return ExitStatus{}, fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument)
 	}
-	_, _, agent, err := m.ready(id)
+	_, _, agent, err := m.ready(ctx, id)
 	if err != nil {
 		return ExitStatus{}, err
 	}
