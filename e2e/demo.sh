@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings up a simulated node (network namespaces only) with the real
 # nodeagent and cni-eni, and shows pods of two VPCs with the same CIDR
-# talking within their VPC and isolated from the other VPC and the node.
+# talking within their VPC and isolated from the other VPC and the node,
+# then a pod sandbox: a QEMU VM that takes over a pod's ENI (skipped when
+# BIN_DIR has no nodeagent-guest/, see make build).
 # Needs root. Usage: e2e/demo.sh [BIN_DIR]   (default: ./bin, see make build)
 set -euo pipefail
 

@@ -2,14 +2,18 @@
 // namespaces only; the machine's own network is left alone), runs the real
 // nodeagent and cni-eni on it, and shows pods of two VPCs with the same
 // CIDR talking within their VPC and isolated from the other VPC and from
-// the node. `make demo` runs it; everything it creates is deleted on exit,
-// on error and on Ctrl-C.
+// the node, then a pod sandbox (a QEMU VM) taking over a pod's ENI. `make
+// demo` runs it; everything it creates (namespaces, the VM, the agent's
+// cgroups) is deleted on exit, on error and on Ctrl-C.
 //
 //	go run ./e2e/demo --bin DIR
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -21,6 +25,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -118,11 +123,14 @@ type demo struct {
 	out   io.Writer
 	color bool
 
-	tmp   string
-	f     *fabric.Fabric
-	agent *fabric.Agent
-	rt    *fabric.Runtime
-	pods  []*pod
+	tmp string
+	// cgroupParent is the agent's --cgroup-parent, the demo's own so that
+	// it can remove it at the end.
+	cgroupParent string
+	f            *fabric.Fabric
+	agent        *fabric.Agent
+	rt           *fabric.Runtime
+	pods         []*pod
 
 	checks, bad int
 }
@@ -212,6 +220,13 @@ func (d *demo) run() (err error) {
 	if err := d.interrupted(); err != nil {
 		return err
 	}
+	// Runs after the agent is stopped; sandboxes get cgroups under it.
+	d.cgroupParent = "/nodeinfra-demo-" + randHex(4)
+	defer func() {
+		if e := d.removeCgroupParent(); e != nil {
+			fmt.Fprintln(os.Stderr, "demo:", e)
+		}
+	}()
 	start := time.Now()
 	agent, err := d.startAgent(agentDir) // on error it has killed the daemon and shown its log
 	if err != nil {
@@ -221,6 +236,7 @@ func (d *demo) run() (err error) {
 	// Runs before f.Close: the daemon must leave the node namespace first.
 	defer d.agent.Kill()
 	fmt.Fprintf(d.out, "  pid %d, socket %s, answering after %v\n", d.agent.Pid(), d.agent.Socket, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(d.out, "  --cgroup-parent %s: the sandboxes' cgroups, removed at the end\n", d.cgroupParent)
 	fmt.Fprintf(d.out, "  (every nodeagent command below also gets --socket %s)\n", d.agent.Socket)
 
 	// 3. Inventory and assignments.
@@ -355,7 +371,12 @@ func (d *demo) run() (err error) {
 	d.verdict(err != nil, fmt.Sprintf("probe of %s port %d (nothing listens there): %s", blueDB.ref(), probePort+1, okWord(err != nil, "fails", "SUCCEEDED")))
 	closeListener()
 
-	d.section("9. Teardown: CNI DEL, ENIs back to the node")
+	d.section("9. A pod sandbox: a QEMU VM takes over a pod's ENI")
+	if err := d.sandbox(blueWeb, blueDB); err != nil {
+		return err
+	}
+
+	d.section("10. Teardown: CNI DEL, ENIs back to the node")
 	home := true
 	for _, p := range d.pods {
 		if err := d.interrupted(); err != nil {
@@ -399,6 +420,7 @@ func (d *demo) run() (err error) {
 		names = append(names, fabric.Name(p.NS))
 	}
 	d.agent.Stop()
+	cgErr := d.removeCgroupParent()
 	d.f.Close()
 	var left []string
 	for _, n := range names {
@@ -411,6 +433,11 @@ func (d *demo) run() (err error) {
 	} else {
 		d.verdict(false, fmt.Sprintf("namespaces still there: %s", strings.Join(left, " ")))
 	}
+	if cgErr == nil {
+		d.verdict(true, fmt.Sprintf("the agent's cgroup %s removed from every hierarchy", d.cgroupParent))
+	} else {
+		d.verdict(false, cgErr.Error())
+	}
 
 	fmt.Fprintln(d.out)
 	if d.bad == 0 {
@@ -419,6 +446,293 @@ func (d *demo) run() (err error) {
 		fmt.Fprintln(d.out, d.red(fmt.Sprintf("✘ %d of %d checks NOT as expected", d.bad, d.checks)))
 	}
 	return nil
+}
+
+// sandboxInfo is what the demo reads of `nodeagent sandbox get -o json`.
+type sandboxInfo struct {
+	State     string   `json:"state"`
+	Reason    string   `json:"reason"`
+	Pid       int      `json:"pid"`
+	Accel     string   `json:"accel"`
+	Addresses []string `json:"addresses"`
+}
+
+// sandbox runs a pod sandbox, a QEMU VM, in p's namespace, where cni-eni
+// put p's ENI as eth0: the guest takes over the ENI's MAC and address,
+// reaches peer (a pod of the same VPC) and is reached by it, but not by
+// the node; deleting the sandbox gives eth0 its address back. The VM is
+// deleted whatever happens, also on an error or Ctrl-C. Without the guest
+// files of make build (or without QEMU) the section is skipped.
+func (d *demo) sandbox(p, peer *pod) (err error) {
+	guest := filepath.Join(d.bin, "nodeagent-guest")
+	for _, f := range []string{"vmlinux", "initramfs.cpio"} {
+		if _, err := os.Stat(filepath.Join(guest, f)); err != nil {
+			fmt.Fprintf(d.out, "  %s\n", d.yellow(fmt.Sprintf("skipped: no guest kernel and initramfs in %s (make build puts them there)", guest)))
+			return nil
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		fmt.Fprintf(d.out, "  %s\n", d.yellow("skipped: qemu-system-x86_64 not found in PATH (make prereqs installs it)"))
+		return nil
+	}
+	if err := d.interrupted(); err != nil {
+		return err
+	}
+	id := p.namespace + "-" + p.name
+	deleted := false
+	defer func() {
+		if deleted {
+			return
+		}
+		if e := d.removeSandbox(id); e != nil {
+			fmt.Fprintln(os.Stderr, "demo:", e)
+			if err == nil {
+				err = e
+			}
+		}
+	}()
+
+	fmt.Fprintf(d.out, "  %s\n", d.dim(fmt.Sprintf("# in %s's namespace, where cni-eni put its ENI %s (%s) as eth0", p.ref(), p.eni.MAC, p.ip)))
+	start := time.Now()
+	if _, err := d.cli(true, "sandbox", "create", id, "--netns", p.NS.Path(), "--wait"); err != nil {
+		return err
+	}
+	took := time.Since(start)
+	out, err := d.agent.CLI("sandbox", "get", id, "-o", "json")
+	if err != nil {
+		return err
+	}
+	var sb sandboxInfo
+	if err := json.Unmarshal([]byte(out), &sb); err != nil {
+		return fmt.Errorf("sandbox get %s -o json: %w", id, err)
+	}
+	if sb.State != "READY" {
+		return fmt.Errorf("sandbox %s is %s, not Ready: %s", id, sb.State, sb.Reason)
+	}
+	fmt.Fprintf(d.out, "  created and Ready in %v (QEMU pid %d, accel %s); the VM took over %s\n",
+		took.Round(time.Millisecond), sb.Pid, sb.Accel, orNone(sb.Addresses))
+	if _, err := d.cli(true, "sandbox", "list"); err != nil {
+		return err
+	}
+	if _, err := d.podAddrs(p, "host side: eth0 keeps no address, tap0 carries the VM"); err != nil {
+		return err
+	}
+
+	out, code, err := d.sandboxExec(id, "ip", "addr", "show", "eth0")
+	d.indent(out)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("exit status %d", code)
+	}
+	if err != nil {
+		return fmt.Errorf("sandbox exec %s ip addr show eth0: %w", id, err)
+	}
+	ok := strings.Contains(out, " "+p.ip+"/24 ") && strings.Contains(out, p.eni.MAC)
+	d.verdict(ok, fmt.Sprintf("the guest's eth0 has the ENI's MAC %s and %s's address %s/24: %s", p.eni.MAC, p.ref(), p.ip, okWord(ok, "yes", "NO")))
+
+	out, code, err = d.sandboxExec(id, "ping", "-c", "2", "-W", "2", peer.ip)
+	if err != nil {
+		d.indent(out)
+		return fmt.Errorf("sandbox exec %s ping: %w", id, err)
+	}
+	d.indent(pingSummary(out))
+	label := fmt.Sprintf("the VM (%s) -> %s (same VPC: %s in %s): ", p.ip, peer.ip, peer.ref(), peer.vpc.Name)
+	if code == 0 {
+		label += okWord(true, "replies", "")
+	} else {
+		label += okWord(false, "", fmt.Sprintf("NO REPLY (exit status %d)", code))
+	}
+	d.verdict(code == 0, label)
+	if err := d.ping(peer, p.ip, "the VM, in "+p.ref()+"'s namespace", true); err != nil {
+		return err
+	}
+	if err := d.pingIn(fabric.Name(d.f.Node), "the node", fabric.NodeAddr.Addr().String(), p.ip, "the VM", false); err != nil {
+		return err
+	}
+
+	if _, err := d.cli(true, "sandbox", "delete", id); err != nil {
+		return err
+	}
+	deleted = true
+	left := qemuPids(id)
+	links, err := d.podAddrs(p, "after the delete")
+	if err != nil {
+		return err
+	}
+	st, found, err := fabric.FindLink(p.NS, p.eni.MAC)
+	if err != nil {
+		return err
+	}
+	var v4 []string // the kernel's IPv6 link-local address is not cni-eni's
+	for _, a := range st.Addrs {
+		if !strings.Contains(a, ":") {
+			v4 = append(v4, a)
+		}
+	}
+	back := found && st.Name == "eth0" && st.Up && len(v4) == 1 && v4[0] == p.ip+"/24"
+	tap := strings.Contains(links, "tap0")
+	msg := fmt.Sprintf("after the delete no QEMU with sandbox-%s on its command line", id)
+	if len(left) > 0 {
+		msg = fmt.Sprintf("after the delete QEMU STILL RUNS (pid %v)", left)
+	}
+	if back {
+		msg += fmt.Sprintf(", %s's eth0 has %s/24 back", p.ref(), p.ip)
+	} else {
+		msg += fmt.Sprintf(", %s's eth0 NOT as cni-eni left it (%s %s, IPv4 addresses %s)", p.ref(), st.Name, upDown(st.Up), orNone(v4))
+	}
+	if tap {
+		msg += ", tap0 LEFT BEHIND"
+	} else {
+		msg += ", no tap0"
+	}
+	d.verdict(len(left) == 0 && back && !tap, msg)
+	return nil
+}
+
+// podAddrs shows `ip -br addr` in p's namespace with a comment, and
+// returns it.
+func (d *demo) podAddrs(p *pod, comment string) (string, error) {
+	if err := d.interrupted(); err != nil {
+		return "", err
+	}
+	args := []string{"netns", "exec", fabric.Name(p.NS), "ip", "-br", "addr"}
+	fmt.Fprintf(d.out, "  %s %s\n", d.dim("# "+p.ref()+", "+comment), d.dim("$ ip "+strings.Join(args, " ")))
+	out, err := exec.CommandContext(d.ctx, "ip", args...).CombinedOutput()
+	d.indent(string(out))
+	if e := d.interrupted(); e != nil {
+		return "", e
+	}
+	if err != nil {
+		return "", fmt.Errorf("ip -br addr in %s: %w", p.ref(), err)
+	}
+	return string(out), nil
+}
+
+// sandboxExec runs argv in sandbox id through `nodeagent sandbox exec`,
+// showing the command, and returns what it printed and its exit status.
+func (d *demo) sandboxExec(id string, argv ...string) (string, int, error) {
+	if err := d.interrupted(); err != nil {
+		return "", 0, err
+	}
+	fmt.Fprintf(d.out, "  %s\n", d.dim("$ nodeagent sandbox exec "+id+" -- "+strings.Join(argv, " ")))
+	args := append([]string{"sandbox", "exec", id, "--socket", d.agent.Socket, "--"}, argv...)
+	b, err := exec.CommandContext(d.ctx, d.agent.Bin, args...).CombinedOutput()
+	if e := d.interrupted(); e != nil {
+		return string(b), 0, e
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(b), ee.ExitCode(), nil
+	}
+	if err != nil {
+		return string(b), 0, err
+	}
+	return string(b), 0, nil
+}
+
+// removeSandbox deletes sandbox id through the agent, on a context of its
+// own (the demo's may be cancelled). If the agent does not do it (a Ctrl-C
+// reaches the agent too, and QEMU outlives it), the agent is killed, so
+// that it starts no other QEMU, and the sandbox's QEMU with it.
+func (d *demo) removeSandbox(id string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, d.agent.Bin, "sandbox", "delete", id, "--socket", d.agent.Socket).CombinedOutput()
+	if err == nil && len(qemuPids(id)) == 0 {
+		return nil
+	}
+	switch {
+	case err != nil && d.ctx.Err() != nil:
+		fmt.Fprintf(os.Stderr, "demo: the agent is gone (a Ctrl-C stops it too); killing the QEMU of sandbox %s\n", id)
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "demo: nodeagent sandbox delete %s: %v: %s; killing its QEMU\n", id, err, strings.TrimSpace(string(out)))
+	}
+	d.agent.Kill()
+	for _, pid := range qemuPids(id) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && len(qemuPids(id)) > 0; {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := qemuPids(id); len(left) > 0 {
+		return fmt.Errorf("QEMU of sandbox %s still runs: pid %v", id, left)
+	}
+	return nil
+}
+
+// qemuPids lists the processes running with -name sandbox-<id> on their
+// command line: the sandbox's QEMU, as `pgrep -f sandbox-<id>` finds it.
+func qemuPids(id string) []int {
+	want := []byte("\x00-name\x00sandbox-" + id + "\x00")
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, want) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// removeCgroupParent removes the agent's --cgroup-parent, and any sandbox
+// cgroup left under it, from every hierarchy (v1 controllers and v2). The
+// agent must have stopped and no QEMU run.
+func (d *demo) removeCgroupParent() error {
+	if d.cgroupParent == "" {
+		return nil
+	}
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", d.cgroupParent))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", d.cgroupParent))
+	var failed []string
+	for _, dir := range dirs {
+		if err := rmdirCgroup(dir); err != nil {
+			failed = append(failed, err.Error())
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("cgroup %s not removed: %s", d.cgroupParent, strings.Join(failed, "; "))
+	}
+	return nil
+}
+
+// rmdirCgroup removes a cgroup directory after its child cgroups,
+// retrying for a while as the kernel may still see a group busy with a
+// task that just exited.
+func rmdirCgroup(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			if err := rmdirCgroup(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	for delay := 10 * time.Millisecond; ; delay *= 2 {
+		err := syscall.Rmdir(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if (!errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN)) || delay > time.Second {
+			return &os.PathError{Op: "rmdir", Path: dir, Err: err}
+		}
+		time.Sleep(delay)
+	}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // startAgent runs fabric.StartAgent in the node namespace. That polls the
@@ -433,7 +747,7 @@ func (d *demo) startAgent(dir string) (*fabric.Agent, error) {
 	}
 	ch := make(chan started, 1)
 	go func() {
-		a, err := fabric.StartAgent(filepath.Join(d.bin, "nodeagent"), d.f.Node, dir)
+		a, err := fabric.StartAgent(filepath.Join(d.bin, "nodeagent"), d.f.Node, dir, "--cgroup-parent", d.cgroupParent)
 		ch <- started{a, err}
 	}()
 	select {
@@ -469,11 +783,17 @@ func (d *demo) startAgent(dir string) (*fabric.Agent, error) {
 
 // ping pings to from inside p and judges the outcome.
 func (d *demo) ping(p *pod, to, what string, wantReach bool) error {
+	return d.pingIn(fabric.Name(p.NS), p.ref(), p.ip, to, what, wantReach)
+}
+
+// pingIn pings to from the namespace netns, that of who (whose address is
+// from), and judges the outcome.
+func (d *demo) pingIn(netns, who, from, to, what string, wantReach bool) error {
 	if err := d.interrupted(); err != nil {
 		return err
 	}
-	args := []string{"netns", "exec", fabric.Name(p.NS), "ping", "-c", "2", "-i", "0.2", "-W", "1", to}
-	fmt.Fprintf(d.out, "  %s\n", d.dim("$ ip "+strings.Join(args, " ")+"   # from "+p.ref()))
+	args := []string{"netns", "exec", netns, "ping", "-c", "2", "-i", "0.2", "-W", "1", to}
+	fmt.Fprintf(d.out, "  %s\n", d.dim("$ ip "+strings.Join(args, " ")+"   # from "+who))
 	out, err := exec.CommandContext(d.ctx, "ip", args...).CombinedOutput()
 	if e := d.interrupted(); e != nil {
 		return e
@@ -486,10 +806,10 @@ func (d *demo) ping(p *pod, to, what string, wantReach bool) error {
 		// 1: no reply; 2: an error such as "Network is unreachable".
 	default:
 		d.indent(string(out))
-		return fmt.Errorf("ping from %s: %w", p.ref(), err)
+		return fmt.Errorf("ping from %s: %w", who, err)
 	}
 	d.indent(pingSummary(string(out)))
-	label := fmt.Sprintf("%s (%s) -> %s (%s): ", p.ref(), p.ip, to, what)
+	label := fmt.Sprintf("%s (%s) -> %s (%s): ", who, from, to, what)
 	if reached {
 		label += okWord(wantReach, "replies", "REPLIES")
 	} else {
@@ -506,6 +826,7 @@ func pingSummary(out string) string {
 		l = strings.TrimSpace(l)
 		switch {
 		case l == "", strings.HasPrefix(l, "PING "), strings.HasPrefix(l, "---"), strings.HasPrefix(l, "rtt "),
+			strings.HasPrefix(l, "round-trip "), // busybox's, in the sandbox
 			strings.Contains(l, " bytes from "):
 		default:
 			keep = append(keep, l)
@@ -660,7 +981,8 @@ func (d *demo) paint(code, s string) string {
 	return "\x1b[" + code + "m" + s + "\x1b[0m"
 }
 
-func (d *demo) bold(s string) string  { return d.paint("1", s) }
-func (d *demo) dim(s string) string   { return d.paint("2", s) }
-func (d *demo) green(s string) string { return d.paint("32", s) }
-func (d *demo) red(s string) string   { return d.paint("31", s) }
+func (d *demo) bold(s string) string   { return d.paint("1", s) }
+func (d *demo) dim(s string) string    { return d.paint("2", s) }
+func (d *demo) green(s string) string  { return d.paint("32", s) }
+func (d *demo) red(s string) string    { return d.paint("31", s) }
+func (d *demo) yellow(s string) string { return d.paint("33", s) }

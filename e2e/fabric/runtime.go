@@ -55,7 +55,10 @@ func (a *Agent) Start() error {
 	// (ip netns exec remounts /sys, which hides the cgroup hierarchies).
 	args := []string{a.Bin, "serve", "--socket", a.Socket, "--state-dir", a.StateDir,
 		"--metrics-addr", a.MetricsAddr, "--probe-addr", a.ProbeAddr,
-		"--reconcile-interval", "1s", "--log-level", "debug"}
+		"--reconcile-interval", "1s", "--log-level", "debug",
+		// No sandbox cgroups unless a test asks (in Extra, which wins): the
+		// agent would leave its parent cgroup on the machine.
+		"--cgroup-parent", ""}
 	if a.Node != nil {
 		args = append([]string{"nsenter", "--net=" + a.Node.Path()}, args...)
 	}
