@@ -179,6 +179,7 @@ func runDaemon(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var svc sandbox.Service // nil: the API answers FailedPrecondition
 	if sandboxes != nil {
 		svc = sandboxes
+		m.WatchSandboxes(sandboxes)
 	}
 	apiv1.RegisterSandboxServiceServer(g, server.NewSandboxServer(svc))
 

@@ -3,6 +3,8 @@ package sandbox_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,6 +173,9 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 		t.Errorf("same ID, other spec: %v, want AlreadyExists", err)
 	}
 
+	if body := metrics(t, e); !strings.Contains(body, `nodeagent_sandboxes{state="Ready"} 1`) {
+		t.Errorf("metrics lack one Ready sandbox:\n%s", grepLines(body, "nodeagent_sandboxes"))
+	}
 	list := e.cli("sandbox", "list")
 	if !strings.Contains(list, "vm-exec") || !strings.Contains(list, "Ready") && !strings.Contains(list, "READY") {
 		t.Errorf("sandbox list:\n%s", list)
@@ -464,4 +469,33 @@ func TestSandboxRBDVolume(t *testing.T) {
 	if _, err := e.cl.DetachDisk(e.ctx, &apiv1.DetachDiskRequest{SandboxId: "vm-reader", DiskId: "extra"}); err != nil {
 		t.Errorf("detach again (idempotent): %v", err)
 	}
+}
+
+// metrics fetches the agent's /metrics from inside the node namespace.
+func metrics(t *testing.T, e *env) string {
+	t.Helper()
+	var body []byte
+	err := e.f.Node.Do(func(ns.NetNS) error {
+		resp, err := http.Get("http://" + e.agent.MetricsAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, err = io.ReadAll(resp.Body)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

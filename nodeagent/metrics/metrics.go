@@ -2,6 +2,8 @@
 package metrics
 
 import (
+	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
+
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -66,5 +68,29 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Free), p.VPC, "free")
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Attached), p.VPC, "attached")
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Missing), p.VPC, "missing")
+	}
+}
+
+// SandboxSource lists the sandboxes, for nodeagent_sandboxes.
+type SandboxSource interface{ List() []sandbox.Sandbox }
+
+// WatchSandboxes exports the number of sandboxes by state.
+func (m *Metrics) WatchSandboxes(src SandboxSource) {
+	m.Registry.MustRegister(&sandboxCollector{src: src})
+}
+
+var sandboxDesc = prometheus.NewDesc("nodeagent_sandboxes", "Pod sandboxes (QEMU VMs) on the node, by state.", []string{"state"}, nil)
+
+type sandboxCollector struct{ src SandboxSource }
+
+func (c *sandboxCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sandboxDesc }
+
+func (c *sandboxCollector) Collect(ch chan<- prometheus.Metric) {
+	n := map[sandbox.State]int{}
+	for _, s := range c.src.List() {
+		n[s.State]++
+	}
+	for _, st := range []sandbox.State{sandbox.StateCreating, sandbox.StateReady, sandbox.StateStopping, sandbox.StateStopped, sandbox.StateFailed} {
+		ch <- prometheus.MustNewConstMetric(sandboxDesc, prometheus.GaugeValue, float64(n[st]), string(st))
 	}
 }
