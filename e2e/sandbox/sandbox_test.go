@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -476,12 +476,17 @@ func metrics(t *testing.T, e *env) string {
 	t.Helper()
 	var body []byte
 	err := e.f.Node.Do(func(ns.NetNS) error {
-		resp, err := http.Get("http://" + e.agent.MetricsAddr + "/metrics")
+		// Dialled here, on the goroutine that is in the namespace (an
+		// http.Transport would dial from another one).
+		c, err := net.Dial("tcp", e.agent.MetricsAddr)
 		if err != nil {
 			return err
 		}
-		defer resp.Body.Close()
-		body, err = io.ReadAll(resp.Body)
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.0\r\n\r\n"); err != nil {
+			return err
+		}
+		body, err = io.ReadAll(c)
 		return err
 	})
 	if err != nil {
