@@ -157,6 +157,9 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 	if _, _, err := e.execErr("vm-exec", "/no/such/program"); code2(err) != codes.NotFound || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing program: %v, want NotFound saying so", err)
 	}
+	// The guest kernel has what workloads expect: file locks, System V IPC,
+	// inotify, AIO.
+	e.sh("vm-exec", "[ -e /proc/locks ] && [ -d /proc/sysvipc ] && [ -e /proc/sys/fs/inotify/max_user_watches ] && [ -e /proc/sys/fs/aio-max-nr ]")
 	cli := exec.Command(filepath.Join(binDir, "nodeagent"), "sandbox", "exec", "vm-exec", "--socket", e.agent.Socket, "--", "sh", "-c", "cat; exit 3")
 	cli.Stdin = strings.NewReader("piped")
 	b, err := cli.Output()
@@ -335,6 +338,14 @@ func TestSandboxQEMUDeathIsReported(t *testing.T) {
 	cgroups := cgroupDirsOf(int(s.Pid))
 	if len(cgroups) == 0 {
 		t.Error("qemu is in no cgroup of its own")
+	}
+	// Its quota: one vCPU of CPU time, the guest's 128 MiB plus 256 MiB.
+	for _, dir := range cgroups {
+		for file, want := range map[string]string{"cpu.cfs_quota_us": "100000", "memory.limit_in_bytes": strconv.Itoa(384 << 20)} {
+			if b, err := os.ReadFile(filepath.Join(dir, file)); err == nil && strings.TrimSpace(string(b)) != want {
+				t.Errorf("%s/%s = %s, want %s", dir, file, strings.TrimSpace(string(b)), want)
+			}
+		}
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
