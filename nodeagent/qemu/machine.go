@@ -140,7 +140,7 @@ func (m Machine) Args() ([]string, error) {
 	}
 	kargs = append(kargs, "nodeinfra.id="+m.Name)
 	kargs = append(kargs, m.KernelArgs...)
-	accel, cpu := "tcg,tb-size=16", "max"
+	accel, cpu := "tcg,tb-size=12", "max"
 	if m.Accel == AccelKVM {
 		accel, cpu = "kvm", "host"
 	}

@@ -26,7 +26,7 @@ func TestMachineArgs(t *testing.T) {
 	}
 	line := strings.Join(args, " ")
 	for _, want := range []string{"-name sandbox-pod-a", "-smp 2", "-m 256M", "memory-backend-memfd,id=mem,size=256M,share=on",
-		"-accel tcg,tb-size=16", "nodeinfra.id=pod-a", "fd=3", "mac=02:00:00:00:00:01", "-S",
+		"-accel tcg,tb-size=12", "nodeinfra.id=pod-a", "fd=3", "mac=02:00:00:00:00:01", "-S",
 		"path=" + filepath.Join(dir, QMPSocket), "name=" + AgentPortName, "serial=db"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("args lack %q:\n%s", want, line)
