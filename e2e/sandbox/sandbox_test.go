@@ -279,9 +279,21 @@ func TestSandboxBadInput(t *testing.T) {
 // them (Ready, exec works) and can stop them.
 func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	e := newEnv(t)
-	for _, id := range []string{"vm-keep-1", "vm-keep-2"} {
-		e.create(&apiv1.SandboxSpec{Id: id})
+	// vm-keep-2 holds a pod's ENI, so its tap and eth0's addresses must
+	// survive the restarts too.
+	v := e.vpc("vpc-r", "10.68.0.1/24")
+	n := e.eni(v, "10.68.0.11/24")
+	rt, err := fabric.NewRuntime(e.f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
+	if err != nil {
+		t.Fatal(err)
 	}
+	p := e.pod("tenant", "kept")
+	e.cli("eni", "assign", "--pod", "tenant/kept", "--mac", n.MAC)
+	if _, err := rt.Add(e.ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	e.create(&apiv1.SandboxSpec{Id: "vm-keep-1"})
+	e.create(&apiv1.SandboxSpec{Id: "vm-keep-2", Netns: p.NS.Path()})
 	before := e.get("vm-keep-1").Pid
 	e.agent.Kill()
 	if !qemuRunning("vm-keep-1") || !qemuRunning("vm-keep-2") {
@@ -298,6 +310,9 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 		if out := e.sh(id, "echo alive"); out != "alive\n" {
 			t.Errorf("exec after re-adoption: %q", out)
 		}
+	}
+	if out := e.sh("vm-keep-2", "ip addr show eth0"); !strings.Contains(out, "10.68.0.11/24") {
+		t.Errorf("re-adopted guest lost its address:\n%s", out)
 	}
 	s, err := e.cl.StopSandbox(e.ctx, &apiv1.StopSandboxRequest{Id: "vm-keep-1"})
 	if err != nil || s.State != apiv1.Sandbox_STOPPED {
@@ -316,6 +331,13 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	s = e.waitState("vm-keep-2", apiv1.Sandbox_FAILED, 10*time.Second)
 	if !strings.Contains(s.Reason, "exited") {
 		t.Errorf("reason %q", s.Reason)
+	}
+	links := podLinks(t, p.NS)
+	if a := links["eth0"]; len(a) != 1 || a[0] != "10.68.0.11/24" {
+		t.Errorf("eth0 after its VM died while no agent watched: %v, want its address back", links)
+	}
+	if _, ok := links["tap0"]; ok {
+		t.Error("tap left behind")
 	}
 }
 
