@@ -65,20 +65,9 @@ func pingFrom(n ns.NetNS, addr string) error {
 func TestSandboxOnPodNetwork(t *testing.T) {
 	e := newEnv(t)
 	v := e.vpc("vpc-s", "10.66.0.1/24")
-	ea := e.eni(v, "10.66.0.11/24")
-	e.eni(v, "10.66.0.12/24")
-	rt, err := fabric.NewRuntime(e.f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pa, pb := e.pod("tenant", "vm"), e.pod("tenant", "plain")
-	e.cli("eni", "assign", "--pod", "tenant/vm", "--mac", ea.MAC)
-	e.cli("eni", "assign", "--pod", "tenant/plain", "--vpc", "vpc-s")
-	for _, p := range []*fabric.Pod{pa, pb} {
-		if _, err := rt.Add(e.ctx, p); err != nil {
-			t.Fatalf("ADD %s: %v", p.Name, err)
-		}
-	}
+	ea, eb := e.eni(v, "10.66.0.11/24"), e.eni(v, "10.66.0.12/24")
+	rt := e.runtime()
+	pa, pb := e.podOn(rt, "vm", ea), e.podOn(rt, "plain", eb)
 
 	s := e.create(&apiv1.SandboxSpec{Id: "vm-net", Vcpus: 1, MemoryMib: 128, Netns: pa.NS.Path()})
 	if len(s.Addresses) != 1 || s.Addresses[0] != "10.66.0.11/24" {
@@ -144,17 +133,40 @@ func (e *env) pod(namespace, name string) *fabric.Pod {
 	return p
 }
 
+// runtime is a CNI runtime (cniVersion 1.0.0, as containerd 1.6 needs)
+// against the env's agent.
+func (e *env) runtime() *fabric.Runtime {
+	e.t.Helper()
+	rt, err := fabric.NewRuntime(e.f.Node, binDir, e.t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return rt
+}
+
+// podOn creates pod tenant/name, assigns it the ENI n and runs CNI ADD, so
+// that n is its eth0.
+func (e *env) podOn(rt *fabric.Runtime, name string, n fabric.ENI) *fabric.Pod {
+	e.t.Helper()
+	p := e.pod("tenant", name)
+	e.cli("eni", "assign", "--pod", "tenant/"+name, "--mac", n.MAC)
+	if _, err := rt.Add(e.ctx, p); err != nil {
+		e.t.Fatalf("ADD %s: %v", name, err)
+	}
+	return p
+}
+
 // Exec carries stdin, stdout, stderr and the exit code, through the API
 // and through the CLI; create, stop and delete are idempotent by ID.
 func TestSandboxExecAndIdempotency(t *testing.T) {
 	e := newEnv(t)
 	spec := &apiv1.SandboxSpec{Id: "vm-exec", Vcpus: 1, MemoryMib: 128}
 	e.create(spec)
-	out, errOut, code := e.exec("vm-exec", "hello from stdin\n", "sh", "-c", "read l; echo \"got $l\"; echo oops >&2; exit 7")
-	if out != "got hello from stdin\n" || errOut != "oops\n" || code != 7 {
-		t.Errorf("exec: stdout %q stderr %q code %d", out, errOut, code)
+	out, errOut, exit := e.exec("vm-exec", "hello from stdin\n", "sh", "-c", "read l; echo \"got $l\"; echo oops >&2; exit 7")
+	if out != "got hello from stdin\n" || errOut != "oops\n" || exit != 7 {
+		t.Errorf("exec: stdout %q stderr %q code %d", out, errOut, exit)
 	}
-	if _, _, err := e.execErr("vm-exec", "/no/such/program"); code2(err) != codes.NotFound || !strings.Contains(err.Error(), "no such file") {
+	if _, _, err := e.execErr("vm-exec", "/no/such/program"); code(err) != codes.NotFound || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing program: %v, want NotFound saying so", err)
 	}
 	// The guest kernel has what workloads expect: file locks, System V IPC,
@@ -172,7 +184,7 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 	if err != nil || again.State != apiv1.Sandbox_READY || again.Pid != e.get("vm-exec").Pid {
 		t.Errorf("create again: %v, %v", again, err)
 	}
-	if _, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: "vm-exec", Vcpus: 2}}); code2(err) != codes.AlreadyExists {
+	if _, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: "vm-exec", Vcpus: 2}}); code(err) != codes.AlreadyExists {
 		t.Errorf("same ID, other spec: %v, want AlreadyExists", err)
 	}
 
@@ -192,17 +204,15 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 	if qemuRunning("vm-exec") {
 		t.Error("qemu runs after stop")
 	}
-	if _, _, err := e.execErr("vm-exec"); code2(err) != codes.FailedPrecondition {
+	if _, _, err := e.execErr("vm-exec"); code(err) != codes.FailedPrecondition {
 		t.Errorf("exec in a stopped sandbox: %v, want FailedPrecondition", err)
 	}
 	e.deleteSandbox("vm-exec")
 	e.deleteSandbox("vm-exec")
-	if _, err := e.cl.GetSandbox(e.ctx, &apiv1.GetSandboxRequest{Id: "vm-exec"}); code2(err) != codes.NotFound {
+	if _, err := e.cl.GetSandbox(e.ctx, &apiv1.GetSandboxRequest{Id: "vm-exec"}); code(err) != codes.NotFound {
 		t.Errorf("get after delete: %v, want NotFound", err)
 	}
 }
-
-func code2(err error) codes.Code { return code(err) }
 
 // execErr starts an exec and returns the stream's error (for refusals).
 func (e *env) execErr(id string, argv ...string) (string, string, error) {
@@ -283,15 +293,7 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	// survive the restarts too.
 	v := e.vpc("vpc-r", "10.68.0.1/24")
 	n := e.eni(v, "10.68.0.11/24")
-	rt, err := fabric.NewRuntime(e.f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := e.pod("tenant", "kept")
-	e.cli("eni", "assign", "--pod", "tenant/kept", "--mac", n.MAC)
-	if _, err := rt.Add(e.ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	p := e.podOn(e.runtime(), "kept", n)
 	e.create(&apiv1.SandboxSpec{Id: "vm-keep-1"})
 	e.create(&apiv1.SandboxSpec{Id: "vm-keep-2", Netns: p.NS.Path()})
 	before := e.get("vm-keep-1").Pid
@@ -347,15 +349,7 @@ func TestSandboxQEMUDeathIsReported(t *testing.T) {
 	e := newEnv(t)
 	v := e.vpc("vpc-d", "10.67.0.1/24")
 	n := e.eni(v, "10.67.0.11/24")
-	rt, err := fabric.NewRuntime(e.f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := e.pod("tenant", "doomed")
-	e.cli("eni", "assign", "--pod", "tenant/doomed", "--mac", n.MAC)
-	if _, err := rt.Add(e.ctx, p); err != nil {
-		t.Fatal(err)
-	}
+	p := e.podOn(e.runtime(), "doomed", n)
 	s := e.create(&apiv1.SandboxSpec{Id: "vm-doomed", Netns: p.NS.Path()})
 	cgroups := cgroupDirsOf(int(s.Pid))
 	if len(cgroups) == 0 {

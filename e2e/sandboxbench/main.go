@@ -11,6 +11,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,47 +128,56 @@ func agentRuns(cl *agentclient.Client, prefix string, mem uint32, n, conc int, i
 	ctx := context.Background()
 	out := make([]sample, n)
 	pids := make([]int, n)
-	errs := make(chan error, n)
-	sem := make(chan struct{}, conc)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			id := fmt.Sprintf("bench-%s-%d", prefix, i)
-			start := time.Now()
-			s, err := cl.CreateSandbox(ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: id, Vcpus: 1, MemoryMib: mem}, Wait: true})
-			if err == nil && s.State != apiv1.Sandbox_READY {
-				err = fmt.Errorf("sandbox %s: %s: %s", id, s.State, s.Reason)
-			}
-			if err != nil {
-				errs <- err
-				return
-			}
-			out[i].ready = time.Since(start)
-			pids[i] = int(s.Pid)
-		}(i)
-		if conc == 1 {
-			wg.Wait()
+	id := func(i int) string { return fmt.Sprintf("bench-%s-%d", prefix, i) }
+	// Deleted whatever happens: QEMU outlives the agent.
+	defer func() {
+		for i := 0; i < n; i++ {
+			_, _ = cl.DeleteSandbox(ctx, &apiv1.DeleteSandboxRequest{Id: id(i)})
 		}
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	}()
+	err := inParallel(n, conc, func(i int) error {
+		start := time.Now()
+		s, err := cl.CreateSandbox(ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: id(i), Vcpus: 1, MemoryMib: mem}, Wait: true})
+		if err != nil {
+			return err
+		}
+		if s.State != apiv1.Sandbox_READY {
+			return fmt.Errorf("sandbox %s: %s: %s", id(i), s.State, s.Reason)
+		}
+		out[i].ready = time.Since(start)
+		pids[i] = int(s.Pid)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	time.Sleep(idle)
 	for i, pid := range pids {
 		out[i].pss, out[i].uniq = memory(pid)
 	}
-	for i := 0; i < n; i++ {
-		if _, err := cl.DeleteSandbox(ctx, &apiv1.DeleteSandboxRequest{Id: fmt.Sprintf("bench-%s-%d", prefix, i)}); err != nil {
-			return nil, err
-		}
-	}
 	return out, nil
+}
+
+// inParallel runs f(0), ..., f(n-1), at most conc at a time (in order
+// when conc is 1), and returns the first error.
+func inParallel(n, conc int, f func(i int) error) error {
+	errs := make(chan error, n)
+	sem := make(chan struct{}, conc)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
 }
 
 // bareRuns boots n bare QEMUs (conc at a time) with the sandbox's machine
@@ -183,58 +193,40 @@ func bareRuns(tmp, kernel, initrd, accel string, mem uint32, n, conc int, idle t
 			}
 		}
 	}()
-	errs := make(chan error, n)
-	sem := make(chan struct{}, conc)
-	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			dir, err := os.MkdirTemp(tmp, "bare-")
-			if err != nil {
-				errs <- err
-				return
-			}
-			m := qemu.Machine{Name: fmt.Sprintf("bare-%d", i), Dir: dir, Accel: accel, VCPUs: 1, MemoryMiB: mem, Kernel: kernel, Initrd: initrd}
-			args, err := m.Args()
-			if err != nil {
-				errs <- err
-				return
-			}
-			for j := range args {
-				if args[j] == "-serial" {
-					args[j+1] = "stdio"
-				}
-			}
-			cmd := exec.Command("qemu-system-x86_64", args...)
-			stdout, err := cmd.StdoutPipe()
-			if err != nil {
-				errs <- err
-				return
-			}
-			start := time.Now()
-			if err := cmd.Start(); err != nil {
-				errs <- err
-				return
-			}
-			cmds[i] = cmd
-			r := bufio.NewReader(stdout)
-			if _, err := r.ReadByte(); err != nil {
-				errs <- fmt.Errorf("bare qemu %d: no guest output: %w", i, err)
-				return
-			}
-			out[i].ready = time.Since(start)
-			go func() { _, _ = r.WriteTo(discard{}) }()
-		}(i)
-		if conc == 1 {
-			wg.Wait()
+	err := inParallel(n, conc, func(i int) error {
+		dir, err := os.MkdirTemp(tmp, "bare-")
+		if err != nil {
+			return err
 		}
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+		m := qemu.Machine{Name: fmt.Sprintf("bare-%d", i), Dir: dir, Accel: accel, VCPUs: 1, MemoryMiB: mem, Kernel: kernel, Initrd: initrd}
+		args, err := m.Args()
+		if err != nil {
+			return err
+		}
+		for j := range args {
+			if args[j] == "-serial" {
+				args[j+1] = "stdio"
+			}
+		}
+		cmd := exec.Command("qemu-system-x86_64", args...)
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return err
+		}
+		start := time.Now()
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		cmds[i] = cmd // each run its own slot; read once all are done
+		r := bufio.NewReader(stdout)
+		if _, err := r.ReadByte(); err != nil {
+			return fmt.Errorf("bare qemu %d: no guest output: %w", i, err)
+		}
+		out[i].ready = time.Since(start)
+		go func() { _, _ = r.WriteTo(io.Discard) }()
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	time.Sleep(idle)
@@ -243,10 +235,6 @@ func bareRuns(tmp, kernel, initrd, accel string, mem uint32, n, conc int, idle t
 	}
 	return out, nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // memory returns a process's PSS and unique (private) memory in KiB.
 func memory(pid int) (pss, uniq int64) {

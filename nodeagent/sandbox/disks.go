@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
-
-func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // blockDevice describes d for QEMU. For an RBD image it writes the cephx
 // key where QEMU's secret object reads it (dir/<disk>.key, mode 0600), so
@@ -94,7 +91,7 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 			return Sandbox{}, fmt.Errorf("sandbox %q has another disk %q: %w", id, d.ID, errdefs.ErrAlreadyExists)
 		}
 	}
-	_, r, _, err := m.ready(ctx, id)
+	r, _, err := m.ready(ctx, id)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -158,7 +155,7 @@ func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, e
 	if disk == nil {
 		return m.Get(id) // not attached: nothing to do
 	}
-	_, r, _, err := m.ready(ctx, id)
+	r, _, err := m.ready(ctx, id)
 	if err != nil {
 		return Sandbox{}, err
 	}

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -284,7 +285,7 @@ func (m *Manager) bootSteps(ctx context.Context, b *box, r *run) error {
 	r.mu.Unlock()
 	r.markConnected()
 	var addrs []string
-	if net := b.rec.Net; net != nil {
+	if net := m.record(b).Net; net != nil {
 		if err := agent.ConfigureNetwork(ctx, guestNetConfig(*net)); err != nil {
 			return fmt.Errorf("guest network: %w", err)
 		}
@@ -343,7 +344,7 @@ func (r *run) pumpEvents(q *qemu.QMP) {
 		var d struct {
 			Device string `json:"device"`
 		}
-		_ = jsonUnmarshal(ev.Data, &d)
+		_ = json.Unmarshal(ev.Data, &d)
 		r.mu.Lock()
 		if ch, ok := r.waiters[d.Device]; ok {
 			close(ch)
@@ -383,24 +384,9 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 	group := r.group
 	r.mu.Unlock()
 
-	id := b.rec.Sandbox.Spec.ID
-	var problems []string
-	if group != nil {
-		if err := deleteGroup(group); err != nil {
-			problems = append(problems, err.Error())
-		}
-	} else if b.rec.Cgroup != "" && m.cfg.Quota != nil {
-		if g, err := m.cfg.Quota.Load(b.rec.Cgroup); err == nil {
-			if err := deleteGroup(g); err != nil {
-				problems = append(problems, err.Error())
-			}
-		}
-	}
-	if n := b.rec.Net; n != nil {
-		if err := podnet.Teardown(b.rec.Sandbox.Spec.NetNS, *n); err != nil {
-			problems = append(problems, "pod network: "+err.Error())
-		}
-	}
+	rec := m.record(b)
+	id := rec.Sandbox.Spec.ID
+	problems := m.release(rec, group)
 	tail := logTail(filepath.Join(b.dir, "qemu.log"), 2)
 	removeRunFiles(b.dir)
 
@@ -440,6 +426,28 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 	}
 	close(r.ended)
 	r.markConnected()
+}
+
+// release gives back what rec says the sandbox holds: its cgroup (group,
+// when the run has it open) and the pod network. It returns what failed.
+func (m *Manager) release(rec record, group quota.Group) []string {
+	var problems []string
+	if group == nil && rec.Cgroup != "" && m.cfg.Quota != nil {
+		if g, err := m.cfg.Quota.Load(rec.Cgroup); err == nil {
+			group = g
+		}
+	}
+	if group != nil {
+		if err := deleteGroup(group); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if rec.Net != nil {
+		if err := podnet.Teardown(rec.Sandbox.Spec.NetNS, *rec.Net); err != nil {
+			problems = append(problems, "pod network: "+err.Error())
+		}
+	}
+	return problems
 }
 
 // deleteGroup removes a cgroup; the kernel may take a moment to let go of
@@ -560,20 +568,12 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if err := m.stopLocked(ctx, b, 0); err != nil {
 		return err
 	}
+	// A cleanup that failed when the sandbox ended gets another go.
+	if problems := m.release(m.record(b), nil); len(problems) > 0 {
+		return fmt.Errorf("delete sandbox %q: %s: %w", id, strings.Join(problems, "; "), errdefs.ErrUnavailable)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if n := b.rec.Net; n != nil { // a cleanup that failed earlier gets another go
-		if err := podnet.Teardown(b.rec.Sandbox.Spec.NetNS, *n); err != nil {
-			return fmt.Errorf("delete sandbox %q: pod network: %w", id, err)
-		}
-	}
-	if b.rec.Cgroup != "" && m.cfg.Quota != nil {
-		if g, err := m.cfg.Quota.Load(b.rec.Cgroup); err == nil {
-			if err := g.Delete(); err != nil {
-				return fmt.Errorf("delete sandbox %q: %w", id, err)
-			}
-		}
-	}
 	if err := os.RemoveAll(b.dir); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", id, err)
 	}
@@ -634,14 +634,15 @@ func (m *Manager) adopt(b *box) {
 			r.agent = agent
 			r.mu.Unlock()
 			r.markConnected()
-			if was == StateCreating && b.rec.Net != nil {
-				if err := agent.ConfigureNetwork(ctx, guestNetConfig(*b.rec.Net)); err != nil {
+			net := m.record(b).Net
+			if was == StateCreating && net != nil {
+				if err := agent.ConfigureNetwork(ctx, guestNetConfig(*net)); err != nil {
 					return fmt.Errorf("guest network: %w", err)
 				}
 			}
 			var addrs []string
-			if b.rec.Net != nil {
-				addrs = b.rec.Net.Addresses
+			if net != nil {
+				addrs = net.Addresses
 			}
 			return m.becomeReady(b, r, addrs)
 		}()

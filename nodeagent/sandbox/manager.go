@@ -283,6 +283,13 @@ func (m *Manager) persistLocked(b *box) {
 	}
 }
 
+// record returns a copy of b's record.
+func (m *Manager) record(b *box) record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return b.rec
+}
+
 func (b *box) snapshot() Sandbox {
 	s := b.rec.Sandbox
 	s.Disks = append([]Disk(nil), s.Disks...)
@@ -309,29 +316,29 @@ func (m *Manager) lookup(id string) (*box, error) {
 // ready returns the run of a Ready sandbox, with its guest agent. A
 // sandbox re-adopted after a restart is Ready as recorded while the agent
 // reconnects to its QMP and guest agent; ready waits for that.
-func (m *Manager) ready(ctx context.Context, id string) (*box, *run, *client.Client, error) {
+func (m *Manager) ready(ctx context.Context, id string) (*run, *client.Client, error) {
 	b, err := m.lookup(id)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	for {
 		m.mu.Lock()
 		st, r := b.rec.Sandbox.State, b.cur
 		m.mu.Unlock()
 		if st != StateReady || r == nil {
-			return nil, nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, st, errdefs.ErrFailedPrecondition)
+			return nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, st, errdefs.ErrFailedPrecondition)
 		}
 		r.mu.Lock()
 		agent, q := r.agent, r.qmp
 		r.mu.Unlock()
 		if agent != nil && q != nil {
-			return b, r, agent, nil
+			return r, agent, nil
 		}
 		select {
 		case <-r.connected:
 		case <-r.ended:
 		case <-ctx.Done():
-			return nil, nil, nil, fmt.Errorf("sandbox %q: still reconnecting: %w", id, ctx.Err())
+			return nil, nil, fmt.Errorf("sandbox %q: still reconnecting: %w", id, ctx.Err())
 		}
 	}
 }
@@ -341,7 +348,7 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExitSta
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return ExitStatus{}, fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument)
 	}
-	_, _, agent, err := m.ready(ctx, id)
+	_, agent, err := m.ready(ctx, id)
 	if err != nil {
 		return ExitStatus{}, err
 	}

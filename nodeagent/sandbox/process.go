@@ -106,12 +106,3 @@ func (p *process) signal(sig syscall.Signal) {
 		_ = p.child.Signal(sig) // os.Process knows when it has been reaped
 	}
 }
-
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}

@@ -9,7 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +18,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/agentproto"
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/initramfs"
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -25,20 +26,6 @@ const (
 	testMAC  = "02:00:00:0a:01:0b"
 	diskSize = 16 << 20
 )
-
-// tscKHz is the host TSC frequency, which the guest is told so that it
-// skips calibration (slow and flaky under TCG).
-func tscKHz() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-			if mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
-}
 
 // vm is a guest booted from the tailored kernel and an initramfs holding
 // the agent under test.
@@ -82,8 +69,9 @@ func bootVM(t *testing.T) *vm {
 		t.Fatal(err)
 	}
 	v := &vm{dir: dir, socket: filepath.Join(dir, "agent.sock"), console: filepath.Join(dir, "console.log"), exited: make(chan struct{})}
-	cmdline := "console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 noreplace-smp cryptomgr.notests reboot=k pci=lastbus=0 panic=-1 noapictimer quiet nodeinfra.id=agent-vmtest"
-	if khz := tscKHz(); khz > 0 {
+	// The sandboxes' own guest command line (nodeagent/qemu).
+	cmdline := strings.Join(append(slices.Clone(qemu.DefaultKernelArgs), "noapictimer", "nodeinfra.id=agent-vmtest"), " ")
+	if khz := qemu.TSCkHz(); khz > 0 {
 		cmdline += fmt.Sprintf(" tsc_early_khz=%d", khz)
 	}
 	v.cmd = exec.Command("qemu-system-x86_64", "-name", "nodeinfra-agent-vmtest",

@@ -8,28 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/initramfs"
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 )
-
-// tscKHz reads the host TSC frequency, which the guest is told so that it
-// skips calibration (slow and flaky under TCG).
-func tscKHz() int {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "cpu MHz" {
-			mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return int(mhz * 1000)
-			}
-		}
-	}
-	return 0
-}
 
 // The tailored guest kernel boots under QEMU (TCG here) to a Go /init,
 // which prints on the serial console.
@@ -61,8 +47,9 @@ func TestGuestKernelBoots(t *testing.T) {
 	if err := os.WriteFile(initrd, cpio.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmdline := "console=ttyS0 tsc=reliable no_timer_check rcupdate.rcu_expedited=1 noreplace-smp cryptomgr.notests reboot=k pci=lastbus=0 panic=-1 noapictimer quiet"
-	if khz := tscKHz(); khz > 0 {
+	// The sandboxes' own guest command line (nodeagent/qemu).
+	cmdline := strings.Join(append(slices.Clone(qemu.DefaultKernelArgs), "noapictimer"), " ")
+	if khz := qemu.TSCkHz(); khz > 0 {
 		cmdline += fmt.Sprintf(" tsc_early_khz=%d", khz)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
