@@ -118,9 +118,6 @@ func (c *NetConf) logger(args map[string]string) (*slog.Logger, func()) {
 	return l, closeFn
 }
 
-// podRef is the pod a sandbox belongs to, from CNI_ARGS.
-type podRef struct{ Namespace, Name string }
-
 // The validator below is hand-written rather than a regexp: compiling
 // regexps at start-up costs the plugin about 0.6 ms on every call.
 
@@ -162,13 +159,13 @@ func parseArgs(s string) (map[string]string, error) {
 }
 
 // podFromArgs returns the pod named by K8S_POD_NAMESPACE and K8S_POD_NAME.
-func podFromArgs(args map[string]string) (podRef, error) {
-	p := podRef{Namespace: args["K8S_POD_NAMESPACE"], Name: args["K8S_POD_NAME"]}
+func podFromArgs(args map[string]string) (k8sname.Pod, error) {
+	p := k8sname.Pod{Namespace: args["K8S_POD_NAMESPACE"], Name: args["K8S_POD_NAME"]}
 	if p.Namespace == "" || p.Name == "" {
 		return p, types.NewError(types.ErrInvalidEnvironmentVariables, "pod identity missing",
 			"CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME")
 	}
-	if !k8sname.IsDNSLabel(p.Namespace) || !k8sname.IsDNSSubdomain(p.Name) {
+	if p.Validate() != nil {
 		return p, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid pod identity",
 			fmt.Sprintf("K8S_POD_NAMESPACE=%q K8S_POD_NAME=%q are not valid Kubernetes names", p.Namespace, p.Name))
 	}

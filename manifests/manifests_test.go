@@ -1938,7 +1938,7 @@ func TestNodeagentDaemonSet(t *testing.T) {
 	if a, ok := flag1(f, "accel"); ok && !slices.Contains([]string{"auto", "kvm", "tcg"}, a) {
 		t.Errorf("%s: --accel %q", who, a)
 	}
-	// nodeagent/quota takes a cgroup path below the root; the groups live
+	// nodeagent/cgroup takes a cgroup path below the root; the groups live
 	// in the host's tree, so the host's cgroup file systems must be there.
 	if cg, ok := flag1(f, "cgroup-parent"); !ok || cg != "" {
 		if cg == "" {

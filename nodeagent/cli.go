@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"io"
 	"os"
 	"strings"
@@ -15,7 +16,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
-	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
 	"github.com/nodeinfra/nodeinfra/pkg/version"
 )
@@ -140,7 +140,7 @@ func eniAssign(args []string) int {
 	c.fs.StringVar(&mac, "mac", "", "assign this ENI")
 	c.fs.StringVar(&vpc, "vpc", "", "assign any free ENI of this VPC at sandbox creation")
 	return c.call(args, func(ctx context.Context, cl *agentclient.Client) error {
-		p, err := eni.ParsePod(pod)
+		p, err := k8sname.ParsePod(pod)
 		if err != nil {
 			return err
 		}
@@ -177,7 +177,7 @@ func eniUnassign(args []string) int {
 	var pod string
 	c.fs.StringVar(&pod, "pod", "", "NAMESPACE/NAME of the pod (required)")
 	return c.call(args, func(ctx context.Context, cl *agentclient.Client) error {
-		p, err := eni.ParsePod(pod)
+		p, err := k8sname.ParsePod(pod)
 		if err != nil {
 			return err
 		}
@@ -299,7 +299,7 @@ func probeCmd(args []string) int {
 	c.fs.StringVar(&path, "http-path", "", "HTTP GET this path instead of a TCP connect")
 	c.fs.DurationVar(&timeout, "timeout", time.Second, "probe timeout")
 	return c.call(args, func(ctx context.Context, cl *agentclient.Client) error {
-		p, err := eni.ParsePod(pod)
+		p, err := k8sname.ParsePod(pod)
 		if err != nil {
 			return err
 		}

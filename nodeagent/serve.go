@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,17 +20,14 @@ import (
 	"google.golang.org/grpc"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
-	"github.com/nodeinfra/nodeinfra/nodeagent/quota"
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 	"github.com/nodeinfra/nodeinfra/nodeagent/server"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 	"github.com/nodeinfra/nodeinfra/pkg/version"
 )
-
-// DefaultSocket is where the agent listens unless told otherwise.
-const DefaultSocket = "/run/nodeagent/nodeagent.sock"
 
 // Config is the daemon's configuration.
 type Config struct {
@@ -116,7 +114,7 @@ func guestDir() string {
 func serve(args []string) int {
 	cfg := Config{}
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.StringVar(&cfg.Socket, "socket", DefaultSocket, "unix socket of the gRPC API (created with mode 0600)")
+	fs.StringVar(&cfg.Socket, "socket", agentclient.DefaultSocket, "unix socket of the gRPC API (created with mode 0600)")
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/nodeagent", "directory of the agent's state")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", "127.0.0.1:9808", "address of the Prometheus /metrics endpoint (empty disables)")
 	fs.StringVar(&cfg.ProbeAddr, "probe-addr", "127.0.0.1:9807", "address of the pod probe endpoint for the kubelet (empty disables)")
@@ -267,20 +265,20 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 			return nil, nil
 		}
 	}
-	var qm *quota.Manager
+	var qm *cgroup.Manager
 	if sb.CgroupParent != "" {
-		mode, err := quota.Detect()
+		mode, err := cgroup.Detect()
 		if err != nil {
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
-		if qm, err = quota.NewManager(mode, sb.CgroupParent); err != nil {
+		if qm, err = cgroup.NewManager(mode, sb.CgroupParent); err != nil {
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 	}
 	return sandbox.Open(ctx, sandbox.Config{
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
-		Ceph:  sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
-		Quota: qm, BootTimeout: sb.BootTimeout, Log: log,
+		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
+		Cgroups: qm, BootTimeout: sb.BootTimeout, Log: log,
 	})
 }
 

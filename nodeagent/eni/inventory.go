@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"log/slog"
 	"sort"
 	"sync"
@@ -47,8 +48,8 @@ type Inventory struct {
 	mu          sync.Mutex
 	enis        map[string]*Config // by MAC
 	missing     map[string]bool
-	assignments map[PodRef]Assignment
-	reserved    map[string]PodRef // MAC -> pod, for explicit assignments
+	assignments map[k8sname.Pod]Assignment
+	reserved    map[string]k8sname.Pod // MAC -> pod, for explicit assignments
 	attachments map[AttachmentKey]*Attachment
 	byMAC       map[string]*Attachment
 }
@@ -64,8 +65,8 @@ func Open(ctx context.Context, store *Store, links Links, log *slog.Logger) (*In
 		store: store, links: links, log: log, now: time.Now,
 		enis:        map[string]*Config{},
 		missing:     map[string]bool{},
-		assignments: map[PodRef]Assignment{},
-		reserved:    map[string]PodRef{},
+		assignments: map[k8sname.Pod]Assignment{},
+		reserved:    map[string]k8sname.Pod{},
 		attachments: map[AttachmentKey]*Attachment{},
 		byMAC:       map[string]*Attachment{},
 	}
@@ -269,7 +270,7 @@ func (inv *Inventory) Pools() []Pool {
 // Assign binds a pod to an ENI or to a VPC, replacing its earlier
 // assignment. An attachment already made is not changed.
 func (inv *Inventory) Assign(ctx context.Context, a Assignment) (Assignment, error) {
-	if err := ValidatePod(a.Pod); err != nil {
+	if err := a.Pod.Validate(); err != nil {
 		return a, err
 	}
 	if (a.MAC == "") == (a.VPC == "") {
@@ -322,8 +323,8 @@ func (inv *Inventory) Assign(ctx context.Context, a Assignment) (Assignment, err
 }
 
 // Unassign drops a pod's assignment. It is not an error when there is none.
-func (inv *Inventory) Unassign(ctx context.Context, pod PodRef) error {
-	if err := ValidatePod(pod); err != nil {
+func (inv *Inventory) Unassign(ctx context.Context, pod k8sname.Pod) error {
+	if err := pod.Validate(); err != nil {
 		return err
 	}
 	inv.mu.Lock()
@@ -357,7 +358,7 @@ func (inv *Inventory) Assignments() []Assignment {
 type AttachRequest struct {
 	AttachmentKey
 	Netns string
-	Pod   PodRef
+	Pod   k8sname.Pod
 }
 
 // Attach reserves the pod's ENI for the attachment and records it on disk
@@ -370,7 +371,7 @@ func (inv *Inventory) Attach(ctx context.Context, req AttachRequest) (Attachment
 	if req.Netns == "" || req.Netns[0] != '/' {
 		return Attachment{}, Config{}, fmt.Errorf("attach: netns %q must be an absolute path: %w", req.Netns, errdefs.ErrInvalidArgument)
 	}
-	if err := ValidatePod(req.Pod); err != nil {
+	if err := req.Pod.Validate(); err != nil {
 		return Attachment{}, Config{}, err
 	}
 	inv.mu.Lock()
@@ -465,7 +466,7 @@ func (inv *Inventory) Attachments() []Attachment {
 }
 
 // FindPod returns the attachment of a pod and its ENI.
-func (inv *Inventory) FindPod(pod PodRef) (Attachment, Config, error) {
+func (inv *Inventory) FindPod(pod k8sname.Pod) (Attachment, Config, error) {
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	var found *Attachment

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -235,7 +236,7 @@ func eniConfig(i int, vpc string) Config {
 	}
 }
 
-func pod(name string) PodRef { return PodRef{Namespace: "default", Name: name} }
+func pod(name string) k8sname.Pod { return k8sname.Pod{Namespace: "default", Name: name} }
 
 func key(cid string) AttachmentKey { return AttachmentKey{ContainerID: cid, IfName: "eth0"} }
 
@@ -785,7 +786,7 @@ func TestAssignValidation(t *testing.T) {
 	}{
 		{"neither MAC nor VPC", Assignment{Pod: pod("p1")}, errdefs.ErrInvalidArgument},
 		{"both MAC and VPC", Assignment{Pod: pod("p1"), MAC: macN(1), VPC: "vpc-a"}, errdefs.ErrInvalidArgument},
-		{"bad pod", Assignment{Pod: PodRef{"Default", "p1"}, VPC: "vpc-a"}, errdefs.ErrInvalidArgument},
+		{"bad pod", Assignment{Pod: k8sname.Pod{Namespace: "Default", Name: "p1"}, VPC: "vpc-a"}, errdefs.ErrInvalidArgument},
 		{"empty pod", Assignment{VPC: "vpc-a"}, errdefs.ErrInvalidArgument},
 		{"bad MAC", Assignment{Pod: pod("p1"), MAC: "02:00"}, errdefs.ErrInvalidArgument},
 		{"bad VPC", Assignment{Pod: pod("p1"), VPC: "vpc a"}, errdefs.ErrInvalidArgument},
@@ -865,7 +866,7 @@ func TestAssignConflictsAndReplace(t *testing.T) {
 	}
 
 	// Unassign.
-	wantErr(t, "Unassign bad pod", e.inv.Unassign(bg, PodRef{}), errdefs.ErrInvalidArgument)
+	wantErr(t, "Unassign bad pod", e.inv.Unassign(bg, k8sname.Pod{}), errdefs.ErrInvalidArgument)
 	wantErr(t, "Unassign unknown", e.inv.Unassign(bg, pod("nobody")), nil)
 	wantErr(t, "Unassign", e.inv.Unassign(bg, pod("p2")), nil)
 	if ap := e.eni(macN(1)).AssignedPod; ap != nil {
@@ -894,8 +895,8 @@ func TestAttachValidation(t *testing.T) {
 		{"no netns", func(r *AttachRequest) { r.Netns = "" }},
 		{"relative netns", func(r *AttachRequest) { r.Netns = "var/run/netns/x" }},
 		{"dot netns", func(r *AttachRequest) { r.Netns = "./x" }},
-		{"bad pod", func(r *AttachRequest) { r.Pod = PodRef{"default", "P1"} }},
-		{"empty pod", func(r *AttachRequest) { r.Pod = PodRef{} }},
+		{"bad pod", func(r *AttachRequest) { r.Pod = k8sname.Pod{Namespace: "default", Name: "P1"} }},
+		{"empty pod", func(r *AttachRequest) { r.Pod = k8sname.Pod{} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := good

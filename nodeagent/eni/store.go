@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/atomicfile"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -109,7 +110,7 @@ func (s *Store) saveControl(snap snapshot) error {
 	if err != nil {
 		return fmt.Errorf("encode state: %w", err)
 	}
-	return writeFileAtomic(s.Path(), b, true)
+	return atomicfile.Write(s.Path(), b, 0o600)
 }
 
 // putAttachment writes one attachment. A new one is a single write to a
@@ -121,7 +122,7 @@ func (s *Store) putAttachment(a Attachment, replace bool) error {
 	}
 	p := s.attachmentPath(a.AttachmentKey)
 	if replace {
-		return writeFileAtomic(p, b, false)
+		return atomicfile.Write(p, b, 0o600)
 	}
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -142,46 +143,6 @@ func (s *Store) putAttachment(a Attachment, replace bool) error {
 func (s *Store) deleteAttachment(k AttachmentKey) error {
 	if err := os.Remove(s.attachmentPath(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove attachment: %w", err)
-	}
-	return nil
-}
-
-// writeFileAtomic writes b to a temporary file beside path and renames it
-// over path; durable adds fsyncs of the file and the directory.
-func writeFileAtomic(path string, b []byte, durable bool) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return fmt.Errorf("sync %s: %w", path, err)
-		}
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replace %s: %w", path, err)
-	}
-	if !durable {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
-	"strings"
 	"time"
 
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
@@ -50,19 +49,11 @@ const (
 	StateMissing   State = "missing"
 )
 
-// PodRef names a pod.
-type PodRef struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-}
-
-func (p PodRef) String() string { return p.Namespace + "/" + p.Name }
-
 // Assignment binds a pod to one ENI (MAC) or to a VPC's pool (VPC).
 type Assignment struct {
-	Pod PodRef `json:"pod"`
-	MAC string `json:"mac,omitempty"`
-	VPC string `json:"vpc,omitempty"`
+	Pod k8sname.Pod `json:"pod"`
+	MAC string      `json:"mac,omitempty"`
+	VPC string      `json:"vpc,omitempty"`
 }
 
 // AttachmentKey identifies a CNI attachment, as in cni.dev/valid-attachments.
@@ -74,18 +65,18 @@ type AttachmentKey struct {
 // Attachment records that one pod sandbox holds one ENI.
 type Attachment struct {
 	AttachmentKey
-	Netns     string    `json:"netns"`
-	Pod       PodRef    `json:"pod"`
-	MAC       string    `json:"mac"`
-	Confirmed bool      `json:"confirmed"`
-	Created   time.Time `json:"created"`
+	Netns     string      `json:"netns"`
+	Pod       k8sname.Pod `json:"pod"`
+	MAC       string      `json:"mac"`
+	Confirmed bool        `json:"confirmed"`
+	Created   time.Time   `json:"created"`
 }
 
 // ENI is the inventory's view of one ENI.
 type ENI struct {
 	Config
 	State       State
-	AssignedPod *PodRef
+	AssignedPod *k8sname.Pod
 	Attachment  *Attachment
 }
 
@@ -117,27 +108,6 @@ func ValidateVPC(v string) error {
 		return fmt.Errorf("invalid VPC name %q (letters, digits, '.', '_', '-'; at most 63): %w", v, errdefs.ErrInvalidArgument)
 	}
 	return nil
-}
-
-// ValidatePod checks a pod reference against Kubernetes naming rules.
-func ValidatePod(p PodRef) error {
-	if !k8sname.IsDNSLabel(p.Namespace) {
-		return fmt.Errorf("invalid pod namespace %q: %w", p.Namespace, errdefs.ErrInvalidArgument)
-	}
-	if !k8sname.IsDNSSubdomain(p.Name) {
-		return fmt.Errorf("invalid pod name %q: %w", p.Name, errdefs.ErrInvalidArgument)
-	}
-	return nil
-}
-
-// ParsePod parses "namespace/name".
-func ParsePod(s string) (PodRef, error) {
-	ns, name, ok := strings.Cut(s, "/")
-	if !ok {
-		return PodRef{}, fmt.Errorf("pod %q: want NAMESPACE/NAME: %w", s, errdefs.ErrInvalidArgument)
-	}
-	p := PodRef{Namespace: ns, Name: name}
-	return p, ValidatePod(p)
 }
 
 // Normalize validates c and returns it in canonical form.

@@ -2,6 +2,7 @@ package eni
 
 import (
 	"errors"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -336,75 +337,75 @@ func TestConfigGatewayAndSameSpec(t *testing.T) {
 func TestParsePod(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
-		want PodRef
+		want k8sname.Pod
 		ok   bool
 	}{
-		{"default/nginx", PodRef{"default", "nginx"}, true},
-		{"kube-system/coredns-5d78c9869d-x2v7q", PodRef{"kube-system", "coredns-5d78c9869d-x2v7q"}, true},
-		{"a/b", PodRef{"a", "b"}, true},
-		{"ns1/web.example.com", PodRef{"ns1", "web.example.com"}, true},
-		{"0/0", PodRef{"0", "0"}, true},
-		{strings.Repeat("n", 63) + "/" + strings.Repeat("p", 253), PodRef{strings.Repeat("n", 63), strings.Repeat("p", 253)}, true},
-		{"", PodRef{}, false},
-		{"nginx", PodRef{}, false},
-		{"/nginx", PodRef{}, false},
-		{"default/", PodRef{}, false},
-		{"/", PodRef{}, false},
-		{"Default/nginx", PodRef{}, false},
-		{"default/Nginx", PodRef{}, false},
-		{"default/nginx/extra", PodRef{}, false},
-		{"-ns/pod", PodRef{}, false},
-		{"ns-/pod", PodRef{}, false},
-		{"ns.a/pod", PodRef{}, false},
-		{"ns/pod-", PodRef{}, false},
-		{"ns/.pod", PodRef{}, false},
-		{"ns/pod_1", PodRef{}, false},
-		{"ns /pod", PodRef{}, false},
-		{strings.Repeat("n", 64) + "/pod", PodRef{}, false},
-		{"ns/" + strings.Repeat("p", 254), PodRef{}, false},
+		{"default/nginx", k8sname.Pod{Namespace: "default", Name: "nginx"}, true},
+		{"kube-system/coredns-5d78c9869d-x2v7q", k8sname.Pod{Namespace: "kube-system", Name: "coredns-5d78c9869d-x2v7q"}, true},
+		{"a/b", k8sname.Pod{Namespace: "a", Name: "b"}, true},
+		{"ns1/web.example.com", k8sname.Pod{Namespace: "ns1", Name: "web.example.com"}, true},
+		{"0/0", k8sname.Pod{Namespace: "0", Name: "0"}, true},
+		{strings.Repeat("n", 63) + "/" + strings.Repeat("p", 253), k8sname.Pod{Namespace: strings.Repeat("n", 63), Name: strings.Repeat("p", 253)}, true},
+		{"", k8sname.Pod{}, false},
+		{"nginx", k8sname.Pod{}, false},
+		{"/nginx", k8sname.Pod{}, false},
+		{"default/", k8sname.Pod{}, false},
+		{"/", k8sname.Pod{}, false},
+		{"Default/nginx", k8sname.Pod{}, false},
+		{"default/Nginx", k8sname.Pod{}, false},
+		{"default/nginx/extra", k8sname.Pod{}, false},
+		{"-ns/pod", k8sname.Pod{}, false},
+		{"ns-/pod", k8sname.Pod{}, false},
+		{"ns.a/pod", k8sname.Pod{}, false},
+		{"ns/pod-", k8sname.Pod{}, false},
+		{"ns/.pod", k8sname.Pod{}, false},
+		{"ns/pod_1", k8sname.Pod{}, false},
+		{"ns /pod", k8sname.Pod{}, false},
+		{strings.Repeat("n", 64) + "/pod", k8sname.Pod{}, false},
+		{"ns/" + strings.Repeat("p", 254), k8sname.Pod{}, false},
 	} {
-		got, err := ParsePod(tc.in)
+		got, err := k8sname.ParsePod(tc.in)
 		if tc.ok {
 			if err != nil || got != tc.want {
-				t.Errorf("ParsePod(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+				t.Errorf("k8sname.ParsePod(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
 			}
 			if err == nil && got.String() != tc.in {
-				t.Errorf("ParsePod(%q).String() = %q", tc.in, got.String())
+				t.Errorf("k8sname.ParsePod(%q).String() = %q", tc.in, got.String())
 			}
 			continue
 		}
 		if !errors.Is(err, errdefs.ErrInvalidArgument) {
-			t.Errorf("ParsePod(%q) = %+v, %v; want ErrInvalidArgument", tc.in, got, err)
+			t.Errorf("k8sname.ParsePod(%q) = %+v, %v; want ErrInvalidArgument", tc.in, got, err)
 		}
 	}
 }
 
 func TestValidatePod(t *testing.T) {
 	for _, tc := range []struct {
-		pod PodRef
+		pod k8sname.Pod
 		ok  bool
 	}{
-		{PodRef{"default", "nginx"}, true},
-		{PodRef{"team-a", "api-0"}, true},
-		{PodRef{"x", "a.b-c.d"}, true},
-		{PodRef{"", "nginx"}, false},
-		{PodRef{"default", ""}, false},
-		{PodRef{"", ""}, false},
-		{PodRef{"Default", "nginx"}, false},
-		{PodRef{"default", "NGINX"}, false},
-		{PodRef{"default", "a/b"}, false},
-		{PodRef{"de/fault", "nginx"}, false},
-		{PodRef{"default", "nginx-"}, false},
-		{PodRef{"default", "-nginx"}, false},
-		{PodRef{"default.svc", "nginx"}, false},
-		{PodRef{strings.Repeat("a", 64), "nginx"}, false},
+		{k8sname.Pod{Namespace: "default", Name: "nginx"}, true},
+		{k8sname.Pod{Namespace: "team-a", Name: "api-0"}, true},
+		{k8sname.Pod{Namespace: "x", Name: "a.b-c.d"}, true},
+		{k8sname.Pod{Namespace: "", Name: "nginx"}, false},
+		{k8sname.Pod{Namespace: "default", Name: ""}, false},
+		{k8sname.Pod{Namespace: "", Name: ""}, false},
+		{k8sname.Pod{Namespace: "Default", Name: "nginx"}, false},
+		{k8sname.Pod{Namespace: "default", Name: "NGINX"}, false},
+		{k8sname.Pod{Namespace: "default", Name: "a/b"}, false},
+		{k8sname.Pod{Namespace: "de/fault", Name: "nginx"}, false},
+		{k8sname.Pod{Namespace: "default", Name: "nginx-"}, false},
+		{k8sname.Pod{Namespace: "default", Name: "-nginx"}, false},
+		{k8sname.Pod{Namespace: "default.svc", Name: "nginx"}, false},
+		{k8sname.Pod{Namespace: strings.Repeat("a", 64), Name: "nginx"}, false},
 	} {
-		err := ValidatePod(tc.pod)
+		err := tc.pod.Validate()
 		if tc.ok && err != nil {
-			t.Errorf("ValidatePod(%+v) = %v, want nil", tc.pod, err)
+			t.Errorf("%+v.Validate() = %v, want nil", tc.pod, err)
 		}
 		if !tc.ok && !errors.Is(err, errdefs.ErrInvalidArgument) {
-			t.Errorf("ValidatePod(%+v) = %v, want ErrInvalidArgument", tc.pod, err)
+			t.Errorf("%+v.Validate() = %v, want ErrInvalidArgument", tc.pod, err)
 		}
 	}
 }

@@ -1,10 +1,9 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
-	"encoding/base64"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/cephkey"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,7 +29,7 @@ func (m *Manager) blockDevice(dir string, d Disk) (qemu.BlockDevice, error) {
 		return bd, fmt.Errorf("disk %s: RBD disks need the agent's Ceph configuration (--ceph-conf, --ceph-user, --ceph-keyring): %w",
 			d.ID, errdefs.ErrFailedPrecondition)
 	}
-	key, err := readCephKey(c.Keyring, c.User)
+	key, err := cephkey.Read(c.Keyring, c.User)
 	if err != nil {
 		return bd, fmt.Errorf("disk %s: %w", d.ID, err)
 	}
@@ -40,36 +39,6 @@ func (m *Manager) blockDevice(dir string, d Disk) (qemu.BlockDevice, error) {
 	}
 	bd.RBD = &qemu.RBD{Pool: d.RBD.Pool, Image: d.RBD.Image, Conf: c.Conf, User: c.User, KeyFile: keyFile}
 	return bd, nil
-}
-
-// readCephKey returns user's base64 key from a keyring ("key = ..." in the
-// [client.<user>] section), or the whole file when it holds just a key.
-func readCephKey(path, user string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("ceph keyring: %w", err)
-	}
-	s := strings.TrimSpace(string(b))
-	if !strings.Contains(s, "[") { // just the key, as "ceph auth get-key" prints it
-		if _, err := base64.StdEncoding.DecodeString(s); s == "" || err != nil {
-			return "", fmt.Errorf("ceph key file %s: not a key", path)
-		}
-		return s, nil
-	}
-	section := ""
-	sc := bufio.NewScanner(strings.NewReader(s))
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]") {
-			section = strings.TrimSpace(line[1 : len(line)-1])
-			continue
-		}
-		k, v, ok := strings.Cut(line, "=")
-		if ok && section == "client."+user && strings.TrimSpace(k) == "key" {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", fmt.Errorf("ceph keyring %s has no key for client.%s", path, user)
 }
 
 // AttachDisk hot-plugs a disk into a Ready sandbox; see Service.

@@ -15,10 +15,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
-	"github.com/nodeinfra/nodeinfra/nodeagent/quota"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -45,7 +45,7 @@ type run struct {
 	proc     *process
 	qmp      *qemu.QMP
 	agent    *client.Client
-	group    quota.Group
+	group    cgroup.Group
 	stopping bool   // a Stop asked for this exit
 	failure  string // why the boot failed, if it did
 	detached bool   // the manager let go of it (Close)
@@ -214,13 +214,13 @@ func (m *Manager) bootSteps(ctx context.Context, b *box, r *run) error {
 		}
 		mach.Disks = append(mach.Disks, bd)
 	}
-	if m.cfg.Quota != nil {
+	if m.cfg.Cgroups != nil {
 		name := cgroupName(spec.ID)
 		mem := int64(spec.MemoryMiB+m.cfg.OverheadMiB) << 20
 		cpus := float64(spec.VCPUs)
 		pids := int64(1024)
 		m.update(b, func(rec *record) { rec.Cgroup = name })
-		g, err := m.cfg.Quota.Create(name, quota.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids})
+		g, err := m.cfg.Cgroups.Create(name, cgroup.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids})
 		if err != nil {
 			return fmt.Errorf("cgroup: %w", err)
 		}
@@ -430,10 +430,10 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 
 // release gives back what rec says the sandbox holds: its cgroup (group,
 // when the run has it open) and the pod network. It returns what failed.
-func (m *Manager) release(rec record, group quota.Group) []string {
+func (m *Manager) release(rec record, group cgroup.Group) []string {
 	var problems []string
-	if group == nil && rec.Cgroup != "" && m.cfg.Quota != nil {
-		if g, err := m.cfg.Quota.Load(rec.Cgroup); err == nil {
+	if group == nil && rec.Cgroup != "" && m.cfg.Cgroups != nil {
+		if g, err := m.cfg.Cgroups.Load(rec.Cgroup); err == nil {
 			group = g
 		}
 	}
@@ -452,7 +452,7 @@ func (m *Manager) release(rec record, group quota.Group) []string {
 
 // deleteGroup removes a cgroup; the kernel may take a moment to let go of
 // a process that just exited.
-func deleteGroup(g quota.Group) error {
+func deleteGroup(g cgroup.Group) error {
 	var err error
 	for i := 0; i < 50; i++ {
 		if err = g.Delete(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
@@ -603,8 +603,8 @@ func (m *Manager) adopt(b *box) {
 		return
 	}
 	r.proc = proc
-	if b.rec.Cgroup != "" && m.cfg.Quota != nil {
-		if g, err := m.cfg.Quota.Load(b.rec.Cgroup); err == nil {
+	if b.rec.Cgroup != "" && m.cfg.Cgroups != nil {
+		if g, err := m.cfg.Cgroups.Load(b.rec.Cgroup); err == nil {
 			r.group = g
 		}
 	}

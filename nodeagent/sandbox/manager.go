@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
-	"github.com/nodeinfra/nodeinfra/nodeagent/quota"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -35,7 +35,7 @@ type Config struct {
 	// Ceph are the credentials QEMU's rbd driver uses for RBD disks.
 	Ceph CephCredentials
 	// Quota places each QEMU in its own cgroup; nil disables cgroups.
-	Quota *quota.Manager
+	Cgroups *cgroup.Manager
 	// OverheadMiB is added to the guest's memory for the cgroup limit
 	// (QEMU's own memory and its translation cache under TCG).
 	OverheadMiB uint32

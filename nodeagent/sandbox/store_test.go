@@ -34,24 +34,3 @@ func TestRecordRoundTrip(t *testing.T) {
 		t.Error("a torn record was accepted")
 	}
 }
-
-func TestReadCephKey(t *testing.T) {
-	dir := t.TempDir()
-	keyring := filepath.Join(dir, "keyring")
-	os.WriteFile(keyring, []byte("[client.other]\n\tkey = b3RoZXI=\n[client.admin]\n\tkey = QVFBQkNE==\n\tcaps mon = \"allow *\"\n"), 0o600)
-	if k, err := readCephKey(keyring, "admin"); err != nil || k != "QVFBQkNE==" {
-		t.Errorf("keyring: %q, %v", k, err)
-	}
-	if _, err := readCephKey(keyring, "nobody"); err == nil {
-		t.Error("a user without a key was accepted")
-	}
-	bare := filepath.Join(dir, "key")
-	os.WriteFile(bare, []byte("QVFBQkNE\n"), 0o600)
-	if k, err := readCephKey(bare, "admin"); err != nil || k != "QVFBQkNE" {
-		t.Errorf("bare key: %q, %v", k, err)
-	}
-	os.WriteFile(bare, []byte("not a key at all"), 0o600)
-	if _, err := readCephKey(bare, "admin"); err == nil {
-		t.Error("garbage accepted as a key")
-	}
-}

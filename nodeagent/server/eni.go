@@ -5,6 +5,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"log/slog"
 	"net/netip"
 	"time"
@@ -65,7 +66,7 @@ func (s *ENIServer) ListENIs(ctx context.Context, req *apiv1.ListENIsRequest) (*
 // AssignPod implements apiv1.ENIServiceServer.
 func (s *ENIServer) AssignPod(ctx context.Context, req *apiv1.AssignPodRequest) (*apiv1.Assignment, error) {
 	p := req.GetAssignment()
-	a := eni.Assignment{Pod: eni.PodRef{Namespace: p.GetPodNamespace(), Name: p.GetPodName()}, MAC: p.GetMac(), VPC: p.GetVpc()}
+	a := eni.Assignment{Pod: k8sname.Pod{Namespace: p.GetPodNamespace(), Name: p.GetPodName()}, MAC: p.GetMac(), VPC: p.GetVpc()}
 	a, err := s.Inv.Assign(ctx, a)
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
@@ -76,7 +77,7 @@ func (s *ENIServer) AssignPod(ctx context.Context, req *apiv1.AssignPodRequest) 
 
 // UnassignPod implements apiv1.ENIServiceServer.
 func (s *ENIServer) UnassignPod(ctx context.Context, req *apiv1.UnassignPodRequest) (*apiv1.UnassignPodResponse, error) {
-	if err := s.Inv.Unassign(ctx, eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}); err != nil {
+	if err := s.Inv.Unassign(ctx, k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}); err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
 	return &apiv1.UnassignPodResponse{}, nil
@@ -100,7 +101,7 @@ func (s *ENIServer) Attach(ctx context.Context, req *apiv1.AttachRequest) (*apiv
 	a, c, err := s.Inv.Attach(ctx, eni.AttachRequest{
 		AttachmentKey: key(req.GetContainerId(), req.GetIfname()),
 		Netns:         req.GetNetns(),
-		Pod:           eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()},
+		Pod:           k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()},
 	})
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
@@ -164,7 +165,7 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 
 // Probe implements apiv1.ENIServiceServer.
 func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.ProbeResponse, error) {
-	pr, err := s.probeRequest(eni.PodRef{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}, int(req.GetPort()), req.GetHttpPath())
+	pr, err := s.probeRequest(k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}, int(req.GetPort()), req.GetHttpPath())
 	if err != nil {
 		return nil, errdefs.ToGRPC(err)
 	}
@@ -175,8 +176,8 @@ func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.
 
 // probeRequest finds the pod's namespace and address: a probe can only
 // reach the pod's own address, from inside the pod's namespace.
-func (s *ENIServer) probeRequest(pod eni.PodRef, port int, path string) (probe.Request, error) {
-	if err := eni.ValidatePod(pod); err != nil {
+func (s *ENIServer) probeRequest(pod k8sname.Pod, port int, path string) (probe.Request, error) {
+	if err := pod.Validate(); err != nil {
 		return probe.Request{}, err
 	}
 	if port < 1 || port > 65535 {

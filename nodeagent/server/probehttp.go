@@ -3,11 +3,11 @@ package server
 import (
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -41,7 +41,7 @@ func (s *ENIServer) serveProbe(w http.ResponseWriter, r *http.Request, path stri
 		http.Error(w, fmt.Sprintf("port %q is not a number", r.PathValue("port")), http.StatusBadRequest)
 		return
 	}
-	req, err := s.probeRequest(eni.PodRef{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}, port, path)
+	req, err := s.probeRequest(k8sname.Pod{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}, port, path)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
 		http.Error(w, err.Error(), http.StatusNotFound)

@@ -3,7 +3,12 @@
 // it about 0.6 ms).
 package k8sname
 
-import "strings"
+import (
+	"fmt"
+	"strings"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+)
 
 // IsDNSLabel reports whether s is an RFC 1123 label, as namespace names
 // are: lower-case alphanumerics and '-', starting and ending with an
@@ -36,4 +41,33 @@ func label(s string, max int) bool {
 		}
 	}
 	return true
+}
+
+// Pod names a pod: its namespace and its name.
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+func (p Pod) String() string { return p.Namespace + "/" + p.Name }
+
+// Validate checks p against Kubernetes naming rules.
+func (p Pod) Validate() error {
+	if !IsDNSLabel(p.Namespace) {
+		return fmt.Errorf("invalid pod namespace %q: %w", p.Namespace, errdefs.ErrInvalidArgument)
+	}
+	if !IsDNSSubdomain(p.Name) {
+		return fmt.Errorf("invalid pod name %q: %w", p.Name, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// ParsePod parses and validates "namespace/name".
+func ParsePod(s string) (Pod, error) {
+	ns, name, ok := strings.Cut(s, "/")
+	if !ok {
+		return Pod{}, fmt.Errorf("pod %q: want NAMESPACE/NAME: %w", s, errdefs.ErrInvalidArgument)
+	}
+	p := Pod{Namespace: ns, Name: name}
+	return p, p.Validate()
 }

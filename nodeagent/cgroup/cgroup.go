@@ -1,4 +1,4 @@
-// Package quota puts sandbox processes (QEMU and its helpers) into cgroups
+// Package cgroup puts sandbox processes (QEMU and its helpers) into cgroups
 // with CPU, memory and PID limits. One Group interface hides whether the
 // host runs cgroup v1 (one hierarchy per controller) or v2 (the unified
 // hierarchy): callers never branch on the mode.
@@ -12,7 +12,7 @@
 //
 // Calls for one group name must not run concurrently (the sandbox manager
 // holds a per-sandbox lock); different names are independent.
-package quota
+package cgroup
 
 import (
 	"fmt"
