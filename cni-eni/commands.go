@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/eniconfig"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -77,32 +78,6 @@ func (c *call) agentError(what string, err error) *types.Error {
 	return types.NewError(types.ErrInternal, what+": node agent failed", msg)
 }
 
-func specFromProto(p *apiv1.ENIConfig) (enilink.Spec, error) {
-	s := enilink.Spec{MAC: p.GetMac(), HostName: p.GetHostName(), MTU: int(p.GetMtu())}
-	for _, a := range p.GetAddresses() {
-		pf, err := netip.ParsePrefix(a)
-		if err != nil {
-			return s, fmt.Errorf("agent sent address %q: %w", a, err)
-		}
-		s.Addresses = append(s.Addresses, pf)
-	}
-	for _, g := range p.GetGateways() {
-		ad, err := netip.ParseAddr(g)
-		if err != nil {
-			return s, fmt.Errorf("agent sent gateway %q: %w", g, err)
-		}
-		s.Gateways = append(s.Gateways, ad)
-	}
-	for _, r := range p.GetRoutes() {
-		pf, err := netip.ParsePrefix(r)
-		if err != nil {
-			return s, fmt.Errorf("agent sent route %q: %w", r, err)
-		}
-		s.Routes = append(s.Routes, pf)
-	}
-	return s, nil
-}
-
 func buildResult(spec enilink.Spec, ifname, netnsPath string) *types100.Result {
 	mac := spec.MAC
 	r := &types100.Result{CNIVersion: types100.ImplementedSpecVersion}
@@ -149,7 +124,7 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 		return c.agentError("attach ENI", err)
 	}
 	tAttach := time.Now()
-	spec, err := specFromProto(resp.GetEni())
+	_, spec, err := eniconfig.FromProto(resp.GetEni())
 	if err != nil {
 		return types.NewError(types.ErrInternal, "bad ENI from agent", err.Error())
 	}
@@ -261,7 +236,7 @@ func (c *call) detach(containerID, ifname, netnsHint string) error {
 	if err != nil {
 		return c.agentError("look up attachment", err)
 	}
-	spec, err := specFromProto(resp.GetEni())
+	_, spec, err := eniconfig.FromProto(resp.GetEni())
 	if err != nil {
 		return types.NewError(types.ErrInternal, "bad ENI from agent", err.Error())
 	}
@@ -354,7 +329,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return c.agentError("look up attachment", err)
 	}
-	spec, err := specFromProto(resp.GetEni())
+	_, spec, err := eniconfig.FromProto(resp.GetEni())
 	if err != nil {
 		return types.NewError(types.ErrInternal, "bad ENI from agent", err.Error())
 	}

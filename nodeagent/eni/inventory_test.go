@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/enilink"
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"io"
 	"log/slog"
@@ -228,12 +229,7 @@ func hostName(i int) string { return fmt.Sprintf("ens%d", i+5) }
 
 // eniConfig is a valid config for the i-th ENI of a VPC.
 func eniConfig(i int, vpc string) Config {
-	return Config{
-		MAC:       macN(i),
-		VPC:       vpc,
-		Addresses: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i&0xff) + 2}), 16)},
-		Gateways:  []netip.Addr{netip.MustParseAddr("10.0.255.1")},
-	}
+	return Config{VPC: vpc, Spec: enilink.Spec{MAC: macN(i), Addresses: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i&0xff) + 2}), 16)}, Gateways: []netip.Addr{netip.MustParseAddr("10.0.255.1")}}}
 }
 
 func pod(name string) k8sname.Pod { return k8sname.Pod{Namespace: "default", Name: name} }

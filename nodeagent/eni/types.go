@@ -6,6 +6,7 @@ package eni
 
 import (
 	"fmt"
+	"github.com/nodeinfra/nodeinfra/pkg/enilink"
 	"net"
 	"net/netip"
 	"regexp"
@@ -15,28 +16,13 @@ import (
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
-// Config is what the control plane tells the agent about one ENI.
+// Config is what the control plane tells the agent about one ENI: its VPC
+// and what its link looks like in a pod (the same Spec cni-eni applies).
+// Spec.HostName is the link's name in the node namespace; the agent fills
+// it in at registration and restores it on detach.
 type Config struct {
-	MAC       string         `json:"mac"`
-	VPC       string         `json:"vpc"`
-	Addresses []netip.Prefix `json:"addresses"`
-	Gateways  []netip.Addr   `json:"gateways"`
-	// MTU 0 leaves the link's MTU as it is.
-	MTU    int            `json:"mtu,omitempty"`
-	Routes []netip.Prefix `json:"routes,omitempty"`
-	// HostName is the link's name in the node namespace; the agent fills it
-	// in at registration and restores it on detach.
-	HostName string `json:"hostName"`
-}
-
-// Gateway returns the gateway of the family of a, if any.
-func (c Config) Gateway(a netip.Addr) (netip.Addr, bool) {
-	for _, g := range c.Gateways {
-		if g.Is4() == a.Is4() {
-			return g, true
-		}
-	}
-	return netip.Addr{}, false
+	VPC string `json:"vpc"`
+	enilink.Spec
 }
 
 // State is where an ENI is in its life on this node.

@@ -2,6 +2,7 @@ package eni
 
 import (
 	"errors"
+	"github.com/nodeinfra/nodeinfra/pkg/enilink"
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"net/netip"
 	"reflect"
@@ -92,86 +93,38 @@ func TestConfigNormalizeValid(t *testing.T) {
 	}{
 		{
 			name: "ipv4",
-			in: Config{
-				MAC: "02:AA:BB:CC:DD:EE", VPC: "vpc-a",
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a",
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:AA:BB:CC:DD:EE", Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
 		},
 		{
 			name: "ipv4 dashed MAC, MTU and masked routes",
-			in: Config{
-				MAC: "02-aa-bb-cc-dd-ee", VPC: "vpc-a", MTU: 9001,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-				Routes: prefixes("10.1.2.3/16", "0.0.0.0/0"), HostName: "ens5",
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 9001,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-				Routes: prefixes("10.1.0.0/16", "0.0.0.0/0"), HostName: "ens5",
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02-aa-bb-cc-dd-ee", MTU: 9001, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"), Routes: prefixes("10.1.2.3/16", "0.0.0.0/0"), HostName: "ens5"}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 9001, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"), Routes: prefixes("10.1.0.0/16", "0.0.0.0/0"), HostName: "ens5"}},
 		},
 		{
 			name: "ipv4 and ipv6",
-			in: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 1500,
-				Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"),
-				Gateways:  addrs("2001:db8:1::1", "10.0.1.1"),
-				Routes:    prefixes("2001:db8:ffff::1/48", "192.168.0.0/16"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 1500,
-				Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"),
-				Gateways:  addrs("2001:db8:1::1", "10.0.1.1"),
-				Routes:    prefixes("2001:db8:ffff::/48", "192.168.0.0/16"),
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 1500, Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1", "10.0.1.1"), Routes: prefixes("2001:db8:ffff::1/48", "192.168.0.0/16")}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 1500, Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1", "10.0.1.1"), Routes: prefixes("2001:db8:ffff::/48", "192.168.0.0/16")}},
 		},
 		{
 			name: "ipv6 only",
-			in: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "v6",
-				Addresses: prefixes("2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "v6",
-				Addresses: prefixes("2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1"),
-			},
+			in:   Config{VPC: "v6", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1")}},
+			want: Config{VPC: "v6", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("2001:db8:1::10/64"), Gateways: addrs("2001:db8:1::1")}},
 		},
 		{
 			name: "MTU lower bound",
-			in: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 576,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 576,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 576, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 576, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
 		},
 		{
 			name: "MTU upper bound",
-			in: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 65535,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 65535,
-				Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 65535, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 65535, Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}},
 		},
 		{
 			name: "two addresses in one family share the gateway",
-			in: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a",
-				Addresses: prefixes("10.0.1.10/24", "10.0.1.11/24"), Gateways: addrs("10.0.1.1"),
-			},
-			want: Config{
-				MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a",
-				Addresses: prefixes("10.0.1.10/24", "10.0.1.11/24"), Gateways: addrs("10.0.1.1"),
-			},
+			in:   Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("10.0.1.10/24", "10.0.1.11/24"), Gateways: addrs("10.0.1.1")}},
+			want: Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("10.0.1.10/24", "10.0.1.11/24"), Gateways: addrs("10.0.1.1")}},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,10 +146,7 @@ func TestConfigNormalizeValid(t *testing.T) {
 
 func TestConfigNormalizeInvalid(t *testing.T) {
 	base := func() Config {
-		return Config{
-			MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a",
-			Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"),
-		}
+		return Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1")}}
 	}
 	dual := func() Config {
 		c := base()
@@ -264,10 +214,7 @@ func TestConfigNormalizeInvalid(t *testing.T) {
 // should leave the caller's config alone.
 func TestConfigNormalizeDoesNotModifyInput(t *testing.T) {
 	routes := prefixes("10.1.2.3/16")
-	c := Config{
-		MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a",
-		Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"), Routes: routes,
-	}
+	c := Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", Addresses: prefixes("10.0.1.10/24"), Gateways: addrs("10.0.1.1"), Routes: routes}}
 	if _, err := c.Normalize(); err != nil {
 		t.Fatal(err)
 	}
@@ -283,20 +230,14 @@ func TestConfigNormalizeDoesNotModifyInput(t *testing.T) {
 }
 
 func TestConfigGatewayAndSameSpec(t *testing.T) {
-	c := Config{
-		MAC: "02:aa:bb:cc:dd:ee", VPC: "vpc-a", MTU: 1500,
-		Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"),
-		Gateways:  addrs("10.0.1.1", "2001:db8:1::1"),
-		Routes:    prefixes("192.168.0.0/16"),
-		HostName:  "ens5",
-	}
+	c := Config{VPC: "vpc-a", Spec: enilink.Spec{MAC: "02:aa:bb:cc:dd:ee", MTU: 1500, Addresses: prefixes("10.0.1.10/24", "2001:db8:1::10/64"), Gateways: addrs("10.0.1.1", "2001:db8:1::1"), Routes: prefixes("192.168.0.0/16"), HostName: "ens5"}}
 	if g, ok := c.Gateway(netip.MustParseAddr("10.9.9.9")); !ok || g != netip.MustParseAddr("10.0.1.1") {
 		t.Errorf("Gateway(v4) = %v, %v", g, ok)
 	}
 	if g, ok := c.Gateway(netip.MustParseAddr("2001:db8::5")); !ok || g != netip.MustParseAddr("2001:db8:1::1") {
 		t.Errorf("Gateway(v6) = %v, %v", g, ok)
 	}
-	if _, ok := (Config{Gateways: addrs("10.0.1.1")}).Gateway(netip.MustParseAddr("::1")); ok {
+	if _, ok := (Config{Spec: enilink.Spec{Gateways: addrs("10.0.1.1")}}).Gateway(netip.MustParseAddr("::1")); ok {
 		t.Error("Gateway(v6) found a gateway in a v4-only config")
 	}
 

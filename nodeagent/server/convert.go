@@ -1,58 +1,19 @@
 package server
 
 import (
-	"fmt"
-	"net/netip"
-
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
-	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/eniconfig"
 )
 
 // ConfigFromProto parses the text forms of an ENIConfig.
 func ConfigFromProto(p *apiv1.ENIConfig) (eni.Config, error) {
-	if p == nil {
-		return eni.Config{}, fmt.Errorf("ENI config is required: %w", errdefs.ErrInvalidArgument)
-	}
-	c := eni.Config{MAC: p.GetMac(), VPC: p.GetVpc(), MTU: int(p.GetMtu()), HostName: p.GetHostName()}
-	for _, s := range p.GetAddresses() {
-		a, err := netip.ParsePrefix(s)
-		if err != nil {
-			return c, fmt.Errorf("address %q: want ADDR/PREFIX: %w", s, errdefs.ErrInvalidArgument)
-		}
-		c.Addresses = append(c.Addresses, a)
-	}
-	for _, s := range p.GetGateways() {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return c, fmt.Errorf("gateway %q: %w", s, errdefs.ErrInvalidArgument)
-		}
-		c.Gateways = append(c.Gateways, a)
-	}
-	for _, s := range p.GetRoutes() {
-		r, err := netip.ParsePrefix(s)
-		if err != nil {
-			return c, fmt.Errorf("route %q: want CIDR: %w", s, errdefs.ErrInvalidArgument)
-		}
-		c.Routes = append(c.Routes, r)
-	}
-	return c, nil
+	vpc, spec, err := eniconfig.FromProto(p)
+	return eni.Config{VPC: vpc, Spec: spec}, err
 }
 
 // ConfigToProto renders a Config.
-func ConfigToProto(c eni.Config) *apiv1.ENIConfig {
-	p := &apiv1.ENIConfig{Mac: c.MAC, Vpc: c.VPC, Mtu: uint32(c.MTU), HostName: c.HostName}
-	for _, a := range c.Addresses {
-		p.Addresses = append(p.Addresses, a.String())
-	}
-	for _, g := range c.Gateways {
-		p.Gateways = append(p.Gateways, g.String())
-	}
-	for _, r := range c.Routes {
-		p.Routes = append(p.Routes, r.String())
-	}
-	return p
-}
+func ConfigToProto(c eni.Config) *apiv1.ENIConfig { return eniconfig.ToProto(c.VPC, c.Spec) }
 
 var stateToProto = map[eni.State]apiv1.ENIState{
 	eni.StateFree:      apiv1.ENIState_ENI_STATE_FREE,

@@ -25,12 +25,13 @@ import (
 
 // Spec is what a pod's ENI link looks like inside the pod.
 type Spec struct {
-	MAC       string
-	HostName  string
-	MTU       int // 0: leave as is
-	Addresses []netip.Prefix
-	Gateways  []netip.Addr
-	Routes    []netip.Prefix
+	MAC string `json:"mac"`
+	// HostName is the link's name in the node namespace.
+	HostName  string         `json:"hostName"`
+	MTU       int            `json:"mtu,omitempty"` // 0: leave as is
+	Addresses []netip.Prefix `json:"addresses"`
+	Gateways  []netip.Addr   `json:"gateways"`
+	Routes    []netip.Prefix `json:"routes,omitempty"`
 }
 
 // Gateway returns the gateway of a's family.
