@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -479,6 +481,25 @@ func (inv *Inventory) FindPod(pod k8sname.Pod) (Attachment, Config, error) {
 		return Attachment{}, Config{}, fmt.Errorf("pod %s has no attached ENI: %w", pod, errdefs.ErrNotFound)
 	}
 	return *found, *inv.enis[found.MAC], nil
+}
+
+// ProbeTarget returns where a probe of pod goes: the netns of its newest
+// attachment and its ENI's address (IPv4 first). A probe reaches only the
+// pod's own address, from inside the pod's namespace.
+func (inv *Inventory) ProbeTarget(pod k8sname.Pod) (netns string, addr netip.Addr, err error) {
+	if err := pod.Validate(); err != nil {
+		return "", addr, err
+	}
+	a, c, err := inv.FindPod(pod)
+	if err != nil {
+		return "", addr, err
+	}
+	for _, p := range c.Addresses {
+		if !addr.IsValid() || (p.Addr().Is4() && !addr.Is4()) {
+			addr = p.Addr()
+		}
+	}
+	return a.Netns, addr, nil
 }
 
 // Detach ends an attachment once its link is back in the node namespace,

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
 // Request is one probe.
@@ -33,6 +35,28 @@ type Result struct {
 	Success    bool
 	HTTPStatus int
 	Message    string
+}
+
+// Targets finds where a pod's probes go: its netns and its own address
+// (eni.Inventory does, from the pod's attachment).
+type Targets interface {
+	ProbeTarget(pod k8sname.Pod) (netns string, addr netip.Addr, err error)
+}
+
+// Prepare checks a probe of pod's port (and HTTP path, if any) and finds
+// its target.
+func Prepare(t Targets, pod k8sname.Pod, port int, path string) (Request, error) {
+	if port < 1 || port > 65535 {
+		return Request{}, fmt.Errorf("probe port %d out of range 1-65535: %w", port, errdefs.ErrInvalidArgument)
+	}
+	if path != "" && path[0] != '/' {
+		return Request{}, fmt.Errorf("probe path %q must start with '/': %w", path, errdefs.ErrInvalidArgument)
+	}
+	netns, addr, err := t.ProbeTarget(pod)
+	if err != nil {
+		return Request{}, err
+	}
+	return Request{Netns: netns, Addr: addr, Port: port, HTTPPath: path}, nil
 }
 
 // DefaultTimeout is used when a request sets none (the kubelet's default).

@@ -23,7 +23,8 @@ const AgentPortName = "agent.0"
 // Machine describes one sandbox VM. Args turns it into QEMU's command line.
 type Machine struct {
 	// Name is the sandbox ID; it is on the command line as
-	// "-name sandbox-<ID>" so that admins find the VM with ps.
+	// "-name sandbox-<ID>" (ProcessName) so that admins find the VM with ps
+	// and re-adoption can check it.
 	Name string
 	// Dir is the VM's working directory (sockets, console log, pid file).
 	Dir string
@@ -74,6 +75,10 @@ type RBD struct {
 	User        string
 	KeyFile     string
 }
+
+// ProcessName is a sandbox's name outside the agent: QEMU's -name (on its
+// command line, where re-adoption checks it, and in ps) and its cgroup.
+func ProcessName(id string) string { return "sandbox-" + id }
 
 // NodeName is the block node of disk id; DeviceID its virtio-blk device;
 // SecretID the secret object holding its cephx key.
@@ -146,7 +151,7 @@ func (m Machine) Args() ([]string, error) {
 	}
 	mem := strconv.FormatUint(uint64(m.MemoryMiB), 10) + "M"
 	a := []string{
-		"-name", "sandbox-" + m.Name,
+		"-name", ProcessName(m.Name),
 		"-M", "pc,memory-backend=mem", "-accel", accel, "-cpu", cpu,
 		// ACPI hot-plug on the root bus only: less AML for the guest to
 		// run at boot (about 30 ms under TCG).

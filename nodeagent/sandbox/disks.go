@@ -3,11 +3,12 @@ package sandbox
 import (
 	"context"
 	"fmt"
-	"github.com/nodeinfra/nodeinfra/pkg/cephkey"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/pkg/cephkey"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
@@ -43,8 +44,11 @@ func (m *Manager) blockDevice(dir string, d Disk) (qemu.BlockDevice, error) {
 
 // AttachDisk hot-plugs a disk into a Ready sandbox; see Service.
 func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, error) {
-	if err := d.Validate(); err != nil {
+	if err := ValidateID(id); err != nil {
 		return Sandbox{}, err
+	}
+	if err := d.Validate(); err != nil {
+		return Sandbox{}, fmt.Errorf("attach disk to %q: %w", id, err)
 	}
 	b, err := m.lookup(id)
 	if err != nil {
@@ -109,6 +113,12 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 
 // DetachDisk unplugs a disk from a Ready sandbox; see Service.
 func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, error) {
+	if err := ValidateID(id); err != nil {
+		return Sandbox{}, err
+	}
+	if err := ValidateDiskID(diskID); err != nil {
+		return Sandbox{}, fmt.Errorf("detach disk from %q: %w", id, err)
+	}
 	b, err := m.lookup(id)
 	if err != nil {
 		return Sandbox{}, err

@@ -1,15 +1,12 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -102,17 +99,6 @@ type Manager struct {
 
 var _ Service = (*Manager)(nil)
 
-// box is one sandbox. op serializes Create, Stop, Delete and disk changes;
-// rec and cur are guarded by Manager.mu.
-type box struct {
-	op      sync.Mutex
-	dir     string
-	rec     record
-	cur     *run          // the QEMU run, nil when none
-	changed chan struct{} // closed and replaced at each state change
-	deleted bool
-}
-
 // Open loads the sandboxes recorded in cfg.StateDir, re-adopts the ones
 // whose QEMU still runs and cleans up after the ones that died while no
 // agent watched them.
@@ -186,12 +172,12 @@ func (m *Manager) Close() {
 
 // Get returns one sandbox.
 func (m *Manager) Get(id string) (Sandbox, error) {
+	b, err := m.lookup(id)
+	if err != nil {
+		return Sandbox{}, err
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	b, ok := m.boxes[id]
-	if !ok {
-		return Sandbox{}, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
-	}
 	return b.snapshot(), nil
 }
 
@@ -251,68 +237,6 @@ func (m *Manager) publishLocked(e Event) {
 	}
 }
 
-// setState moves b to state with reason, persists it and tells watchers.
-func (m *Manager) setState(b *box, state State, reason string, edit func(*record)) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	b.rec.Sandbox.State = state
-	b.rec.Sandbox.Reason = reason
-	if edit != nil {
-		edit(&b.rec)
-	}
-	m.persistLocked(b)
-	close(b.changed)
-	b.changed = make(chan struct{})
-	m.publishLocked(Event{Type: EventState, Sandbox: b.snapshot()})
-}
-
-// update edits b's record and persists it without a state change.
-func (m *Manager) update(b *box, edit func(*record)) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	edit(&b.rec)
-	m.persistLocked(b)
-}
-
-func (m *Manager) persistLocked(b *box) {
-	if b.deleted {
-		return
-	}
-	if err := writeRecord(b.dir, b.rec); err != nil {
-		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
-	}
-}
-
-// record returns a copy of b's record.
-func (m *Manager) record(b *box) record {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return b.rec
-}
-
-func (b *box) snapshot() Sandbox {
-	s := b.rec.Sandbox
-	s.Disks = append([]Disk(nil), s.Disks...)
-	s.Addresses = append([]string(nil), s.Addresses...)
-	return s
-}
-
-func (m *Manager) state(b *box) (State, <-chan struct{}) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return b.rec.Sandbox.State, b.changed
-}
-
-func (m *Manager) lookup(id string) (*box, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	b, ok := m.boxes[id]
-	if !ok {
-		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
-	}
-	return b, nil
-}
-
 // ready returns the run of a Ready sandbox, with its guest agent. A
 // sandbox re-adopted after a restart is Ready as recorded while the agent
 // reconnects to its QMP and guest agent; ready waits for that.
@@ -345,6 +269,9 @@ func (m *Manager) ready(ctx context.Context, id string) (*run, *client.Client, e
 
 // Exec runs a process in the guest.
 func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExitStatus, error) {
+	if err := ValidateID(id); err != nil {
+		return ExitStatus{}, fmt.Errorf("exec: %w", err)
+	}
 	if len(req.Argv) == 0 || req.Argv[0] == "" {
 		return ExitStatus{}, fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument)
 	}
@@ -358,26 +285,3 @@ func (m *Manager) Exec(ctx context.Context, id string, req ExecRequest) (ExitSta
 	}
 	return ExitStatus{Code: st.Code, Signal: st.Signal}, nil
 }
-
-// logTail returns the last n non-empty lines of a file, joined by " | ".
-func logTail(path string, n int) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	var lines []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if l := strings.TrimSpace(sc.Text()); l != "" {
-			lines = append(lines, l)
-			if len(lines) > n {
-				lines = lines[1:]
-			}
-		}
-	}
-	return strings.Join(lines, " | ")
-}
-
-// errStopped is the boot error when Stop interrupts a boot.
-var errStopped = errors.New("stopped while booting")

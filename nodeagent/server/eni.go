@@ -4,20 +4,14 @@ package server
 
 import (
 	"context"
-	"fmt"
-	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
-	"log/slog"
-	"net/netip"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/status"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
-	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
@@ -35,11 +29,11 @@ var _ apiv1.ENIServiceServer = (*ENIServer)(nil)
 func (s *ENIServer) RegisterENI(ctx context.Context, req *apiv1.RegisterENIRequest) (*apiv1.ENI, error) {
 	c, err := ConfigFromProto(req.GetConfig())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	e, err := s.Inv.Register(ctx, c)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	logging.From(ctx).Info("ENI registered", "mac", e.MAC, "vpc", e.VPC, "link", e.HostName)
 	return eniToProto(e), nil
@@ -48,7 +42,7 @@ func (s *ENIServer) RegisterENI(ctx context.Context, req *apiv1.RegisterENIReque
 // RemoveENI implements apiv1.ENIServiceServer.
 func (s *ENIServer) RemoveENI(ctx context.Context, req *apiv1.RemoveENIRequest) (*apiv1.RemoveENIResponse, error) {
 	if err := s.Inv.Remove(ctx, req.GetMac()); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	logging.From(ctx).Info("ENI removed", "mac", req.GetMac())
 	return &apiv1.RemoveENIResponse{}, nil
@@ -69,7 +63,7 @@ func (s *ENIServer) AssignPod(ctx context.Context, req *apiv1.AssignPodRequest) 
 	a := eni.Assignment{Pod: k8sname.Pod{Namespace: p.GetPodNamespace(), Name: p.GetPodName()}, MAC: p.GetMac(), VPC: p.GetVpc()}
 	a, err := s.Inv.Assign(ctx, a)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	logging.From(ctx).Info("pod assigned", "pod", a.Pod.String(), "mac", a.MAC, "vpc", a.VPC)
 	return assignmentToProto(a), nil
@@ -78,7 +72,7 @@ func (s *ENIServer) AssignPod(ctx context.Context, req *apiv1.AssignPodRequest) 
 // UnassignPod implements apiv1.ENIServiceServer.
 func (s *ENIServer) UnassignPod(ctx context.Context, req *apiv1.UnassignPodRequest) (*apiv1.UnassignPodResponse, error) {
 	if err := s.Inv.Unassign(ctx, k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return &apiv1.UnassignPodResponse{}, nil
 }
@@ -104,7 +98,7 @@ func (s *ENIServer) Attach(ctx context.Context, req *apiv1.AttachRequest) (*apiv
 		Pod:           k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()},
 	})
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	logging.From(ctx).Info("ENI attaching", "container", a.ContainerID, "ifname", a.IfName, "pod", a.Pod.String(), "mac", a.MAC)
 	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
@@ -113,7 +107,7 @@ func (s *ENIServer) Attach(ctx context.Context, req *apiv1.AttachRequest) (*apiv
 // ConfirmAttach implements apiv1.ENIServiceServer.
 func (s *ENIServer) ConfirmAttach(ctx context.Context, req *apiv1.ConfirmAttachRequest) (*apiv1.ConfirmAttachResponse, error) {
 	if err := s.Inv.Confirm(ctx, key(req.GetContainerId(), req.GetIfname())); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	if d := req.GetAddDurationNano(); d > 0 && s.Metrics != nil {
 		s.Metrics.ObserveAdd(time.Duration(d))
@@ -125,7 +119,7 @@ func (s *ENIServer) ConfirmAttach(ctx context.Context, req *apiv1.ConfirmAttachR
 func (s *ENIServer) GetAttachment(ctx context.Context, req *apiv1.GetAttachmentRequest) (*apiv1.AttachResponse, error) {
 	a, c, err := s.Inv.Get(ctx, key(req.GetContainerId(), req.GetIfname()))
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
 }
@@ -134,7 +128,7 @@ func (s *ENIServer) GetAttachment(ctx context.Context, req *apiv1.GetAttachmentR
 func (s *ENIServer) Detach(ctx context.Context, req *apiv1.DetachRequest) (*apiv1.DetachResponse, error) {
 	state, mac, err := s.Inv.Detach(ctx, key(req.GetContainerId(), req.GetIfname()))
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	if mac != "" {
 		logging.From(ctx).Info("ENI detached", "container", req.GetContainerId(), "ifname", req.GetIfname(), "mac", mac, "state", string(state))
@@ -165,56 +159,12 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 
 // Probe implements apiv1.ENIServiceServer.
 func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.ProbeResponse, error) {
-	pr, err := s.probeRequest(k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}, int(req.GetPort()), req.GetHttpPath())
+	pod := k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}
+	pr, err := probe.Prepare(s.Inv, pod, int(req.GetPort()), req.GetHttpPath())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	pr.Timeout = time.Duration(req.GetTimeoutMs()) * time.Millisecond
 	r := probe.Run(ctx, pr)
 	return &apiv1.ProbeResponse{Success: r.Success, HttpStatus: int32(r.HTTPStatus), Message: r.Message}, nil
-}
-
-// probeRequest finds the pod's namespace and address: a probe can only
-// reach the pod's own address, from inside the pod's namespace.
-func (s *ENIServer) probeRequest(pod k8sname.Pod, port int, path string) (probe.Request, error) {
-	if err := pod.Validate(); err != nil {
-		return probe.Request{}, err
-	}
-	if port < 1 || port > 65535 {
-		return probe.Request{}, fmt.Errorf("probe port %d out of range 1-65535: %w", port, errdefs.ErrInvalidArgument)
-	}
-	if path != "" && path[0] != '/' {
-		return probe.Request{}, fmt.Errorf("probe path %q must start with '/': %w", path, errdefs.ErrInvalidArgument)
-	}
-	a, c, err := s.Inv.FindPod(pod)
-	if err != nil {
-		return probe.Request{}, err
-	}
-	var addr netip.Addr
-	for _, p := range c.Addresses {
-		if !addr.IsValid() || (p.Addr().Is4() && !addr.Is4()) {
-			addr = p.Addr()
-		}
-	}
-	return probe.Request{Netns: a.Netns, Addr: addr, Port: port, HTTPPath: path}, nil
-}
-
-// UnaryInterceptor puts a logger with the method into the context, logs
-// failures and counts requests.
-func UnaryInterceptor(log *slog.Logger, m *metrics.Metrics) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		l := log.With("method", info.FullMethod)
-		start := time.Now()
-		resp, err := handler(logging.With(ctx, l), req)
-		code := status.Code(err)
-		if m != nil {
-			m.CountRPC(info.FullMethod, code.String())
-		}
-		if err != nil {
-			l.Warn("request failed", "code", code.String(), "error", status.Convert(err).Message(), "duration", time.Since(start))
-		} else {
-			l.Debug("request served", "duration", time.Since(start))
-		}
-		return resp, err
-	}
 }

@@ -6,17 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
-	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
@@ -45,7 +41,7 @@ var errNoSandboxes = fmt.Errorf("sandboxes are not enabled on this node: %w", er
 
 func (s *SandboxServer) service() (sandbox.Service, error) {
 	if s.Svc == nil {
-		return nil, errdefs.ToGRPC(errNoSandboxes)
+		return nil, errNoSandboxes
 	}
 	return s.Svc, nil
 }
@@ -56,13 +52,9 @@ func (s *SandboxServer) CreateSandbox(ctx context.Context, req *apiv1.CreateSand
 	if err != nil {
 		return nil, err
 	}
-	spec := SpecFromProto(req.GetSpec()).WithDefaults()
-	if err := spec.Validate(); err != nil {
-		return nil, errdefs.ToGRPC(fmt.Errorf("create sandbox: %w", err))
-	}
-	sb, err := svc.Create(ctx, spec, req.GetWait())
+	sb, err := svc.Create(ctx, SpecFromProto(req.GetSpec()), req.GetWait())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return SandboxToProto(sb), nil
 }
@@ -73,12 +65,9 @@ func (s *SandboxServer) StopSandbox(ctx context.Context, req *apiv1.StopSandboxR
 	if err != nil {
 		return nil, err
 	}
-	if err := sandbox.ValidateID(req.GetId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
 	sb, err := svc.Stop(ctx, req.GetId(), time.Duration(req.GetTimeoutSeconds())*time.Second)
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return SandboxToProto(sb), nil
 }
@@ -89,11 +78,8 @@ func (s *SandboxServer) DeleteSandbox(ctx context.Context, req *apiv1.DeleteSand
 	if err != nil {
 		return nil, err
 	}
-	if err := sandbox.ValidateID(req.GetId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
 	if err := svc.Delete(ctx, req.GetId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return &apiv1.DeleteSandboxResponse{}, nil
 }
@@ -104,12 +90,9 @@ func (s *SandboxServer) GetSandbox(ctx context.Context, req *apiv1.GetSandboxReq
 	if err != nil {
 		return nil, err
 	}
-	if err := sandbox.ValidateID(req.GetId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
 	sb, err := svc.Get(req.GetId())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return SandboxToProto(sb), nil
 }
@@ -133,19 +116,9 @@ func (s *SandboxServer) AttachDisk(ctx context.Context, req *apiv1.AttachDiskReq
 	if err != nil {
 		return nil, err
 	}
-	if err := sandbox.ValidateID(req.GetSandboxId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
-	if req.GetDisk() == nil {
-		return nil, errdefs.ToGRPC(fmt.Errorf("attach disk to %q: a disk is required: %w", req.GetSandboxId(), errdefs.ErrInvalidArgument))
-	}
-	d := DiskFromProto(req.GetDisk())
-	if err := d.Validate(); err != nil {
-		return nil, errdefs.ToGRPC(fmt.Errorf("attach disk to %q: %w", req.GetSandboxId(), err))
-	}
-	sb, err := svc.AttachDisk(ctx, req.GetSandboxId(), d)
+	sb, err := svc.AttachDisk(ctx, req.GetSandboxId(), DiskFromProto(req.GetDisk()))
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return SandboxToProto(sb), nil
 }
@@ -156,15 +129,9 @@ func (s *SandboxServer) DetachDisk(ctx context.Context, req *apiv1.DetachDiskReq
 	if err != nil {
 		return nil, err
 	}
-	if err := sandbox.ValidateID(req.GetSandboxId()); err != nil {
-		return nil, errdefs.ToGRPC(err)
-	}
-	if err := sandbox.ValidateDiskID(req.GetDiskId()); err != nil {
-		return nil, errdefs.ToGRPC(fmt.Errorf("detach disk from %q: %w", req.GetSandboxId(), err))
-	}
 	sb, err := svc.DetachDisk(ctx, req.GetSandboxId(), req.GetDiskId())
 	if err != nil {
-		return nil, errdefs.ToGRPC(err)
+		return nil, err
 	}
 	return SandboxToProto(sb), nil
 }
@@ -191,7 +158,7 @@ func (s *SandboxServer) WatchEvents(req *apiv1.WatchEventsRequest, stream apiv1.
 				if ctx.Err() != nil {
 					return status.FromContextError(ctx.Err()).Err()
 				}
-				return errdefs.ToGRPC(fmt.Errorf("watch events: the stream fell behind or the agent is stopping; watch again: %w", errdefs.ErrAborted))
+				return fmt.Errorf("watch events: the stream fell behind or the agent is stopping; watch again: %w", errdefs.ErrAborted)
 			}
 			if err := stream.Send(EventToProto(e)); err != nil {
 				return err
@@ -210,24 +177,20 @@ func (s *SandboxServer) Exec(stream apiv1.SandboxService_ExecServer) error {
 	}
 	first, err := stream.Recv()
 	if errors.Is(err, io.EOF) {
-		return errdefs.ToGRPC(fmt.Errorf("exec: no start message: %w", errdefs.ErrInvalidArgument))
+		return fmt.Errorf("exec: no start message: %w", errdefs.ErrInvalidArgument)
 	}
 	if err != nil {
 		return err
 	}
 	start := first.GetStart()
 	if start == nil {
-		return errdefs.ToGRPC(fmt.Errorf("exec: the first message must be a start: %w", errdefs.ErrInvalidArgument))
+		return fmt.Errorf("exec: the first message must be a start: %w", errdefs.ErrInvalidArgument)
 	}
 	id := start.GetSandboxId()
-	if err := sandbox.ValidateID(id); err != nil {
-		return errdefs.ToGRPC(fmt.Errorf("exec: %w", err))
+	if argv := start.GetArgv(); len(argv) > 0 {
+		// Never log argv beyond the program nor env: they may carry secrets.
+		logging.From(stream.Context()).Debug("exec", "sandbox", id, "program", argv[0])
 	}
-	if argv := start.GetArgv(); len(argv) == 0 || argv[0] == "" {
-		return errdefs.ToGRPC(fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument))
-	}
-	// Never log argv beyond the program nor env: they may carry secrets.
-	logging.From(stream.Context()).Debug("exec", "sandbox", id, "program", start.GetArgv()[0])
 
 	ctx, cancel := context.WithCancelCause(stream.Context())
 	defer cancel(nil)
@@ -243,11 +206,11 @@ func (s *SandboxServer) Exec(stream apiv1.SandboxService_ExecServer) error {
 	stdinR.CloseWithError(io.ErrClosedPipe)
 	if cause := context.Cause(ctx); errors.Is(cause, errdefs.ErrInvalidArgument) {
 		out.end(nil)
-		return errdefs.ToGRPC(cause) // the client broke the protocol
+		return cause // the client broke the protocol
 	}
 	if err != nil {
 		out.end(nil)
-		return errdefs.ToGRPC(err)
+		return err
 	}
 	return out.end(&apiv1.ExecResponse{Kind: &apiv1.ExecResponse_Exit{Exit: &apiv1.ExitStatus{
 		Code: int32(st.Code), Signal: st.Signal}}})
@@ -339,31 +302,3 @@ func (w execWriter) Write(p []byte) (int, error) {
 	}
 	return n, nil
 }
-
-// StreamInterceptor is UnaryInterceptor for streaming calls (WatchEvents,
-// Exec): a logger with the method in the context, failures logged, calls
-// counted.
-func StreamInterceptor(log *slog.Logger, m *metrics.Metrics) grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		l := log.With("method", info.FullMethod)
-		start := time.Now()
-		err := handler(srv, &loggedStream{ServerStream: ss, ctx: logging.With(ss.Context(), l)})
-		code := status.Code(err)
-		if m != nil {
-			m.CountRPC(info.FullMethod, code.String())
-		}
-		if err != nil && code != codes.Canceled {
-			l.Warn("stream failed", "code", code.String(), "error", status.Convert(err).Message(), "duration", time.Since(start))
-		} else {
-			l.Debug("stream ended", "duration", time.Since(start))
-		}
-		return err
-	}
-}
-
-type loggedStream struct {
-	grpc.ServerStream
-	ctx context.Context
-}
-
-func (s *loggedStream) Context() context.Context { return s.ctx }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -26,7 +26,9 @@ import (
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// fakeSandboxes is a sandbox.Service in memory. Its Exec understands a few
+// fakeSandboxes is a sandbox.Service in memory. It validates its input
+// with the domain's own checks, as sandbox.Manager does (the adapter only
+// translates). Its Exec understands a few
 // programs: "cat" copies stdin to stdout, writes "done" to stderr and exits
 // 3; "noread" exits 0 without reading stdin; "sleep" runs until cancelled.
 type fakeSandboxes struct {
@@ -47,8 +49,11 @@ func newFake() *fakeSandboxes {
 func (f *fakeSandboxes) Create(_ context.Context, spec sandbox.Spec, _ bool) (sandbox.Sandbox, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.creates++
 	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	f.creates++ // valid specs only
 	if b, ok := f.boxes[spec.ID]; ok {
 		if !b.Spec.Equal(spec) {
 			return sandbox.Sandbox{}, fmt.Errorf("sandbox %q exists with another spec: %w", spec.ID, errdefs.ErrAlreadyExists)
@@ -62,6 +67,9 @@ func (f *fakeSandboxes) Create(_ context.Context, spec sandbox.Spec, _ bool) (sa
 }
 
 func (f *fakeSandboxes) lookup(id string) (sandbox.Sandbox, error) {
+	if err := sandbox.ValidateID(id); err != nil {
+		return sandbox.Sandbox{}, err
+	}
 	b, ok := f.boxes[id]
 	if !ok {
 		return b, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
@@ -82,6 +90,9 @@ func (f *fakeSandboxes) Stop(_ context.Context, id string, _ time.Duration) (san
 }
 
 func (f *fakeSandboxes) Delete(_ context.Context, id string) error {
+	if err := sandbox.ValidateID(id); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.boxes, id)
@@ -150,6 +161,9 @@ func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecReq
 	if _, err := f.Get(id); err != nil {
 		return sandbox.ExitStatus{}, err
 	}
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return sandbox.ExitStatus{}, fmt.Errorf("exec in %q: empty command: %w", id, errdefs.ErrInvalidArgument)
+	}
 	f.execCtx <- ctx
 	switch req.Argv[0] {
 	case "cat":
@@ -168,6 +182,9 @@ func (f *fakeSandboxes) Exec(ctx context.Context, id string, req sandbox.ExecReq
 }
 
 func (f *fakeSandboxes) AttachDisk(_ context.Context, id string, d sandbox.Disk) (sandbox.Sandbox, error) {
+	if err := d.Validate(); err != nil {
+		return sandbox.Sandbox{}, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, err := f.lookup(id)
@@ -188,6 +205,9 @@ func (f *fakeSandboxes) AttachDisk(_ context.Context, id string, d sandbox.Disk)
 }
 
 func (f *fakeSandboxes) DetachDisk(_ context.Context, id, diskID string) (sandbox.Sandbox, error) {
+	if err := sandbox.ValidateDiskID(diskID); err != nil {
+		return sandbox.Sandbox{}, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	b, err := f.lookup(id)
@@ -219,7 +239,7 @@ func startSandboxServer(t *testing.T, svc sandbox.Service) *agentclient.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := NewGRPCServer(slog.New(slog.DiscardHandler), nil)
 	apiv1.RegisterSandboxServiceServer(g, NewSandboxServer(svc))
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
@@ -334,7 +354,7 @@ func TestSandboxCalls(t *testing.T) {
 		}
 	}
 	if fake.creates != 3 { // two good ones and the one with another spec
-		t.Errorf("the service saw %d creates, want 3: invalid specs must stop at the adapter", fake.creates)
+		t.Errorf("the service saw %d creates, want 3: invalid specs must be refused before any create", fake.creates)
 	}
 
 	sb, err = cl.AttachDisk(ctx, &apiv1.AttachDiskRequest{SandboxId: "pod-1", Disk: rbdDisk("hot", "rbd", "hot-img")})

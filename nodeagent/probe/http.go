@@ -1,18 +1,18 @@
-package server
+package probe
 
 import (
 	"errors"
 	"fmt"
-	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 	"net/http"
 	"strconv"
 	"time"
 
-	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
+
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// ProbeHandler serves kubelet probes rewritten to the agent:
+// Handler serves kubelet probes rewritten to the agent:
 //
 //	GET /probe/{namespace}/{name}/tcp/{port}
 //	GET /probe/{namespace}/{name}/http/{port}/{path...}   (query kept)
@@ -20,28 +20,28 @@ import (
 // It answers 200 when the probe passes, the pod's own status for a failing
 // HTTP probe, 503 when the pod cannot be reached and 404 for an unknown
 // pod. An optional ?timeout=DURATION bounds the probe (default 1s).
-func (s *ENIServer) ProbeHandler() http.Handler {
+func Handler(t Targets) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /probe/{namespace}/{name}/tcp/{port}", func(w http.ResponseWriter, r *http.Request) {
-		s.serveProbe(w, r, "")
+		serve(t, w, r, "")
 	})
 	mux.HandleFunc("GET /probe/{namespace}/{name}/http/{port}/{path...}", func(w http.ResponseWriter, r *http.Request) {
 		path := "/" + r.PathValue("path")
 		if r.URL.RawQuery != "" {
 			path += "?" + r.URL.RawQuery
 		}
-		s.serveProbe(w, r, path)
+		serve(t, w, r, path)
 	})
 	return mux
 }
 
-func (s *ENIServer) serveProbe(w http.ResponseWriter, r *http.Request, path string) {
+func serve(t Targets, w http.ResponseWriter, r *http.Request, path string) {
 	port, err := strconv.Atoi(r.PathValue("port"))
 	if err != nil {
 		http.Error(w, fmt.Sprintf("port %q is not a number", r.PathValue("port")), http.StatusBadRequest)
 		return
 	}
-	req, err := s.probeRequest(k8sname.Pod{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}, port, path)
+	req, err := Prepare(t, k8sname.Pod{Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}, port, path)
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
 		http.Error(w, err.Error(), http.StatusNotFound)
@@ -55,7 +55,7 @@ func (s *ENIServer) serveProbe(w http.ResponseWriter, r *http.Request, path stri
 			req.Timeout = d
 		}
 	}
-	res := probe.Run(r.Context(), req)
+	res := Run(r.Context(), req)
 	switch {
 	case res.Success:
 		w.WriteHeader(http.StatusOK)

@@ -1,0 +1,59 @@
+package sandbox
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
+)
+
+// adopt takes over a sandbox whose QEMU an earlier agent started: it
+// checks that the pid is still that sandbox's QEMU, reopens its cgroup,
+// and runs the boot's steps from "connect" on.
+func (m *Manager) adopt(b *box) {
+	id := b.rec.Sandbox.Spec.ID
+	pid := b.rec.Sandbox.PID
+	if pid == 0 { // died between starting QEMU and recording its pid
+		if s, err := os.ReadFile(filepath.Join(b.dir, qemu.PIDFile)); err == nil {
+			pid, _ = strconv.Atoi(strings.TrimSpace(string(s)))
+		}
+	}
+	r := newRun(b)
+	b.cur = r
+	proc, err := adoptProcess(pid, qemu.ProcessName(id))
+	if err != nil {
+		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "error", err)
+		r.failure = "qemu exited while no agent was watching it"
+		go m.finish(b, r, "")
+		return
+	}
+	r.proc = proc
+	if b.rec.Cgroup != "" && m.cfg.Cgroups != nil {
+		if g, err := m.cfg.Cgroups.Load(b.rec.Cgroup); err == nil {
+			r.group = g
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+	r.cancel = cancel
+	was := b.rec.Sandbox.State
+	bt := &booting{b: b, r: r, spec: b.rec.Sandbox.Spec, adopted: true, proc: proc,
+		// A guest that was Ready has its network; one still Creating may not.
+		configure: was == StateCreating}
+	go m.watch(b, r)
+	go func() {
+		defer cancel()
+		if err := runSteps(ctx, bt, m.readoptSteps()); err != nil {
+			m.bootFailed(b, r, "re-adopt", err)
+			return
+		}
+		m.log.Info("re-adopted running sandbox", "sandbox", id, "pid", proc.pid)
+		if was == StateStopping {
+			b.op.Lock()
+			defer b.op.Unlock()
+			_ = m.stopLocked(context.Background(), b, 0)
+		}
+	}()
+}

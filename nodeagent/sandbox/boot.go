@@ -1,0 +1,375 @@
+package sandbox
+
+// Create, and the steps that take a sandbox from nothing to Ready, read top
+// to bottom. Re-adoption (adopt.go) reuses the steps from "connect" on.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
+	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
+	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+)
+
+// Names inside the pod's network namespace.
+const (
+	podIfname = "eth0"
+	tapName   = "tap0"
+)
+
+// Create boots a sandbox; see Service.
+func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, error) {
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return Sandbox{}, err
+	}
+	// A unix socket path has room for 107 bytes.
+	if sock := filepath.Join(m.dir, spec.ID, qemu.AgentSocket); len(sock) > 107 {
+		return Sandbox{}, fmt.Errorf("sandbox %q: its socket %s would be longer than 107 bytes; use a shorter ID or state dir: %w",
+			spec.ID, sock, errdefs.ErrInvalidArgument)
+	}
+	m.mu.Lock()
+	b, exists := m.boxes[spec.ID]
+	if exists {
+		m.mu.Unlock()
+		if !b.rec.Sandbox.Spec.Equal(spec) {
+			return Sandbox{}, fmt.Errorf("sandbox %q exists with another spec: %w", spec.ID, errdefs.ErrAlreadyExists)
+		}
+		if wait {
+			return m.waitBooted(ctx, b)
+		}
+		return m.Get(spec.ID)
+	}
+	dir := filepath.Join(m.dir, spec.ID)
+	b = &box{dir: dir, changed: make(chan struct{}), rec: record{Sandbox: Sandbox{
+		Spec: spec, State: StateCreating, Disks: append([]Disk(nil), spec.Disks...),
+		WorkDir: dir, CreatedAt: time.Now().UTC(), Accel: m.accel}}}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		m.mu.Unlock()
+		return Sandbox{}, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
+	}
+	if err := writeRecord(dir, b.rec); err != nil {
+		os.RemoveAll(dir)
+		m.mu.Unlock()
+		return Sandbox{}, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
+	}
+	r := newRun(b)
+	b.cur = r
+	m.boxes[spec.ID] = b
+	m.publishLocked(Event{Type: EventState, Sandbox: b.snapshot()})
+	m.mu.Unlock()
+
+	// The VM outlives this request: its boot hangs off its own context,
+	// which Stop cancels.
+	bctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+	r.cancel = cancel
+	m.log.Info("creating sandbox", "sandbox", spec.ID, "vcpus", spec.VCPUs, "memoryMiB", spec.MemoryMiB,
+		"netns", spec.NetNS, "disks", len(spec.Disks), "accel", m.accel)
+	go m.boot(bctx, b, r)
+	if wait {
+		return m.waitBooted(ctx, b)
+	}
+	return m.Get(spec.ID)
+}
+
+// waitBooted waits until b has left Creating.
+func (m *Manager) waitBooted(ctx context.Context, b *box) (Sandbox, error) {
+	for {
+		st, changed := m.state(b)
+		if st != StateCreating {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return b.snapshot(), nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return b.snapshot(), fmt.Errorf("wait for sandbox %q: %w", b.rec.Sandbox.Spec.ID, ctx.Err())
+		}
+	}
+}
+
+// booting is what the steps of one boot (or re-adoption) share.
+type booting struct {
+	b    *box
+	r    *run
+	spec Spec
+	// adopted: the VM was started by an earlier agent.
+	adopted bool
+	// configure: the guest still needs its network configured.
+	configure bool
+
+	mach  qemu.Machine
+	files []*os.File // handed to QEMU (the tap), closed after the start
+	proc  *process
+}
+
+// step is one named part of a boot; a failed step fails the boot with
+// its name.
+type step struct {
+	name string
+	run  func(ctx context.Context, bt *booting) error
+}
+
+// bootSteps take a new sandbox from nothing to Ready.
+func (m *Manager) bootSteps() []step {
+	return []step{
+		{"pod network", m.stepPodNetwork},
+		{"disks", m.stepDisks},
+		{"cgroup", m.stepCgroup},
+		{"qemu", m.stepStartQEMU},
+		{"connect", m.stepConnect},
+		{"configure guest", m.stepConfigureGuest},
+		{"ready", m.stepReady},
+	}
+}
+
+// readoptSteps take over a VM an earlier agent started.
+func (m *Manager) readoptSteps() []step {
+	return []step{
+		{"connect", m.stepConnect},
+		{"configure guest", m.stepConfigureGuest},
+		{"ready", m.stepReady},
+	}
+}
+
+// runSteps runs steps in order; it stops at the first failure.
+func runSteps(ctx context.Context, bt *booting, steps []step) error {
+	defer func() {
+		for _, f := range bt.files {
+			f.Close()
+		}
+	}()
+	for _, s := range steps {
+		if err := s.run(ctx, bt); err != nil {
+			if errors.Is(err, errStopped) {
+				return err
+			}
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+	}
+	return nil
+}
+
+// boot runs the boot steps; on failure it kills QEMU (whose exit cleans
+// up) or, before QEMU started, cleans up itself.
+func (m *Manager) boot(ctx context.Context, b *box, r *run) {
+	defer r.cancel()
+	start := time.Now()
+	bt := &booting{b: b, r: r, spec: b.rec.Sandbox.Spec, configure: true}
+	err := runSteps(ctx, bt, m.bootSteps())
+	id := bt.spec.ID
+	if err == nil {
+		m.log.Info("sandbox ready", "sandbox", id, "bootSeconds", time.Since(start).Seconds())
+		return
+	}
+	m.bootFailed(b, r, "boot", err)
+}
+
+// bootFailed ends a run whose boot or re-adoption failed: it kills QEMU,
+// whose exit cleans up, or cleans up itself when QEMU never started.
+func (m *Manager) bootFailed(b *box, r *run, what string, err error) {
+	r.mu.Lock()
+	detached, stopping := r.detached, r.stopping
+	if r.failure == "" {
+		r.failure = what + ": " + err.Error()
+	}
+	proc := r.proc
+	r.mu.Unlock()
+	if detached {
+		return // the agent is closing; the next one re-adopts the VM
+	}
+	if !stopping {
+		m.log.Error("sandbox "+what+" failed; ending it", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+	}
+	if proc != nil {
+		proc.signal(syscall.SIGKILL)
+		return // watch() sees the exit and cleans up
+	}
+	m.finish(b, r, "")
+}
+
+// stepPodNetwork takes the pod's network over from eth0: a tap for QEMU
+// and tc redirects both ways. The config is recorded before eth0 gives up
+// its addresses, so that a crash in between still lets the next agent
+// give them back.
+func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
+	if bt.spec.NetNS == "" {
+		return nil
+	}
+	cfg, err := podnet.Inspect(bt.spec.NetNS, podIfname, tapName)
+	if err != nil {
+		return err
+	}
+	m.update(bt.b, func(rec *record) { rec.Net = &cfg })
+	if err := podnet.Resume(bt.spec.NetNS, cfg); err != nil {
+		return err
+	}
+	tap, err := podnet.OpenTap(bt.spec.NetNS, cfg.Tap)
+	if err != nil {
+		return err
+	}
+	bt.files = append(bt.files, tap)
+	bt.mach.NIC = &qemu.NIC{MAC: cfg.MAC}
+	return nil
+}
+
+// stepDisks describes the boot disks for QEMU.
+func (m *Manager) stepDisks(ctx context.Context, bt *booting) error {
+	for _, d := range bt.spec.Disks {
+		bd, err := m.blockDevice(bt.b.dir, d)
+		if err != nil {
+			return err
+		}
+		bt.mach.Disks = append(bt.mach.Disks, bd)
+	}
+	return nil
+}
+
+// stepCgroup makes the sandbox's cgroup (recorded first, so that a crash
+// still lets the next agent remove it).
+func (m *Manager) stepCgroup(ctx context.Context, bt *booting) error {
+	if m.cfg.Cgroups == nil {
+		return nil
+	}
+	name := qemu.ProcessName(bt.spec.ID)
+	mem := int64(bt.spec.MemoryMiB+m.cfg.OverheadMiB) << 20
+	cpus := float64(bt.spec.VCPUs)
+	pids := int64(1024)
+	m.update(bt.b, func(rec *record) { rec.Cgroup = name })
+	g, err := m.cfg.Cgroups.Create(name, cgroup.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids})
+	if err != nil {
+		return err
+	}
+	bt.r.mu.Lock()
+	bt.r.group = g
+	bt.r.mu.Unlock()
+	return nil
+}
+
+// stepStartQEMU starts QEMU paused in its own session, records its pid,
+// watches it and puts it into the sandbox's cgroup before it runs.
+func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
+	b, r := bt.b, bt.r
+	bt.mach.Name, bt.mach.Dir, bt.mach.Accel = bt.spec.ID, b.dir, m.accel
+	bt.mach.VCPUs, bt.mach.MemoryMiB = bt.spec.VCPUs, bt.spec.MemoryMiB
+	bt.mach.Kernel, bt.mach.Initrd, bt.mach.KernelArgs = m.cfg.Kernel, m.cfg.Initrd, m.cfg.KernelArgs
+	bt.mach.Paused = true
+	args, err := bt.mach.Args()
+	if err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(filepath.Join(b.dir, "qemu.log"), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(m.cfg.QEMU, args...)
+	cmd.Dir = b.dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = bt.files
+	// Its own session: the VM survives the agent's exit and its signals.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return errStopped
+	}
+	proc, err := startProcess(cmd)
+	if err == nil {
+		r.proc = proc
+	}
+	group := r.group
+	r.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	bt.proc = proc
+	m.update(b, func(rec *record) { rec.Sandbox.PID = proc.pid })
+	go m.watch(b, r)
+	if group != nil {
+		if err := group.Add(proc.pid); err != nil {
+			return fmt.Errorf("cgroup: %w", err)
+		}
+	}
+	return nil
+}
+
+// stepConnect connects to QEMU's monitor, lets a paused VM run and waits
+// for the guest agent's first answer.
+func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
+	b, r := bt.b, bt.r
+	q, err := dialQMP(ctx, filepath.Join(b.dir, qemu.QMPSocket), bt.proc)
+	if err != nil {
+		return err
+	}
+	r.setQMP(q)
+	go r.pumpEvents(q)
+	if bt.adopted {
+		// An earlier agent may have died before letting it run.
+		if st, err := q.QueryStatus(ctx); err == nil && (st.Status == "prelaunch" || st.Status == "paused") {
+			if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+				return err
+			}
+		}
+	} else if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+		return err
+	}
+	agent, err := client.Dial(ctx, filepath.Join(b.dir, qemu.AgentSocket))
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("no answer from the guest agent in %v: %w", m.cfg.BootTimeout, err)
+		}
+		return fmt.Errorf("guest agent: %w", err)
+	}
+	r.mu.Lock()
+	r.agent = agent
+	r.mu.Unlock()
+	r.markConnected()
+	return nil
+}
+
+// stepConfigureGuest gives the guest the pod's addresses and routes.
+func (m *Manager) stepConfigureGuest(ctx context.Context, bt *booting) error {
+	net := m.record(bt.b).Net
+	if !bt.configure || net == nil {
+		return nil
+	}
+	bt.r.mu.Lock()
+	agent := bt.r.agent
+	bt.r.mu.Unlock()
+	return agent.ConfigureNetwork(ctx, guestNetConfig(*net))
+}
+
+// stepReady moves the sandbox to Ready unless a Stop came first.
+func (m *Manager) stepReady(ctx context.Context, bt *booting) error {
+	var addrs []string
+	if net := m.record(bt.b).Net; net != nil {
+		addrs = net.Addresses
+	}
+	r := bt.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopping {
+		return errStopped
+	}
+	m.setState(bt.b, StateReady, "", func(rec *record) {
+		rec.Sandbox.ReadyAt = time.Now().UTC()
+		rec.Sandbox.Addresses = addrs
+	})
+	return nil
+}
+
+// errStopped is the boot error when Stop interrupts a boot.
+var errStopped = errors.New("stopped while booting")

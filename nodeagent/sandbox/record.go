@@ -1,0 +1,131 @@
+package sandbox
+
+// The sandbox record: what the agent keeps per sandbox on disk and in
+// memory, and the accessors that read and change it under Manager.mu.
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
+	"github.com/nodeinfra/nodeinfra/pkg/atomicfile"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+)
+
+// record is what the agent keeps on disk per sandbox, in
+// <state>/sandboxes/<id>/sandbox.json: enough for a new agent to re-adopt
+// a running VM or clean up after a dead one.
+type record struct {
+	Sandbox Sandbox `json:"sandbox"`
+	// Net is the pod network as it was before the VM took it over; it is
+	// given back to eth0 when the sandbox ends.
+	Net *podnet.Config `json:"net,omitempty"`
+	// Cgroup is the name of the sandbox's cgroup, if any.
+	Cgroup string `json:"cgroup,omitempty"`
+}
+
+const recordFile = "sandbox.json"
+
+// writeRecord replaces dir/sandbox.json atomically and durably.
+func writeRecord(dir string, r record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(dir, recordFile), b, 0o600); err != nil {
+		return fmt.Errorf("write sandbox record: %w", err)
+	}
+	return nil
+}
+
+func readRecord(dir string) (record, error) {
+	var r record
+	b, err := os.ReadFile(filepath.Join(dir, recordFile))
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("read %s: %w", filepath.Join(dir, recordFile), err)
+	}
+	return r, nil
+}
+
+// box is one sandbox. op serializes Create, Stop, Delete and disk changes;
+// rec and cur are guarded by Manager.mu.
+type box struct {
+	op      sync.Mutex
+	dir     string
+	rec     record
+	cur     *run          // the QEMU run, nil when none
+	changed chan struct{} // closed and replaced at each state change
+	deleted bool
+}
+
+// setState moves b to state with reason, persists it and tells watchers.
+func (m *Manager) setState(b *box, state State, reason string, edit func(*record)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b.rec.Sandbox.State = state
+	b.rec.Sandbox.Reason = reason
+	if edit != nil {
+		edit(&b.rec)
+	}
+	m.persistLocked(b)
+	close(b.changed)
+	b.changed = make(chan struct{})
+	m.publishLocked(Event{Type: EventState, Sandbox: b.snapshot()})
+}
+
+// update edits b's record and persists it without a state change.
+func (m *Manager) update(b *box, edit func(*record)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	edit(&b.rec)
+	m.persistLocked(b)
+}
+
+func (m *Manager) persistLocked(b *box) {
+	if b.deleted {
+		return
+	}
+	if err := writeRecord(b.dir, b.rec); err != nil {
+		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+	}
+}
+
+// record returns a copy of b's record.
+func (m *Manager) record(b *box) record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return b.rec
+}
+
+func (b *box) snapshot() Sandbox {
+	s := b.rec.Sandbox
+	s.Disks = append([]Disk(nil), s.Disks...)
+	s.Addresses = append([]string(nil), s.Addresses...)
+	return s
+}
+
+func (m *Manager) state(b *box) (State, <-chan struct{}) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return b.rec.Sandbox.State, b.changed
+}
+
+// lookup finds a sandbox by ID; a malformed ID is InvalidArgument.
+func (m *Manager) lookup(id string) (*box, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.boxes[id]
+	if !ok {
+		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	return b, nil
+}
