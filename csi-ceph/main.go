@@ -1,7 +1,9 @@
 // Command csi-ceph is a CSI driver for Ceph RBD (block and filesystem
-// volumes). Work in progress: identity and the controller's volume
-// lifecycle are served; the node service, snapshots, clones and expansion
-// come next (see the README).
+// volumes): the identity, controller (volumes, snapshots, clones,
+// expansion, capacity) and node (stage, publish, stats, expansion)
+// services in one binary, --mode choosing which of them it serves. main
+// only reads the flags into a driver.Config and runs the driver until
+// SIGINT or SIGTERM; the work is in package driver.
 package main
 
 import (

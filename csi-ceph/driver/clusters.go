@@ -2,16 +2,12 @@ package driver
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 )
-
-// ErrUnknownCluster means a clusterID is not in the cluster config.
-var ErrUnknownCluster = errors.New("unknown cluster")
 
 // Cluster is one entry of the cluster config file, which has ceph-csi's
 // config.json shape: [{"clusterID": "...", "monitors": ["host:port", ...]}].

@@ -12,12 +12,12 @@ import (
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 const (
 	defaultSize = 1 << 30 // 1 GiB when the request gives no size
 	maxSize     = 1 << 50 // 1 PiB
-	imagePrefix = "csi-vol-"
 )
 
 // ControllerGetCapabilities implements csi.ControllerServer.
@@ -42,15 +42,15 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 // cannot be shared); ext4 or xfs.
 func checkCapabilities(caps []*csi.VolumeCapability) error {
 	if len(caps) == 0 {
-		return fmt.Errorf("volume capabilities are required: %w", errInvalid)
+		return fmt.Errorf("volume capabilities are required: %w", errdefs.ErrInvalidArgument)
 	}
 	for _, c := range caps {
 		if c == nil || c.GetAccessMode() == nil {
-			return fmt.Errorf("a volume capability lacks an access mode: %w", errInvalid)
+			return fmt.Errorf("a volume capability lacks an access mode: %w", errdefs.ErrInvalidArgument)
 		}
 		block := c.GetBlock() != nil
 		if !block && c.GetMount() == nil {
-			return fmt.Errorf("a volume capability must be block or mount: %w", errInvalid)
+			return fmt.Errorf("a volume capability must be block or mount: %w", errdefs.ErrInvalidArgument)
 		}
 		switch m := c.GetAccessMode().GetMode(); m {
 		case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER, csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
@@ -58,16 +58,16 @@ func checkCapabilities(caps []*csi.VolumeCapability) error {
 			csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
 		case csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER, csi.VolumeCapability_AccessMode_MULTI_NODE_SINGLE_WRITER:
 			if !block {
-				return fmt.Errorf("access mode %v needs a block volume: a filesystem on an RBD image cannot be shared between nodes: %w", m, errInvalid)
+				return fmt.Errorf("access mode %v needs a block volume: a filesystem on an RBD image cannot be shared between nodes: %w", m, errdefs.ErrInvalidArgument)
 			}
 		default:
-			return fmt.Errorf("access mode %v is not supported: %w", m, errInvalid)
+			return fmt.Errorf("access mode %v is not supported: %w", m, errdefs.ErrInvalidArgument)
 		}
 		if mnt := c.GetMount(); mnt != nil {
 			switch mnt.GetFsType() {
 			case "", "ext4", "xfs":
 			default:
-				return fmt.Errorf("fsType %q is not supported (ext4, xfs): %w", mnt.GetFsType(), errInvalid)
+				return fmt.Errorf("fsType %q is not supported (ext4, xfs): %w", mnt.GetFsType(), errdefs.ErrInvalidArgument)
 			}
 		}
 	}
@@ -86,17 +86,17 @@ func parseParams(p map[string]string) (volumeParams, error) {
 		case "clusterID", "pool", "imageFeatures", "mounter":
 		default:
 			if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
-				return v, fmt.Errorf("unknown parameter %q (clusterID, pool, imageFeatures, mounter): %w", k, errInvalid)
+				return v, fmt.Errorf("unknown parameter %q (clusterID, pool, imageFeatures, mounter): %w", k, errdefs.ErrInvalidArgument)
 			}
 		}
 	}
 	if v.ClusterID == "" || v.Pool == "" {
-		return v, fmt.Errorf("parameters clusterID and pool are required: %w", errInvalid)
+		return v, fmt.Errorf("parameters clusterID and pool are required: %w", errdefs.ErrInvalidArgument)
 	}
 	switch v.Mounter {
 	case "", mapper.KRBD, mapper.RBDNBD, mapper.Fuse:
 	default:
-		return v, fmt.Errorf("mounter %q: want %s, %s or %s: %w", v.Mounter, mapper.KRBD, mapper.RBDNBD, mapper.Fuse, errInvalid)
+		return v, fmt.Errorf("mounter %q: want %s, %s or %s: %w", v.Mounter, mapper.KRBD, mapper.RBDNBD, mapper.Fuse, errdefs.ErrInvalidArgument)
 	}
 	if _, err := rbd.ParseFeatures(v.Features); err != nil {
 		return v, err
@@ -107,7 +107,7 @@ func parseParams(p map[string]string) (volumeParams, error) {
 func sizeFrom(r *csi.CapacityRange) (uint64, error) {
 	req, lim := r.GetRequiredBytes(), r.GetLimitBytes()
 	if req < 0 || lim < 0 {
-		return 0, fmt.Errorf("negative capacity: %w", errInvalid)
+		return 0, fmt.Errorf("negative capacity: %w", errdefs.ErrInvalidArgument)
 	}
 	size := uint64(req)
 	if size == 0 {
@@ -117,10 +117,10 @@ func sizeFrom(r *csi.CapacityRange) (uint64, error) {
 		}
 	}
 	if lim > 0 && size > uint64(lim) {
-		return 0, fmt.Errorf("required %d bytes exceed the limit %d: %w", req, lim, errOutOfRange)
+		return 0, fmt.Errorf("required %d bytes exceed the limit %d: %w", req, lim, errdefs.ErrOutOfRange)
 	}
 	if size > maxSize {
-		return 0, fmt.Errorf("%d bytes is more than the %d an image may have here: %w", size, uint64(maxSize), errOutOfRange)
+		return 0, fmt.Errorf("%d bytes is more than the %d an image may have here: %w", size, uint64(maxSize), errdefs.ErrOutOfRange)
 	}
 	return size, nil
 }
@@ -133,7 +133,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 
 func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	if req.GetName() == "" {
-		return nil, fmt.Errorf("volume name is required: %w", errInvalid)
+		return nil, fmt.Errorf("volume name is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
@@ -160,8 +160,8 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	poolID, err := c.PoolID(params.Pool)
-	if errors.Is(err, rbd.ErrNotFound) {
-		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", params.Pool, params.ClusterID, errInvalid)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", params.Pool, params.ClusterID, errdefs.ErrInvalidArgument)
 	}
 	if err != nil {
 		return nil, err
@@ -180,7 +180,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	id := VolumeID{ClusterID: params.ClusterID, PoolID: poolID, UUID: strings.TrimPrefix(vol.Image, imagePrefix)}
+	id := volumeIDOf(params.ClusterID, poolID, vol.Image)
 	if err := id.Validate(); err != nil {
 		return nil, fmt.Errorf("image %s does not make a volume ID: %w", vol.Image, err)
 	}
@@ -205,7 +205,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 
 func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) error {
 	if req.GetVolumeId() == "" {
-		return fmt.Errorf("volume ID is required: %w", errInvalid)
+		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	id, err := ParseVolumeID(req.GetVolumeId())
 	if err != nil {
@@ -230,13 +230,13 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return err
 	}
 	pool, err := c.PoolName(id.PoolID)
-	if errors.Is(err, rbd.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if err := c.DeleteVolume(ctx, pool, imagePrefix+id.UUID); err != nil {
+	if err := c.DeleteVolume(ctx, pool, id.image()); err != nil {
 		return err
 	}
 	d.log.Info("volume deleted", "id", req.GetVolumeId())
@@ -266,19 +266,26 @@ func (d *Driver) lookupVolume(ctx context.Context, volumeID string, secrets map[
 	if err != nil {
 		return rbd.Volume{}, err
 	}
-	return c.GetVolume(ctx, pool, imagePrefix+id.UUID)
+	return c.GetVolume(ctx, pool, id.image())
 }
 
 // ValidateVolumeCapabilities implements csi.ControllerServer.
+// Capabilities the volume cannot serve are a response with a message, not
+// an error.
 func (d *Driver) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	resp, err := d.validateVolumeCapabilities(ctx, req)
+	return resp, toStatus(err)
+}
+
+func (d *Driver) validateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, toStatus(fmt.Errorf("volume ID is required: %w", errInvalid))
+		return nil, fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, toStatus(fmt.Errorf("volume capabilities are required: %w", errInvalid))
+		return nil, fmt.Errorf("volume capabilities are required: %w", errdefs.ErrInvalidArgument)
 	}
 	if _, err := d.lookupVolume(ctx, req.GetVolumeId(), req.GetSecrets()); err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if err := checkCapabilities(req.GetVolumeCapabilities()); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
@@ -299,11 +306,11 @@ func (d *Driver) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 
 func (d *Driver) listVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, fmt.Errorf("max_entries must not be negative: %w", errInvalid)
+		return nil, fmt.Errorf("max_entries must not be negative: %w", errdefs.ErrInvalidArgument)
 	}
 	if t := req.GetStartingToken(); t != "" {
 		if _, err := ParseVolumeID(t); err != nil {
-			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errAborted)
+			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errdefs.ErrAborted)
 		}
 	}
 	var all []*csi.ListVolumesResponse_Entry
@@ -313,7 +320,7 @@ func (d *Driver) listVolumes(ctx context.Context, req *csi.ListVolumesRequest) (
 			return err
 		}
 		for _, v := range vols {
-			id := VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(v.Image, imagePrefix)}
+			id := volumeIDOf(clusterID, poolID, v.Image)
 			if id.Validate() == nil {
 				all = append(all, &csi.ListVolumesResponse_Entry{Volume: &csi.Volume{VolumeId: id.String(), CapacityBytes: int64(v.SizeBytes)}})
 			}
@@ -355,8 +362,8 @@ func (d *Driver) getCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 		return nil, err
 	}
 	st, err := c.PoolStats(ctx, p.Pool)
-	if errors.Is(err, rbd.ErrNotFound) {
-		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", p.Pool, p.ClusterID, errInvalid)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", p.Pool, p.ClusterID, errdefs.ErrInvalidArgument)
 	}
 	if err != nil {
 		return nil, err
@@ -373,10 +380,10 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 
 func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, fmt.Errorf("volume ID is required: %w", errInvalid)
+		return nil, fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, fmt.Errorf("capacity range is required: %w", errInvalid)
+		return nil, fmt.Errorf("capacity range is required: %w", errdefs.ErrInvalidArgument)
 	}
 	size, err := sizeFrom(req.GetCapacityRange())
 	if err != nil {
@@ -391,7 +398,7 @@ func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpand
 	if err != nil {
 		return nil, err
 	}
-	got, err := c.ExpandVolume(ctx, pool, imagePrefix+id.UUID, size)
+	got, err := c.ExpandVolume(ctx, pool, id.image(), size)
 	if err != nil {
 		return nil, err
 	}

@@ -1,3 +1,13 @@
+// Package driver is csi-ceph's CSI layer: a gRPC adapter over package rbd
+// (Ceph operations) and package mapper (block devices on the node). It
+// serves the identity (identity.go), controller (controller.go: volumes,
+// capacity, expansion; snapshots.go: snapshots, and volumes made from a
+// snapshot or a volume) and node (node.go) services, the node keeping a
+// staging record per staged volume (staging.go) and making filesystems on
+// first use (format.go). Volume and snapshot IDs are in ids.go, the
+// cluster config in clusters.go. Each handler validates its request, calls
+// the domain, and converts the error to a gRPC status once, with toStatus
+// (errors.go).
 package driver
 
 import (
@@ -20,6 +30,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // Name is the CSI driver name of the RBD driver.
@@ -173,10 +184,10 @@ func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerIn
 func credsFrom(secrets map[string]string) (rbd.Credentials, error) {
 	c := rbd.Credentials{ID: secrets["userID"], Key: secrets["userKey"]}
 	if c.ID == "" || c.Key == "" {
-		return c, fmt.Errorf("secrets must carry userID and userKey: %w", errInvalid)
+		return c, fmt.Errorf("secrets must carry userID and userKey: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("%v: %w", err, errInvalid)
+		return c, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
 	}
 	return c, nil
 }
@@ -197,7 +208,7 @@ func (d *Driver) conn(ctx context.Context, clusterID string, creds rbd.Credentia
 	}
 	c, err = rbd.Connect(ctx, cl.Monitors, creds)
 	if err != nil {
-		return nil, fmt.Errorf("%v: %w", err, errUnavailable)
+		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrUnavailable)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -227,7 +238,7 @@ func (d *Driver) connNoSecrets(ctx context.Context, clusterID string) (*rbd.Conn
 		if _, err := d.clusters.Get(clusterID); err != nil {
 			return nil, err
 		}
-		return nil, fmt.Errorf("no credentials for cluster %q yet (set --credentials-dir): %w", clusterID, errPrecondition)
+		return nil, fmt.Errorf("no credentials for cluster %q yet (set --credentials-dir): %w", clusterID, errdefs.ErrFailedPrecondition)
 	}
 	return d.conn(ctx, clusterID, creds)
 }
@@ -254,7 +265,7 @@ func (l *locks) tryLock(id string) (func(), error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.held[id] {
-		return nil, fmt.Errorf("an operation on %q is already in progress: %w", id, errAborted)
+		return nil, fmt.Errorf("an operation on %q is already in progress: %w", id, errdefs.ErrAborted)
 	}
 	l.held[id] = true
 	return func() {

@@ -1,52 +1,43 @@
 package driver
 
 import (
-	"errors"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// The driver's own checks use the suite's sentinels.
+// The driver's own sentinels. Each is a kind of a pkg/errdefs sentinel, as
+// every error of package rbd is, so that toStatus needs no table of its
+// own.
 var (
-	errInvalid      = errdefs.ErrInvalidArgument
-	errUnavailable  = errdefs.ErrUnavailable
-	errPrecondition = errdefs.ErrFailedPrecondition
-	errAborted      = errdefs.ErrAborted
-	errOutOfRange   = errdefs.ErrOutOfRange
-	errNotFound     = errdefs.ErrNotFound
+	// ErrMalformedID means a volume or snapshot ID is not one of ours: no
+	// such volume (NotFound), as the CSI spec asks.
+	ErrMalformedID error = &kindError{msg: "malformed ID", kind: errdefs.ErrNotFound}
+	// ErrUnknownCluster means a clusterID is not in the cluster config.
+	ErrUnknownCluster error = &kindError{msg: "unknown cluster", kind: errdefs.ErrInvalidArgument}
 )
 
-// ownCodes maps the errors of this driver's packages that errdefs does not
-// know.
-var ownCodes = []struct {
-	err  error
-	code codes.Code
-}{
-	{ErrMalformedID, codes.NotFound},
-	{ErrUnknownCluster, codes.InvalidArgument},
-	{rbd.ErrInvalid, codes.InvalidArgument},
-	{rbd.ErrAlreadyExists, codes.AlreadyExists},
-	{rbd.ErrNotFound, codes.NotFound},
-	{rbd.ErrBusy, codes.FailedPrecondition},
+// kindError is a sentinel with its own message that errors.Is also finds
+// as its kind.
+type kindError struct {
+	msg  string
+	kind error
 }
 
+func (e *kindError) Error() string { return e.msg }
+func (e *kindError) Unwrap() error { return e.kind }
+
 // toStatus converts a domain error to a gRPC status error, once, at the
-// edge; anything unrecognised is Internal.
+// edge: the code of the errdefs sentinel it wraps; anything unrecognised
+// is Internal.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
-	for _, c := range ownCodes {
-		if errors.Is(err, c.err) {
-			return status.Error(c.code, err.Error())
-		}
+	code := errdefs.Code(err)
+	if code == codes.Unknown {
+		code = codes.Internal
 	}
-	if code := errdefs.Code(err); code != codes.Unknown {
-		return status.Error(code, err.Error())
-	}
-	return status.Error(codes.Internal, err.Error())
+	return status.Error(code, err.Error())
 }

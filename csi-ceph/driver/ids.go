@@ -1,16 +1,12 @@
-// Package driver is csi-ceph's CSI layer: IDs, cluster configuration and
-// (to come) the identity, controller and node services over package rbd.
 package driver
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-)
 
-// ErrMalformedID means a volume or snapshot ID is not one of ours.
-var ErrMalformedID = errors.New("malformed ID")
+	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+)
 
 // idVersion is the first field of every ID, so the format can change.
 const idVersion = "1"
@@ -45,6 +41,26 @@ func (v VolumeID) String() string {
 }
 
 func (s SnapshotID) String() string { return s.VolumeID.String() + "-" + s.SnapUUID }
+
+// volumeIDOf is the ID of image, a volume of the pool with poolID; it
+// does not validate when image was not named by rbd.ImageName.
+func volumeIDOf(clusterID string, poolID int64, image string) VolumeID {
+	uuid, _ := rbd.ImageUUID(image)
+	return VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: uuid}
+}
+
+// snapshotIDOf is the ID of the RBD snapshot snap of the volume v; its
+// SnapUUID is empty when snap was not named by rbd.SnapName.
+func snapshotIDOf(v VolumeID, snap string) SnapshotID {
+	uuid, _ := rbd.SnapUUID(snap)
+	return SnapshotID{VolumeID: v, SnapUUID: uuid}
+}
+
+// image is the name of the RBD image that v names.
+func (v VolumeID) image() string { return rbd.ImageName(v.UUID) }
+
+// snap is the name of the RBD snapshot that s names.
+func (s SnapshotID) snap() string { return rbd.SnapName(s.SnapUUID) }
 
 // Validate checks the parts of an ID before it is encoded.
 func (v VolumeID) Validate() error {

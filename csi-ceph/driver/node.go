@@ -2,9 +2,6 @@ package driver
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +16,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // node is the node service's state: how it maps and mounts, and where it
@@ -43,57 +41,6 @@ func newNode(stateDir string) *node {
 	}
 }
 
-// staged is the record of a staged volume, kept in the state dir so that
-// unstage can release the mapping after a restart, or when the mount is
-// already gone.
-type staged struct {
-	VolumeID    string         `json:"volumeID"`
-	StagingPath string         `json:"stagingPath"`
-	Block       bool           `json:"block"`
-	Mapping     mapper.Mapping `json:"mapping"`
-}
-
-func (n *node) recordPath(volumeID string) string {
-	sum := sha256.Sum256([]byte(volumeID))
-	return filepath.Join(n.stateDir, "staged", hex.EncodeToString(sum[:16])+".json")
-}
-
-func (n *node) workDir(volumeID string) string {
-	sum := sha256.Sum256([]byte(volumeID))
-	return filepath.Join(n.stateDir, "maps", hex.EncodeToString(sum[:16]))
-}
-
-func (n *node) load(volumeID string) (staged, bool, error) {
-	b, err := os.ReadFile(n.recordPath(volumeID))
-	if errors.Is(err, fs.ErrNotExist) {
-		return staged{}, false, nil
-	}
-	if err != nil {
-		return staged{}, false, fmt.Errorf("read staging record: %w", err)
-	}
-	var s staged
-	if err := json.Unmarshal(b, &s); err != nil {
-		return staged{}, false, fmt.Errorf("decode staging record: %w", err)
-	}
-	return s, true, nil
-}
-
-func (n *node) save(s staged) error {
-	p := n.recordPath(s.VolumeID)
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return fmt.Errorf("write staging record: %w", err)
-	}
-	b, err := json.Marshal(s)
-	if err != nil {
-		return err
-	}
-	tmp := p + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("write staging record: %w", err)
-	}
-	return os.Rename(tmp, p)
-}
-
 // release unmounts the staging path if it is mounted, unmaps the image
 // (loop device, FUSE process, map, keyring) and removes the record.
 func (n *node) release(ctx context.Context, s staged) error {
@@ -109,10 +56,7 @@ func (n *node) release(ctx context.Context, s staged) error {
 	if err := mp.Unmap(ctx, s.Mapping); err != nil {
 		return err
 	}
-	if err := os.Remove(n.recordPath(s.VolumeID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove staging record: %w", err)
-	}
-	return nil
+	return n.remove(s.VolumeID)
 }
 
 // NodeGetInfo implements csi.NodeServer.
@@ -148,11 +92,11 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
 	switch {
 	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errInvalid)
+		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	case req.GetStagingTargetPath() == "" || !filepath.IsAbs(req.GetStagingTargetPath()):
-		return fmt.Errorf("an absolute staging target path is required: %w", errInvalid)
+		return fmt.Errorf("an absolute staging target path is required: %w", errdefs.ErrInvalidArgument)
 	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errInvalid)
+		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
 		return err
@@ -172,7 +116,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		return err
 	} else if ok {
 		if s.StagingPath != req.GetStagingTargetPath() {
-			return fmt.Errorf("volume is staged at %s already: %w", s.StagingPath, errPrecondition)
+			return fmt.Errorf("volume is staged at %s already: %w", s.StagingPath, errdefs.ErrFailedPrecondition)
 		}
 		if block {
 			return nil
@@ -205,10 +149,10 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	}
 	// No image lookup first: mapping a missing image fails by itself, and
 	// an image open costs header reads and a watch.
-	vol := struct{ Pool, Image string }{pool, imagePrefix + id.UUID}
+	vol := struct{ Pool, Image string }{pool, id.image()}
 	which, err := n.host.Choose(req.GetVolumeContext()["mounter"])
 	if err != nil {
-		return fmt.Errorf("%v: %w", err, errPrecondition)
+		return fmt.Errorf("%v: %w", err, errdefs.ErrFailedPrecondition)
 	}
 	ro := readOnlyMode(req.GetVolumeCapability())
 	m, err := n.mappers[which].Map(ctx, mapper.Target{Monitors: cl.Monitors, User: creds.ID, Key: creds.Key,
@@ -263,10 +207,10 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 
 func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
 	if req.GetVolumeId() == "" {
-		return fmt.Errorf("volume ID is required: %w", errInvalid)
+		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if req.GetStagingTargetPath() == "" {
-		return fmt.Errorf("staging target path is required: %w", errInvalid)
+		return fmt.Errorf("staging target path is required: %w", errdefs.ErrInvalidArgument)
 	}
 	unlock, err := d.locks.tryLock(req.GetVolumeId())
 	if err != nil {
@@ -297,13 +241,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 	switch {
 	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errInvalid)
+		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	case req.GetStagingTargetPath() == "":
-		return fmt.Errorf("staging target path is required: %w", errInvalid)
+		return fmt.Errorf("staging target path is required: %w", errdefs.ErrInvalidArgument)
 	case req.GetTargetPath() == "" || !filepath.IsAbs(req.GetTargetPath()):
-		return fmt.Errorf("an absolute target path is required: %w", errInvalid)
+		return fmt.Errorf("an absolute target path is required: %w", errdefs.ErrInvalidArgument)
 	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errInvalid)
+		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
 		return err
@@ -317,10 +261,10 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 		if _, err := ParseVolumeID(req.GetVolumeId()); err != nil {
 			return err
 		}
-		return fmt.Errorf("volume is not staged on this node: %w", errNotFound)
+		return fmt.Errorf("volume is not staged on this node: %w", errdefs.ErrNotFound)
 	}
 	if s.StagingPath != req.GetStagingTargetPath() {
-		return fmt.Errorf("volume is staged at %s, not %s: %w", s.StagingPath, req.GetStagingTargetPath(), errPrecondition)
+		return fmt.Errorf("volume is staged at %s, not %s: %w", s.StagingPath, req.GetStagingTargetPath(), errdefs.ErrFailedPrecondition)
 	}
 	block := req.GetVolumeCapability().GetBlock() != nil
 	target := req.GetTargetPath()
@@ -356,42 +300,51 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 
 // NodeUnpublishVolume implements csi.NodeServer.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(req))
+}
+
+func (d *Driver) nodeUnpublish(req *csi.NodeUnpublishVolumeRequest) error {
 	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
-		return nil, toStatus(fmt.Errorf("volume ID and target path are required: %w", errInvalid))
+		return fmt.Errorf("volume ID and target path are required: %w", errdefs.ErrInvalidArgument)
 	}
 	if err := mount.CleanupMountPoint(req.GetTargetPath(), d.node.mounter, true); err != nil {
-		return nil, toStatus(fmt.Errorf("unmount %s: %w", req.GetTargetPath(), err))
+		return fmt.Errorf("unmount %s: %w", req.GetTargetPath(), err)
 	}
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	return nil
 }
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	resp, err := nodeVolumeStats(req)
+	return resp, toStatus(err)
+}
+
+func nodeVolumeStats(req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	if req.GetVolumeId() == "" || req.GetVolumePath() == "" {
-		return nil, toStatus(fmt.Errorf("volume ID and volume path are required: %w", errInvalid))
+		return nil, fmt.Errorf("volume ID and volume path are required: %w", errdefs.ErrInvalidArgument)
 	}
 	st, err := os.Stat(req.GetVolumePath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, toStatus(fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errNotFound))
+		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errdefs.ErrNotFound)
 	}
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	if !st.IsDir() {
 		f, err := os.Open(req.GetVolumePath())
 		if err != nil {
-			return nil, toStatus(err)
+			return nil, err
 		}
 		defer f.Close()
 		size, err := f.Seek(0, io.SeekEnd) // a block device's size
 		if err != nil {
-			return nil, toStatus(fmt.Errorf("size of %s: %w", req.GetVolumePath(), err))
+			return nil, fmt.Errorf("size of %s: %w", req.GetVolumePath(), err)
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Statfs(req.GetVolumePath(), &sfs); err != nil {
-		return nil, toStatus(fmt.Errorf("statfs %s: %w", req.GetVolumePath(), err))
+		return nil, fmt.Errorf("statfs %s: %w", req.GetVolumePath(), err)
 	}
 	bs := int64(sfs.Bsize)
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
@@ -409,17 +362,17 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 
 func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" || req.GetVolumePath() == "" {
-		return nil, fmt.Errorf("volume ID and volume path are required: %w", errInvalid)
+		return nil, fmt.Errorf("volume ID and volume path are required: %w", errdefs.ErrInvalidArgument)
 	}
 	if _, err := os.Stat(req.GetVolumePath()); err != nil {
-		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errNotFound)
+		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errdefs.ErrNotFound)
 	}
 	s, ok, err := d.node.load(req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	if !ok {
-		return nil, fmt.Errorf("volume %s is not staged on this node: %w", req.GetVolumeId(), errNotFound)
+		return nil, fmt.Errorf("volume %s is not staged on this node: %w", req.GetVolumeId(), errdefs.ErrNotFound)
 	}
 	want := uint64(req.GetCapacityRange().GetRequiredBytes())
 	size, err := mapper.WaitForSize(ctx, s.Mapping, want, "losetup")
@@ -434,70 +387,4 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 	}
 	d.log.Info("volume expanded on the node", "id", req.GetVolumeId(), "bytes", size)
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: int64(size)}, nil
-}
-
-// mkfsOptions are what a new filesystem on a thin RBD image gets: no
-// discard of the fresh (already empty) image, lazy initialisation, and for
-// ext4 4 KiB blocks whatever the size, so that small volumes can later grow
-// online far beyond one group descriptor block (mke2fs's "small" profile
-// uses 1 KiB blocks, and then the kernel refuses such online growth).
-func mkfsOptions(fsType string) []string {
-	switch fsType {
-	case "ext4":
-		return []string{"-b", "4096", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"}
-	case "xfs":
-		return []string{"-K"}
-	}
-	return nil
-}
-
-// formatAndMount mounts dev at target, making the filesystem first when
-// the device is blank. A blank device (a new thin image reads as zeros) is
-// recognised by reading its first 64 KiB, where every ext4 and xfs
-// superblock lives, instead of running blkid; it is formatted and mounted
-// directly. Anything else goes through mount-utils, which identifies the
-// filesystem, checks it (fsck) and mounts it.
-func (n *node) formatAndMount(dev, target, fsType string, opts []string, ro bool) error {
-	blank, err := isBlank(dev)
-	if err != nil {
-		return err
-	}
-	if !blank || ro {
-		return n.mounter.FormatAndMountSensitiveWithFormatOptions(dev, target, fsType, opts, nil, mkfsOptions(fsType))
-	}
-	args := mkfsOptions(fsType)
-	if fsType == "xfs" {
-		args = append(args, "-f", dev)
-	} else {
-		args = append(args, "-F", "-m0", dev)
-	}
-	if out, err := n.mounter.Exec.Command("mkfs."+fsType, args...).CombinedOutput(); err != nil {
-		return fmt.Errorf("mkfs.%s %s: %w: %s", fsType, dev, err, out)
-	}
-	if len(opts) > 0 {
-		return n.mounter.Mount(dev, target, fsType, opts)
-	}
-	if err := unix.Mount(dev, target, fsType, 0, ""); err != nil {
-		return fmt.Errorf("mount %s: %w", dev, err)
-	}
-	return nil
-}
-
-func isBlank(dev string) (bool, error) {
-	f, err := os.Open(dev)
-	if err != nil {
-		return false, fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	n, err := io.ReadFull(f, buf)
-	if err != nil && err != io.ErrUnexpectedEOF {
-		return false, fmt.Errorf("read %s: %w", dev, err)
-	}
-	for _, b := range buf[:n] {
-		if b != 0 {
-			return false, nil
-		}
-	}
-	return true, nil
 }

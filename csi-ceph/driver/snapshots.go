@@ -4,15 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
-
-const snapPrefix = "csi-snap-"
 
 // volumeRef resolves a volume ID to its connection, pool and image.
 func (d *Driver) volumeRef(ctx context.Context, volumeID string, secrets map[string]string) (*rbd.Conn, VolumeID, string, error) {
@@ -50,10 +48,10 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 
 func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	if req.GetName() == "" {
-		return nil, fmt.Errorf("snapshot name is required: %w", errInvalid)
+		return nil, fmt.Errorf("snapshot name is required: %w", errdefs.ErrInvalidArgument)
 	}
 	if req.GetSourceVolumeId() == "" {
-		return nil, fmt.Errorf("source volume ID is required: %w", errInvalid)
+		return nil, fmt.Errorf("source volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	unlock, err := d.locks.tryLock("snapname/" + req.GetName())
 	if err != nil {
@@ -64,11 +62,11 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 	if err != nil {
 		return nil, err
 	}
-	s, created, err := c.CreateSnapshot(ctx, rbd.SnapshotSpec{Name: req.GetName(), Pool: pool, SourceImage: imagePrefix + vid.UUID})
+	s, created, err := c.CreateSnapshot(ctx, rbd.SnapshotSpec{Name: req.GetName(), Pool: pool, SourceImage: vid.image()})
 	if err != nil {
 		return nil, err
 	}
-	sid := SnapshotID{VolumeID: vid, SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
+	sid := snapshotIDOf(vid, s.SnapName)
 	if err := sid.Validate(); err != nil || !isUUID(sid.SnapUUID) {
 		return nil, fmt.Errorf("snapshot %s does not make a snapshot ID", s.SnapName)
 	}
@@ -86,7 +84,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 
 func (d *Driver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) error {
 	if req.GetSnapshotId() == "" {
-		return fmt.Errorf("snapshot ID is required: %w", errInvalid)
+		return fmt.Errorf("snapshot ID is required: %w", errdefs.ErrInvalidArgument)
 	}
 	sid, err := ParseSnapshotID(req.GetSnapshotId())
 	if err != nil {
@@ -101,13 +99,13 @@ func (d *Driver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	}
 	defer unlock()
 	c, vid, pool, err := d.volumeRef(ctx, sid.VolumeID.String(), req.GetSecrets())
-	if errors.Is(err, rbd.ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	return c.DeleteSnapshot(ctx, pool, imagePrefix+vid.UUID, snapPrefix+sid.SnapUUID)
+	return c.DeleteSnapshot(ctx, pool, vid.image(), sid.snap())
 }
 
 // ListSnapshots implements csi.ControllerServer, filtered by snapshot or
@@ -119,11 +117,11 @@ func (d *Driver) ListSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 
 func (d *Driver) listSnapshots(ctx context.Context, req *csi.ListSnapshotsRequest) (*csi.ListSnapshotsResponse, error) {
 	if req.GetMaxEntries() < 0 {
-		return nil, fmt.Errorf("max_entries must not be negative: %w", errInvalid)
+		return nil, fmt.Errorf("max_entries must not be negative: %w", errdefs.ErrInvalidArgument)
 	}
 	if t := req.GetStartingToken(); t != "" {
 		if _, err := ParseSnapshotID(t); err != nil {
-			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errAborted)
+			return nil, fmt.Errorf("starting token %q is not one of ours: %w", t, errdefs.ErrAborted)
 		}
 	}
 	if s := req.GetSnapshotId(); s != "" {
@@ -143,8 +141,7 @@ func (d *Driver) listSnapshots(ctx context.Context, req *csi.ListSnapshotsReques
 			return err
 		}
 		for _, s := range snaps {
-			sid := SnapshotID{VolumeID: VolumeID{ClusterID: clusterID, PoolID: poolID, UUID: strings.TrimPrefix(s.SourceImage, imagePrefix)},
-				SnapUUID: strings.TrimPrefix(s.SnapName, snapPrefix)}
+			sid := snapshotIDOf(volumeIDOf(clusterID, poolID, s.SourceImage), s.SnapName)
 			if sid.Validate() != nil || !isUUID(sid.SnapUUID) {
 				continue
 			}
@@ -170,30 +167,30 @@ func (d *Driver) createFromSource(ctx context.Context, c *rbd.Conn, clusterID st
 	if s := src.GetSnapshot(); s != nil {
 		sid, err := ParseSnapshotID(s.GetSnapshotId())
 		if err != nil {
-			return rbd.Volume{}, false, fmt.Errorf("source snapshot %q: %w", s.GetSnapshotId(), errNotFound)
+			return rbd.Volume{}, false, fmt.Errorf("source snapshot %q: %w", s.GetSnapshotId(), errdefs.ErrNotFound)
 		}
 		if sid.ClusterID != clusterID {
-			return rbd.Volume{}, false, fmt.Errorf("source snapshot is in cluster %q, not %q: %w", sid.ClusterID, clusterID, errInvalid)
+			return rbd.Volume{}, false, fmt.Errorf("source snapshot is in cluster %q, not %q: %w", sid.ClusterID, clusterID, errdefs.ErrInvalidArgument)
 		}
 		pool, err := c.PoolName(sid.PoolID)
 		if err != nil {
 			return rbd.Volume{}, false, err
 		}
-		return c.CreateVolumeFromSnapshot(ctx, spec, pool, imagePrefix+sid.UUID, snapPrefix+sid.SnapUUID)
+		return c.CreateVolumeFromSnapshot(ctx, spec, pool, sid.image(), sid.snap())
 	}
 	if v := src.GetVolume(); v != nil {
 		vid, err := ParseVolumeID(v.GetVolumeId())
 		if err != nil {
-			return rbd.Volume{}, false, fmt.Errorf("source volume %q: %w", v.GetVolumeId(), errNotFound)
+			return rbd.Volume{}, false, fmt.Errorf("source volume %q: %w", v.GetVolumeId(), errdefs.ErrNotFound)
 		}
 		if vid.ClusterID != clusterID {
-			return rbd.Volume{}, false, fmt.Errorf("source volume is in cluster %q, not %q: %w", vid.ClusterID, clusterID, errInvalid)
+			return rbd.Volume{}, false, fmt.Errorf("source volume is in cluster %q, not %q: %w", vid.ClusterID, clusterID, errdefs.ErrInvalidArgument)
 		}
 		pool, err := c.PoolName(vid.PoolID)
 		if err != nil {
 			return rbd.Volume{}, false, err
 		}
-		return c.CreateVolumeFromVolume(ctx, spec, pool, imagePrefix+vid.UUID)
+		return c.CreateVolumeFromVolume(ctx, spec, pool, vid.image())
 	}
-	return rbd.Volume{}, false, fmt.Errorf("unknown volume content source: %w", errInvalid)
+	return rbd.Volume{}, false, fmt.Errorf("unknown volume content source: %w", errdefs.ErrInvalidArgument)
 }

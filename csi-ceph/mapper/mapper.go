@@ -1,10 +1,12 @@
 // Package mapper makes an RBD image a block device on the node, three
 // ways behind one interface: krbd (the kernel client, through sysfs),
-// rbd-nbd, and rbd-fuse + a loop device for hosts that have neither.
-// A Mapping is plain data that the node service stores with the staged
-// volume, so that Unmap releases everything (map, loop device, fuse
-// process, credentials) even after a restart or when the pod's mount is
-// already gone.
+// rbd-nbd, and rbd-fuse + a loop device for hosts that have neither; Host
+// tells which of them a node has. A Mapping is plain data that the node
+// service stores with the staged volume, so that Unmap releases
+// everything (map, loop device, fuse process, credentials) even after a
+// restart or when the pod's mount is already gone; WaitForSize makes a
+// mapped device show its image's new size. It knows nothing of CSI or
+// gRPC.
 package mapper
 
 import (

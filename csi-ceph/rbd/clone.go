@@ -9,6 +9,8 @@ import (
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // Clone chains: every clone reads through its parents for the data it has
@@ -23,27 +25,31 @@ const (
 	MaxCloneDepth  = 8
 )
 
-// cloneSourceMeta is the image metadata key that records what a clone was
-// made from and at which size: "<size> <pool>/<image>@<snap>" for a
-// volume from a snapshot, "<size> <pool>/<image>" for a volume from a
-// volume. It is written right after the clone is created, so a retry can
-// tell a half-finished clone of the same request from another volume.
-const cloneSourceMeta = "nodeinfra.csi.source"
-
-// tmpSnapPrefix names the temporary snapshot that CreateVolumeFromVolume
-// takes of the source, after the new image ("csi-tmp-<image>"), so a retry
-// finds it.
-const tmpSnapPrefix = "csi-tmp-"
+// Image metadata that a clone carries, written right after the clone is
+// created:
+//
+//   - imageNameMeta is its CSI name (plain volumes have only the
+//     journal's reverse key, which a clone has too);
+//   - cloneSourceMeta is what it was made from and at which size:
+//     "<size> <pool>/<image>@<snap>" for a volume from a snapshot,
+//     "<size> <pool>/<image>" for a volume from a volume, so that a retry
+//     can tell a half-finished clone of the same request from another
+//     volume.
+const (
+	imageNameMeta   = "nodeinfra.csi.name"
+	cloneSourceMeta = "nodeinfra.csi.source"
+)
 
 // CreateVolumeFromSnapshot creates the volume spec.Name as a clone of the
 // snapshot image@snap in pool, or returns it when it exists (the second
 // result reports whether it was created now). spec.SizeBytes 0 means the
-// snapshot's size; a smaller size than the snapshot's is ErrInvalid; a
-// larger one grows the clone. The same name for another source or size is
-// ErrAlreadyExists; a missing snapshot is ErrNotFound.
+// snapshot's size; a smaller size than the snapshot's is
+// ErrInvalidArgument; a larger one grows the clone. The same name for
+// another source or size is ErrAlreadyExists; a missing snapshot is
+// ErrNotFound.
 func (c *Conn) CreateVolumeFromSnapshot(ctx context.Context, spec VolumeSpec, pool, image, snap string) (Volume, bool, error) {
 	if image == "" || snap == "" {
-		return Volume{}, false, fmt.Errorf("create volume from snapshot: image and snapshot are required: %w", ErrInvalid)
+		return Volume{}, false, fmt.Errorf("create volume from snapshot: image and snapshot are required: %w", errdefs.ErrInvalidArgument)
 	}
 	return c.createClone(ctx, spec, pool, image, snap)
 }
@@ -55,7 +61,7 @@ func (c *Conn) CreateVolumeFromSnapshot(ctx context.Context, spec VolumeSpec, po
 // snapshot namespace until the clone no longer needs it).
 func (c *Conn) CreateVolumeFromVolume(ctx context.Context, spec VolumeSpec, srcPool, srcImage string) (Volume, bool, error) {
 	if srcImage == "" {
-		return Volume{}, false, fmt.Errorf("create volume from volume: source image is required: %w", ErrInvalid)
+		return Volume{}, false, fmt.Errorf("create volume from volume: source image is required: %w", errdefs.ErrInvalidArgument)
 	}
 	return c.createClone(ctx, spec, srcPool, srcImage, "")
 }
@@ -64,7 +70,7 @@ func (c *Conn) CreateVolumeFromVolume(ctx context.Context, spec VolumeSpec, srcP
 // snapshot of srcImage.
 func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcImage, srcSnap string) (Volume, bool, error) {
 	if spec.Name == "" || spec.Pool == "" || srcPool == "" {
-		return Volume{}, false, fmt.Errorf("create volume: name, pool and source pool are required: %w", ErrInvalid)
+		return Volume{}, false, fmt.Errorf("create volume: name, pool and source pool are required: %w", errdefs.ErrInvalidArgument)
 	}
 	fs, err := ParseFeatures(spec.Features)
 	if err != nil {
@@ -88,7 +94,8 @@ func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcIma
 		source += "@" + srcSnap
 	}
 
-	image, found, err := omapGet(io, "name/"+spec.Name)
+	j := journal{io}
+	image, found, err := j.lookupVolume(spec.Name)
 	if err != nil {
 		return Volume{}, false, err
 	}
@@ -116,7 +123,7 @@ func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcIma
 	}
 	if size < srcSize {
 		return Volume{}, false, fmt.Errorf("volume %q: %d bytes is smaller than its source %s (%d bytes): %w",
-			spec.Name, size, source, srcSize, ErrInvalid)
+			spec.Name, size, source, srcSize, errdefs.ErrInvalidArgument)
 	}
 	depth, err := c.CloneDepth(ctx, srcPool, srcImage)
 	if err != nil {
@@ -124,20 +131,18 @@ func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcIma
 	}
 	if depth >= MaxCloneDepth {
 		return Volume{}, false, fmt.Errorf("source %s is a clone %d deep (the limit is %d): flatten it first: %w",
-			source, depth, MaxCloneDepth, ErrInvalid)
+			source, depth, MaxCloneDepth, errdefs.ErrInvalidArgument)
 	}
 
 	if !found {
 		image = newImageName()
-		if err := io.SetOmap(journalObject, map[string][]byte{
-			"name/" + spec.Name: []byte(image), "image/" + image: []byte(spec.Name),
-		}); err != nil {
-			return Volume{}, false, fmt.Errorf("write volume journal: %w", err)
+		if err := j.reserveVolume(spec.Name, image); err != nil {
+			return Volume{}, false, err
 		}
 	}
 	snap := srcSnap
 	if snap == "" {
-		snap = tmpSnapPrefix + image
+		snap = tmpSnapName(image)
 		if err := ensureSnapshot(srcIO, srcImage, snap); err != nil {
 			return Volume{}, false, fmt.Errorf("snapshot source %s: %w", source, err)
 		}
@@ -152,7 +157,7 @@ func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcIma
 	}
 	if err := librbd.CloneImage(srcIO, srcImage, snap, io, image, opts); err != nil {
 		if errors.Is(err, librbd.ErrNotFound) {
-			err = fmt.Errorf("%w (%v)", ErrNotFound, err)
+			err = fmt.Errorf("%w (%v)", errdefs.ErrNotFound, err)
 		}
 		return Volume{}, false, fmt.Errorf("clone %s/%s@%s to %s/%s: %w", srcPool, srcImage, snap, spec.Pool, image, err)
 	}
@@ -187,7 +192,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 		n, _ := strconv.ParseUint(s, 10, 64)
 		if src != source || (size != 0 && n != size) {
 			return Volume{}, fmt.Errorf("volume %q exists as %s/%s, a copy of %s with %d bytes: %w",
-				spec.Name, pool, image, src, n, ErrAlreadyExists)
+				spec.Name, pool, image, src, n, errdefs.ErrAlreadyExists)
 		}
 		size = n
 	case errors.Is(err, librbd.ErrNotFound):
@@ -196,7 +201,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 		p, perr := img.GetParent()
 		if perr != nil || !sameParent(p, source, srcImage, srcSnap, image) {
 			return Volume{}, fmt.Errorf("volume %q exists as %s/%s, not a copy of %s: %w",
-				spec.Name, pool, image, source, ErrAlreadyExists)
+				spec.Name, pool, image, source, errdefs.ErrAlreadyExists)
 		}
 		if size == 0 {
 			if size, err = img.GetSize(); err != nil {
@@ -218,7 +223,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 	}
 	if have&uint64(fs) != uint64(fs) {
 		return Volume{}, fmt.Errorf("volume %q exists as %s/%s with features %v: %w",
-			spec.Name, pool, image, featureNames(have), ErrAlreadyExists)
+			spec.Name, pool, image, featureNames(have), errdefs.ErrAlreadyExists)
 	}
 	cur, err := img.GetSize()
 	if err != nil {
@@ -231,7 +236,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 		cur = size
 	}
 	if cur != size {
-		return Volume{}, fmt.Errorf("volume %q exists as %s/%s with %d bytes: %w", spec.Name, pool, image, cur, ErrAlreadyExists)
+		return Volume{}, fmt.Errorf("volume %q exists as %s/%s with %d bytes: %w", spec.Name, pool, image, cur, errdefs.ErrAlreadyExists)
 	}
 	depth, err := c.CloneDepth(ctx, pool, image)
 	if err != nil {
@@ -243,7 +248,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 		}
 	}
 	if srcSnap == "" {
-		if err := removeSnapshot(srcIO, srcImage, tmpSnapPrefix+image); err != nil {
+		if err := removeSnapshot(srcIO, srcImage, tmpSnapName(image)); err != nil {
 			return Volume{}, fmt.Errorf("remove temporary snapshot of %s: %w", source, err)
 		}
 	}
@@ -255,7 +260,7 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 func sameParent(p *librbd.ParentInfo, source, srcImage, srcSnap, clone string) bool {
 	if srcSnap == "" {
 		return p.Image.PoolName+"/"+p.Image.ImageName == source && p.Image.ImageName == srcImage &&
-			p.Snap.SnapName == tmpSnapPrefix+clone
+			p.Snap.SnapName == tmpSnapName(clone)
 	}
 	return p.Image.PoolName+"/"+p.Image.ImageName+"@"+p.Snap.SnapName == source
 }
@@ -270,7 +275,7 @@ func sourceSize(io *rados.IOContext, pool, image, snap string) (uint64, error) {
 	}
 	img, err := librbd.OpenImageReadOnly(io, image, snap)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return 0, fmt.Errorf("source %s: %w", what, ErrNotFound)
+		return 0, fmt.Errorf("source %s: %w", what, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("open source %s: %w", what, err)
@@ -287,7 +292,7 @@ func sourceSize(io *rados.IOContext, pool, image, snap string) (uint64, error) {
 func ensureSnapshot(io *rados.IOContext, image, snap string) error {
 	img, err := librbd.OpenImage(io, image, librbd.NoSnapshot)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return fmt.Errorf("image %s: %w", image, ErrNotFound)
+		return fmt.Errorf("image %s: %w", image, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return err
@@ -330,7 +335,7 @@ func (c *Conn) CloneDepth(ctx context.Context, pool, image string) (int, error) 
 	if err != nil {
 		io.Destroy()
 		if errors.Is(err, librbd.ErrNotFound) {
-			return 0, fmt.Errorf("image %s/%s: %w", pool, image, ErrNotFound)
+			return 0, fmt.Errorf("image %s/%s: %w", pool, image, errdefs.ErrNotFound)
 		}
 		return 0, fmt.Errorf("open %s/%s: %w", pool, image, err)
 	}

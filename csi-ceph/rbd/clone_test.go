@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // newSnapshot snapshots image with a unique name and deletes the
@@ -79,14 +81,14 @@ func TestCreateVolumeFromSnapshot(t *testing.T) {
 		{VolumeSpec{Name: spec.Name, Pool: "rbd", SizeBytes: 128 << 20}, s.SnapName},
 		{spec, other.SnapName},
 	} {
-		if _, _, err := c.CreateVolumeFromSnapshot(ctx, tc.spec, "rbd", src.Image, tc.snap); !errors.Is(err, ErrAlreadyExists) {
-			t.Errorf("CreateVolumeFromSnapshot(%+v, %s) = %v, want ErrAlreadyExists", tc.spec, tc.snap, err)
+		if _, _, err := c.CreateVolumeFromSnapshot(ctx, tc.spec, "rbd", src.Image, tc.snap); !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Errorf("CreateVolumeFromSnapshot(%+v, %s) = %v, want errdefs.ErrAlreadyExists", tc.spec, tc.snap, err)
 		}
 	}
-	if _, _, err := c.CreateVolumeFromVolume(ctx, spec, "rbd", src.Image); !errors.Is(err, ErrAlreadyExists) {
-		t.Errorf("CreateVolumeFromVolume with the name of a volume from a snapshot = %v, want ErrAlreadyExists", err)
+	if _, _, err := c.CreateVolumeFromVolume(ctx, spec, "rbd", src.Image); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("CreateVolumeFromVolume with the name of a volume from a snapshot = %v, want errdefs.ErrAlreadyExists", err)
 	}
-	if _, _, err := c.CreateVolume(ctx, spec); !errors.Is(err, ErrAlreadyExists) {
+	if _, _, err := c.CreateVolume(ctx, spec); !errors.Is(err, errdefs.ErrAlreadyExists) {
 		// CreateVolume compares size and features only: a clone of the
 		// same size passes for the volume. Not asserted; just noted.
 		t.Logf("CreateVolume with the name of a clone: %v", err)
@@ -97,11 +99,11 @@ func TestCreateVolumeFromSnapshot(t *testing.T) {
 		image, snap string
 		want        error
 	}{
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", SizeBytes: 16 << 20}, src.Image, s.SnapName, ErrInvalid},
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, src.Image, "csi-snap-missing", ErrNotFound},
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, "csi-vol-missing", s.SnapName, ErrNotFound},
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", Features: "journaling"}, src.Image, s.SnapName, ErrInvalid},
-		{VolumeSpec{Name: uniqueName(t), Pool: "no-such-pool"}, src.Image, s.SnapName, ErrNotFound},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", SizeBytes: 16 << 20}, src.Image, s.SnapName, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, src.Image, "csi-snap-missing", errdefs.ErrNotFound},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, "csi-vol-missing", s.SnapName, errdefs.ErrNotFound},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", Features: "journaling"}, src.Image, s.SnapName, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: uniqueName(t), Pool: "no-such-pool"}, src.Image, s.SnapName, errdefs.ErrNotFound},
 	} {
 		if v, _, err := c.CreateVolumeFromSnapshot(ctx, tc.spec, "rbd", tc.image, tc.snap); !errors.Is(err, tc.want) {
 			if err == nil {
@@ -134,7 +136,7 @@ func TestDeleteSnapshotWithClone(t *testing.T) {
 	if err := c.DeleteSnapshot(ctx, "rbd", src.Image, s.SnapName); err != nil {
 		t.Fatalf("DeleteSnapshot of a snapshot with a clone: %v", err)
 	}
-	if _, err := c.GetSnapshot(ctx, "rbd", src.Image, s.SnapName); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetSnapshot(ctx, "rbd", src.Image, s.SnapName); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("GetSnapshot after delete = %v", err)
 	}
 	if list, err := c.ListSnapshots(ctx, "rbd"); err != nil || containsSnap(list, s) {
@@ -251,10 +253,10 @@ func TestCreateVolumeFromVolume(t *testing.T) {
 		src  string
 		want error
 	}{
-		{VolumeSpec{Name: spec.Name, Pool: "rbd", SizeBytes: 48 << 20}, other.Image, ErrAlreadyExists},
-		{VolumeSpec{Name: spec.Name, Pool: "rbd", SizeBytes: 64 << 20}, src.Image, ErrAlreadyExists},
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", SizeBytes: 16 << 20}, src.Image, ErrInvalid},
-		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, "csi-vol-missing", ErrNotFound},
+		{VolumeSpec{Name: spec.Name, Pool: "rbd", SizeBytes: 48 << 20}, other.Image, errdefs.ErrAlreadyExists},
+		{VolumeSpec{Name: spec.Name, Pool: "rbd", SizeBytes: 64 << 20}, src.Image, errdefs.ErrAlreadyExists},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd", SizeBytes: 16 << 20}, src.Image, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, "csi-vol-missing", errdefs.ErrNotFound},
 	} {
 		if v, _, err := c.CreateVolumeFromVolume(ctx, tc.spec, "rbd", tc.src); !errors.Is(err, tc.want) {
 			if err == nil {
@@ -263,8 +265,8 @@ func TestCreateVolumeFromVolume(t *testing.T) {
 			t.Errorf("CreateVolumeFromVolume(%+v, %s) = %v, want %v", tc.spec, tc.src, err, tc.want)
 		}
 	}
-	if _, _, err := c.CreateVolumeFromSnapshot(ctx, spec, "rbd", src.Image, tmpSnapPrefix+v.Image); !errors.Is(err, ErrAlreadyExists) {
-		t.Errorf("CreateVolumeFromSnapshot with the name of a volume from a volume = %v, want ErrAlreadyExists", err)
+	if _, _, err := c.CreateVolumeFromSnapshot(ctx, spec, "rbd", src.Image, tmpSnapName(v.Image)); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("CreateVolumeFromSnapshot with the name of a volume from a volume = %v, want errdefs.ErrAlreadyExists", err)
 	}
 }
 
@@ -282,11 +284,11 @@ func TestCreateVolumeFromVolumeAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer io.Destroy()
-	if err := io.SetOmap(journalObject, map[string][]byte{"name/" + name: []byte(image), "image/" + image: []byte(name)}); err != nil {
+	if err := (journal{io}).reserveVolume(name, image); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { deleteVolumeAndSnaps(t, c, "rbd", image) })
-	if err := ensureSnapshot(io, src.Image, tmpSnapPrefix+image); err != nil {
+	if err := ensureSnapshot(io, src.Image, tmpSnapName(image)); err != nil {
 		t.Fatal(err)
 	}
 	opts := librbd.NewRbdImageOptions()
@@ -297,7 +299,7 @@ func TestCreateVolumeFromVolumeAfterCrash(t *testing.T) {
 	if err := opts.SetUint64(librbd.ImageOptionFeatures, librbd.FeatureLayering); err != nil {
 		t.Fatal(err)
 	}
-	if err := librbd.CloneImage(io, src.Image, tmpSnapPrefix+image, io, image, opts); err != nil {
+	if err := librbd.CloneImage(io, src.Image, tmpSnapName(image), io, image, opts); err != nil {
 		t.Fatal(err)
 	}
 
@@ -312,8 +314,8 @@ func TestCreateVolumeFromVolumeAfterCrash(t *testing.T) {
 		t.Fatalf("the copy reads %q...", got[:32])
 	}
 	// Now tagged: another size is refused.
-	if _, _, err := c.CreateVolumeFromVolume(ctx, VolumeSpec{Name: name, Pool: "rbd", SizeBytes: 64 << 20}, "rbd", src.Image); !errors.Is(err, ErrAlreadyExists) {
-		t.Errorf("CreateVolumeFromVolume with another size = %v, want ErrAlreadyExists", err)
+	if _, _, err := c.CreateVolumeFromVolume(ctx, VolumeSpec{Name: name, Pool: "rbd", SizeBytes: 64 << 20}, "rbd", src.Image); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("CreateVolumeFromVolume with another size = %v, want errdefs.ErrAlreadyExists", err)
 	}
 }
 
@@ -351,7 +353,7 @@ func TestCloneChainIsFlattened(t *testing.T) {
 	if d, err := c.CloneDepth(ctx, "rbd", base.Image); err != nil || d != 0 {
 		t.Errorf("CloneDepth(base) = %d, %v", d, err)
 	}
-	if _, err := c.CloneDepth(ctx, "rbd", "csi-vol-missing"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.CloneDepth(ctx, "rbd", "csi-vol-missing"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("CloneDepth of a missing image = %v", err)
 	}
 }
@@ -392,11 +394,11 @@ func TestCloneRefusesTooDeepSource(t *testing.T) {
 		t.Fatalf("CloneDepth = %d, %v; want %d", d, err, MaxCloneDepth)
 	}
 	v, _, err := c.CreateVolumeFromVolume(ctx, VolumeSpec{Name: uniqueName(t), Pool: "rbd"}, "rbd", prev)
-	if !errors.Is(err, ErrInvalid) {
+	if !errors.Is(err, errdefs.ErrInvalidArgument) {
 		if err == nil {
 			cleanupVolume(t, c, v)
 		}
-		t.Fatalf("CreateVolumeFromVolume of a source %d deep = %v, want ErrInvalid", MaxCloneDepth, err)
+		t.Fatalf("CreateVolumeFromVolume of a source %d deep = %v, want errdefs.ErrInvalidArgument", MaxCloneDepth, err)
 	}
 	if snaps := userSnaps(t, c, "rbd", prev); len(snaps) != 0 {
 		t.Errorf("a refused copy left snapshots on its source: %v", snaps)

@@ -1,8 +1,13 @@
-// Package rbd holds csi-ceph's Ceph RBD operations, through go-ceph
-// (librados, librbd): connections per cluster and user, and volumes whose
-// CSI name maps to an image through an omap journal in the pool, so that
-// the mapping survives a controller restart. It knows nothing of CSI or
-// gRPC. Build with -tags pacific (Debian's Ceph 16).
+// Package rbd is csi-ceph's Ceph RBD domain, through go-ceph (librados,
+// librbd): connections per cluster and user; volumes (images), snapshots,
+// clones of snapshots and of volumes (bounded in depth), expansion,
+// listing and pool capacity. CSI names map to images and snapshots
+// through an omap journal in each pool (journal.go), so that creating
+// with a name seen before returns the same thing, also after a restart or
+// a crash halfway; naming.go makes the image and snapshot names. Errors
+// wrap the pkg/errdefs sentinels (ErrInvalidArgument, ErrNotFound,
+// ErrAlreadyExists, ErrFailedPrecondition); the package knows nothing of
+// CSI or gRPC. Build with -tags pacific (Debian's Ceph 16).
 package rbd
 
 import (
@@ -14,6 +19,8 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // Credentials are a cephx user and key, as CSI secrets carry them
@@ -135,7 +142,7 @@ func (c *Conn) PoolID(pool string) (int64, error) {
 	}
 	id, err := c.rados.GetPoolByName(pool)
 	if errors.Is(err, rados.ErrNotFound) {
-		return 0, fmt.Errorf("pool %q: %w", pool, ErrNotFound)
+		return 0, fmt.Errorf("pool %q: %w", pool, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("look up pool %s: %w", pool, err)
@@ -150,7 +157,7 @@ func (c *Conn) PoolName(id int64) (string, error) {
 	}
 	name, err := c.rados.GetPoolByID(id)
 	if errors.Is(err, rados.ErrNotFound) {
-		return "", fmt.Errorf("pool %d: %w", id, ErrNotFound)
+		return "", fmt.Errorf("pool %d: %w", id, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return "", fmt.Errorf("look up pool %d: %w", id, err)
@@ -168,4 +175,19 @@ func (c *Conn) Pools() ([]string, error) {
 		return nil, fmt.Errorf("list pools: %w", err)
 	}
 	return pools, nil
+}
+
+// ioctx opens pool; a missing pool is ErrNotFound.
+func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
+	if c.closed.Load() {
+		return nil, errClosed
+	}
+	io, err := c.rados.OpenIOContext(pool)
+	if errors.Is(err, rados.ErrNotFound) {
+		return nil, fmt.Errorf("pool %q: %w", pool, errdefs.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pool %q: %w", pool, err)
+	}
+	return io, nil
 }

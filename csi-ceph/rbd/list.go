@@ -18,7 +18,7 @@ func (c *Conn) ListVolumes(ctx context.Context, pool string) ([]Volume, error) {
 		return nil, err
 	}
 	defer io.Destroy()
-	entries, err := omapList(io, "name/")
+	entries, err := journal{io}.volumes()
 	if err != nil {
 		return nil, err
 	}

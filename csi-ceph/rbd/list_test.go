@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sort"
 	"testing"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 func TestListVolumes(t *testing.T) {
@@ -27,7 +29,7 @@ func TestListVolumes(t *testing.T) {
 	}
 	defer io.Destroy()
 	ghost := newImageName()
-	if err := io.SetOmap(journalObject, map[string][]byte{"name/" + prefix + "-d": []byte(ghost), "image/" + ghost: []byte(prefix + "-d")}); err != nil {
+	if err := (journal{io}).reserveVolume(prefix+"-d", ghost); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.DeleteVolume(ctx, "rbd", ghost) })
@@ -61,7 +63,7 @@ func TestListVolumes(t *testing.T) {
 			t.Errorf("ListVolumes lists the deleted %+v", v)
 		}
 	}
-	if _, err := c.ListVolumes(ctx, "no-such-pool"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.ListVolumes(ctx, "no-such-pool"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("ListVolumes in a missing pool = %v", err)
 	}
 }
@@ -77,7 +79,7 @@ func TestPoolStats(t *testing.T) {
 	if st.AvailableBytes == 0 {
 		t.Errorf("PoolStats = %+v: nothing available", st)
 	}
-	if _, err := c.PoolStats(ctx, "no-such-pool"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.PoolStats(ctx, "no-such-pool"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("PoolStats of a missing pool = %v", err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // ExpandVolume grows image in pool to newSize bytes and returns its size.
@@ -14,7 +16,7 @@ import (
 // ErrNotFound. The filesystem on the image is the node's business.
 func (c *Conn) ExpandVolume(ctx context.Context, pool, image string, newSize uint64) (uint64, error) {
 	if image == "" || newSize == 0 {
-		return 0, fmt.Errorf("expand volume: image and size are required: %w", ErrInvalid)
+		return 0, fmt.Errorf("expand volume: image and size are required: %w", errdefs.ErrInvalidArgument)
 	}
 	io, err := c.ioctx(pool)
 	if err != nil {
@@ -23,7 +25,7 @@ func (c *Conn) ExpandVolume(ctx context.Context, pool, image string, newSize uin
 	defer io.Destroy()
 	img, err := librbd.OpenImage(io, image, librbd.NoSnapshot)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return 0, fmt.Errorf("image %s/%s: %w", pool, image, ErrNotFound)
+		return 0, fmt.Errorf("image %s/%s: %w", pool, image, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("open %s/%s: %w", pool, image, err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"testing"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 func TestExpandVolume(t *testing.T) {
@@ -31,13 +33,13 @@ func TestExpandVolume(t *testing.T) {
 	}
 	// The end of the grown image is writable.
 	writeAt(t, c, "rbd", v.Image, data, 96<<20-int64(len(data)))
-	if _, err := c.ExpandVolume(ctx, "rbd", "csi-vol-missing", 1<<30); !errors.Is(err, ErrNotFound) {
+	if _, err := c.ExpandVolume(ctx, "rbd", "csi-vol-missing", 1<<30); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("ExpandVolume of a missing image = %v", err)
 	}
-	if _, err := c.ExpandVolume(ctx, "no-such-pool", v.Image, 1<<30); !errors.Is(err, ErrNotFound) {
+	if _, err := c.ExpandVolume(ctx, "no-such-pool", v.Image, 1<<30); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("ExpandVolume in a missing pool = %v", err)
 	}
-	if _, err := c.ExpandVolume(ctx, "rbd", v.Image, 0); !errors.Is(err, ErrInvalid) {
+	if _, err := c.ExpandVolume(ctx, "rbd", v.Image, 0); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("ExpandVolume to 0 = %v", err)
 	}
 }

@@ -2,33 +2,26 @@ package rbd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // Snapshots are RBD snapshots of the source image, journaled in the same
-// omap object as volumes: "snapname/<csi snapshot name>" -> "<image>@<snap>"
-// and "snap/<image>@<snap>" -> csi snapshot name. The journal is written
-// before the snapshot is taken, so a crash in between leaves a name that the
-// next CreateSnapshot completes instead of a second snapshot.
+// omap object as volumes (journal.go). The journal is written before the
+// snapshot is taken, so a crash in between leaves a name that the next
+// CreateSnapshot completes instead of a second snapshot.
 //
 // Snapshots are never protected: clones use clone v2 (the cluster must
 // have require-min-compat-client mimic or newer), so a snapshot that still
 // has clones can be removed; librbd moves it to the trash snapshot
 // namespace and removes it itself when its last clone is flattened or
 // removed.
-const (
-	snapNameKey = "snapname/"
-	snapKey     = "snap/"
-)
 
 // SnapshotSpec is what CreateSnapshot asks for.
 type SnapshotSpec struct {
@@ -48,52 +41,35 @@ type Snapshot struct {
 	ReadyToUse  bool // RBD snapshots are usable as soon as they exist
 }
 
-func newSnapName() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return "csi-snap-" + hex.EncodeToString(b)
-}
-
-// splitSnapRef splits "<image>@<snap>".
-func splitSnapRef(ref string) (image, snap string, ok bool) {
-	image, snap, ok = strings.Cut(ref, "@")
-	return image, snap, ok && image != "" && snap != ""
-}
-
 // CreateSnapshot takes the snapshot named spec.Name of spec.SourceImage,
 // or returns it when it exists (the second result reports whether it was
 // taken now). The same name for another source image is ErrAlreadyExists;
 // a missing source image or pool is ErrNotFound.
 func (c *Conn) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (Snapshot, bool, error) {
 	if spec.Name == "" || spec.Pool == "" || spec.SourceImage == "" {
-		return Snapshot{}, false, fmt.Errorf("create snapshot: name, pool and source image are required: %w", ErrInvalid)
+		return Snapshot{}, false, fmt.Errorf("create snapshot: name, pool and source image are required: %w", errdefs.ErrInvalidArgument)
 	}
 	io, err := c.ioctx(spec.Pool)
 	if err != nil {
 		return Snapshot{}, false, err
 	}
 	defer io.Destroy()
-	ref, found, err := omapGet(io, snapNameKey+spec.Name)
+	j := journal{io}
+	image, snap, found, err := j.lookupSnapshot(spec.Name)
 	if err != nil {
 		return Snapshot{}, false, err
 	}
-	var snap string
 	if found {
-		image, s, ok := splitSnapRef(ref)
-		if !ok {
-			return Snapshot{}, false, fmt.Errorf("snapshot journal: bad entry %q for %q", ref, spec.Name)
-		}
 		if image != spec.SourceImage {
 			return Snapshot{}, false, fmt.Errorf("snapshot %q exists as a snapshot of %s/%s, not of %s: %w",
-				spec.Name, spec.Pool, image, spec.SourceImage, ErrAlreadyExists)
+				spec.Name, spec.Pool, image, spec.SourceImage, errdefs.ErrAlreadyExists)
 		}
-		snap = s
 		got, err := c.getSnapshot(io, spec.Pool, image, snap)
 		if err == nil {
 			got.Name = spec.Name
 			return got, false, nil
 		}
-		if !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, errdefs.ErrNotFound) {
 			return Snapshot{}, false, err
 		}
 		// Journaled but never taken: finish the job with the same name
@@ -102,23 +78,20 @@ func (c *Conn) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (Snapshot,
 		// Check the source before journaling anything.
 		img, err := librbd.OpenImageReadOnly(io, spec.SourceImage, librbd.NoSnapshot)
 		if errors.Is(err, librbd.ErrNotFound) {
-			return Snapshot{}, false, fmt.Errorf("source image %s/%s: %w", spec.Pool, spec.SourceImage, ErrNotFound)
+			return Snapshot{}, false, fmt.Errorf("source image %s/%s: %w", spec.Pool, spec.SourceImage, errdefs.ErrNotFound)
 		}
 		if err != nil {
 			return Snapshot{}, false, fmt.Errorf("open %s/%s: %w", spec.Pool, spec.SourceImage, err)
 		}
 		_ = img.Close()
 		snap = newSnapName()
-		ref = spec.SourceImage + "@" + snap
-		if err := io.SetOmap(journalObject, map[string][]byte{
-			snapNameKey + spec.Name: []byte(ref), snapKey + ref: []byte(spec.Name),
-		}); err != nil {
-			return Snapshot{}, false, fmt.Errorf("write snapshot journal: %w", err)
+		if err := j.reserveSnapshot(spec.Name, spec.SourceImage, snap); err != nil {
+			return Snapshot{}, false, err
 		}
 	}
 	img, err := librbd.OpenImage(io, spec.SourceImage, librbd.NoSnapshot)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return Snapshot{}, false, fmt.Errorf("source image %s/%s: %w", spec.Pool, spec.SourceImage, ErrNotFound)
+		return Snapshot{}, false, fmt.Errorf("source image %s/%s: %w", spec.Pool, spec.SourceImage, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return Snapshot{}, false, fmt.Errorf("open %s/%s: %w", spec.Pool, spec.SourceImage, err)
@@ -140,7 +113,7 @@ func (c *Conn) CreateSnapshot(ctx context.Context, spec SnapshotSpec) (Snapshot,
 func (c *Conn) getSnapshot(io *rados.IOContext, pool, image, snap string) (Snapshot, error) {
 	img, err := librbd.OpenImageReadOnly(io, image, snap)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return Snapshot{}, fmt.Errorf("snapshot %s/%s@%s: %w", pool, image, snap, ErrNotFound)
+		return Snapshot{}, fmt.Errorf("snapshot %s/%s@%s: %w", pool, image, snap, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("open %s/%s@%s: %w", pool, image, snap, err)
@@ -176,7 +149,7 @@ func (c *Conn) GetSnapshot(ctx context.Context, pool, image, snap string) (Snaps
 	if err != nil {
 		return Snapshot{}, err
 	}
-	name, _, err := omapGet(io, snapKey+image+"@"+snap)
+	name, _, err := journal{io}.snapshotName(image, snap)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -192,10 +165,10 @@ func (c *Conn) GetSnapshot(ctx context.Context, pool, image, snap string) (Snaps
 // data.
 func (c *Conn) DeleteSnapshot(ctx context.Context, pool, image, snap string) error {
 	if image == "" || snap == "" {
-		return fmt.Errorf("delete snapshot: image and snapshot are required: %w", ErrInvalid)
+		return fmt.Errorf("delete snapshot: image and snapshot are required: %w", errdefs.ErrInvalidArgument)
 	}
 	io, err := c.ioctx(pool)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -214,19 +187,7 @@ func (c *Conn) DeleteSnapshot(ctx context.Context, pool, image, snap string) err
 			return fmt.Errorf("remove snapshot %s/%s@%s: %w", pool, image, snap, err)
 		}
 	}
-	ref := image + "@" + snap
-	name, found, err := omapGet(io, snapKey+ref)
-	if err != nil {
-		return err
-	}
-	keys := []string{snapKey + ref}
-	if found {
-		keys = append(keys, snapNameKey+name)
-	}
-	if err := io.RmOmapKeys(journalObject, keys); err != nil && !errors.Is(err, rados.ErrNotFound) {
-		return fmt.Errorf("clear snapshot journal: %w", err)
-	}
-	return nil
+	return journal{io}.releaseSnapshot(image, snap)
 }
 
 // ListSnapshots returns the journaled snapshots in pool that exist, sorted
@@ -238,18 +199,14 @@ func (c *Conn) ListSnapshots(ctx context.Context, pool string) ([]Snapshot, erro
 		return nil, err
 	}
 	defer io.Destroy()
-	entries, err := omapList(io, snapNameKey)
+	entries, err := journal{io}.snapshots()
 	if err != nil {
 		return nil, err
 	}
 	var out []Snapshot
 	for _, e := range entries {
-		image, snap, ok := splitSnapRef(e.value)
-		if !ok {
-			continue
-		}
-		s, err := c.getSnapshot(io, pool, image, snap)
-		if errors.Is(err, ErrNotFound) {
+		s, err := c.getSnapshot(io, pool, e.image, e.snap)
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue
 		}
 		if err != nil {
@@ -258,25 +215,5 @@ func (c *Conn) ListSnapshots(ctx context.Context, pool string) ([]Snapshot, erro
 		s.Name = e.name
 		out = append(out, s)
 	}
-	return out, nil
-}
-
-type omapEntry struct{ name, value string }
-
-// omapList returns the journal entries whose key starts with prefix, the
-// prefix cut off, sorted by name. A missing journal is an empty list.
-func omapList(io *rados.IOContext, prefix string) ([]omapEntry, error) {
-	vals, err := io.GetAllOmapValues(journalObject, "", prefix, 256)
-	if errors.Is(err, rados.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read journal: %w", err)
-	}
-	out := make([]omapEntry, 0, len(vals))
-	for k, v := range vals {
-		out = append(out, omapEntry{name: strings.TrimPrefix(k, prefix), value: string(v)})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
 	return out, nil
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	librbd "github.com/ceph/go-ceph/rbd"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // newVolume creates a volume with a unique name in pool "rbd" and deletes
@@ -133,8 +135,8 @@ func TestCreateSnapshotIsIdempotent(t *testing.T) {
 	if s2, created, err := c2.CreateSnapshot(ctx, spec); err != nil || created || s2 != s {
 		t.Fatalf("CreateSnapshot on a new connection = %+v, %v, %v", s2, created, err)
 	}
-	if _, _, err := c.CreateSnapshot(ctx, SnapshotSpec{Name: spec.Name, Pool: "rbd", SourceImage: b.Image}); !errors.Is(err, ErrAlreadyExists) {
-		t.Errorf("CreateSnapshot of another image with the same name = %v, want ErrAlreadyExists", err)
+	if _, _, err := c.CreateSnapshot(ctx, SnapshotSpec{Name: spec.Name, Pool: "rbd", SourceImage: b.Image}); !errors.Is(err, errdefs.ErrAlreadyExists) {
+		t.Errorf("CreateSnapshot of another image with the same name = %v, want errdefs.ErrAlreadyExists", err)
 	}
 	if got, err := c.GetSnapshot(ctx, "rbd", a.Image, s.SnapName); err != nil || got != s {
 		t.Errorf("GetSnapshot = %+v, %v; want %+v", got, err, s)
@@ -152,7 +154,7 @@ func TestCreateSnapshotIsIdempotent(t *testing.T) {
 	if err := c.DeleteSnapshot(ctx, "rbd", a.Image, s.SnapName); err != nil {
 		t.Fatalf("second DeleteSnapshot: %v", err)
 	}
-	if _, err := c.GetSnapshot(ctx, "rbd", a.Image, s.SnapName); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetSnapshot(ctx, "rbd", a.Image, s.SnapName); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("GetSnapshot after delete = %v", err)
 	}
 	if list, err := c.ListSnapshots(ctx, "rbd"); err != nil || containsSnap(list, s) {
@@ -188,8 +190,7 @@ func TestCreateSnapshotAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer io.Destroy()
-	ref := a.Image + "@" + snap
-	if err := io.SetOmap(journalObject, map[string][]byte{snapNameKey + name: []byte(ref), snapKey + ref: []byte(name)}); err != nil {
+	if err := (journal{io}).reserveSnapshot(name, a.Image, snap); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.DeleteSnapshot(ctx, "rbd", a.Image, snap) })
@@ -215,10 +216,10 @@ func TestSnapshotBadInput(t *testing.T) {
 		spec SnapshotSpec
 		want error
 	}{
-		{SnapshotSpec{Name: "s-" + uniqueName(t), Pool: "rbd", SourceImage: "csi-vol-missing"}, ErrNotFound},
-		{SnapshotSpec{Name: "s", Pool: "no-such-pool", SourceImage: "csi-vol-x"}, ErrNotFound},
-		{SnapshotSpec{Name: "", Pool: "rbd", SourceImage: "csi-vol-x"}, ErrInvalid},
-		{SnapshotSpec{Name: "s", Pool: "rbd"}, ErrInvalid},
+		{SnapshotSpec{Name: "s-" + uniqueName(t), Pool: "rbd", SourceImage: "csi-vol-missing"}, errdefs.ErrNotFound},
+		{SnapshotSpec{Name: "s", Pool: "no-such-pool", SourceImage: "csi-vol-x"}, errdefs.ErrNotFound},
+		{SnapshotSpec{Name: "", Pool: "rbd", SourceImage: "csi-vol-x"}, errdefs.ErrInvalidArgument},
+		{SnapshotSpec{Name: "s", Pool: "rbd"}, errdefs.ErrInvalidArgument},
 	} {
 		if _, _, err := c.CreateSnapshot(ctx, tc.spec); !errors.Is(err, tc.want) {
 			t.Errorf("CreateSnapshot(%+v) = %v, want %v", tc.spec, err, tc.want)
@@ -230,10 +231,10 @@ func TestSnapshotBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer io.Destroy()
-	if refs, err := omapList(io, snapKey+"csi-vol-missing@"); err != nil || len(refs) != 0 {
+	if refs, err := (journal{io}).list(snapKey + "csi-vol-missing@"); err != nil || len(refs) != 0 {
 		t.Errorf("journal after a refused snapshot: %v, %v", refs, err)
 	}
-	if _, err := c.GetSnapshot(ctx, "rbd", "csi-vol-missing", "csi-snap-x"); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetSnapshot(ctx, "rbd", "csi-vol-missing", "csi-snap-x"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("GetSnapshot of a missing image = %v", err)
 	}
 	for _, pool := range []string{"rbd", "no-such-pool"} {

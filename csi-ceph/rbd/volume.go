@@ -2,25 +2,14 @@ package rbd
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
 	"strings"
 
-	"github.com/ceph/go-ceph/rados"
 	librbd "github.com/ceph/go-ceph/rbd"
-)
 
-// Sentinels for the driver to map to CSI codes.
-var (
-	ErrInvalid       = errors.New("invalid")
-	ErrNotFound      = errors.New("not found")
-	ErrAlreadyExists = errors.New("already exists")
-	// ErrBusy means the image cannot go yet: it has snapshots, or clones
-	// still depend on it, or it is open elsewhere.
-	ErrBusy = errors.New("in use")
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // errno returns the (negative) errno of a go-ceph error, or 0.
@@ -31,15 +20,6 @@ func errno(err error) int {
 	}
 	return 0
 }
-
-// journalObject is the object in each pool whose omap maps CSI volume
-// names to images ("name/<csi name>" -> image) and back ("image/<image>"
-// -> csi name).
-const journalObject = "nodeinfra.csi.volumes"
-
-// imageNameMeta is the image metadata key that also records the CSI name
-// of a clone (plain volumes have only the journal's reverse key).
-const imageNameMeta = "nodeinfra.csi.name"
 
 // DefaultFeatures are the image features when a StorageClass sets none:
 // what krbd, rbd-nbd and rbd-fuse all support.
@@ -74,51 +54,19 @@ func ParseFeatures(s string) (librbd.FeatureSet, error) {
 	for _, n := range strings.Split(s, ",") {
 		n = strings.TrimSpace(n)
 		if !allowed[n] {
-			return 0, fmt.Errorf("image feature %q is not supported (layering, exclusive-lock, object-map, fast-diff, deep-flatten): %w", n, ErrInvalid)
+			return 0, fmt.Errorf("image feature %q is not supported (layering, exclusive-lock, object-map, fast-diff, deep-flatten): %w", n, errdefs.ErrInvalidArgument)
 		}
 		names = append(names, n)
 	}
 	fs := librbd.FeatureSetFromNames(names)
 	has := func(b uint64) bool { return uint64(fs)&b != 0 }
 	if has(librbd.FeatureObjectMap) && !has(librbd.FeatureExclusiveLock) {
-		return 0, fmt.Errorf("image feature object-map needs exclusive-lock: %w", ErrInvalid)
+		return 0, fmt.Errorf("image feature object-map needs exclusive-lock: %w", errdefs.ErrInvalidArgument)
 	}
 	if has(librbd.FeatureFastDiff) && !has(librbd.FeatureObjectMap) {
-		return 0, fmt.Errorf("image feature fast-diff needs object-map: %w", ErrInvalid)
+		return 0, fmt.Errorf("image feature fast-diff needs object-map: %w", errdefs.ErrInvalidArgument)
 	}
 	return fs, nil
-}
-
-func (c *Conn) ioctx(pool string) (*rados.IOContext, error) {
-	if c.closed.Load() {
-		return nil, errClosed
-	}
-	io, err := c.rados.OpenIOContext(pool)
-	if errors.Is(err, rados.ErrNotFound) {
-		return nil, fmt.Errorf("pool %q: %w", pool, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open pool %q: %w", pool, err)
-	}
-	return io, nil
-}
-
-func omapGet(io *rados.IOContext, key string) (string, bool, error) {
-	vals, err := io.GetOmapValues(journalObject, "", key, 2)
-	if errors.Is(err, rados.ErrNotFound) {
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("read volume journal: %w", err)
-	}
-	v, ok := vals[key]
-	return string(v), ok, nil
-}
-
-func newImageName() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return "csi-vol-" + hex.EncodeToString(b)
 }
 
 // CreateVolume creates the volume named spec.Name, or returns it when it
@@ -128,7 +76,7 @@ func newImageName() string {
 // completes instead of a second image.
 func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool, error) {
 	if spec.Name == "" || spec.Pool == "" || spec.SizeBytes == 0 {
-		return Volume{}, false, fmt.Errorf("create volume: name, pool and size are required: %w", ErrInvalid)
+		return Volume{}, false, fmt.Errorf("create volume: name, pool and size are required: %w", errdefs.ErrInvalidArgument)
 	}
 	fs, err := ParseFeatures(spec.Features)
 	if err != nil {
@@ -139,7 +87,8 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 		return Volume{}, false, err
 	}
 	defer io.Destroy()
-	image, found, err := omapGet(io, "name/"+spec.Name)
+	j := journal{io}
+	image, found, err := j.lookupVolume(spec.Name)
 	if err != nil {
 		return Volume{}, false, err
 	}
@@ -156,11 +105,11 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 				return Volume{}, false, fmt.Errorf("features of %s: %w", image, err)
 			}
 			if src, err := img.GetMetadata(cloneSourceMeta); err == nil && src != "" {
-				return Volume{}, false, fmt.Errorf("volume %q exists as a clone (%s) of %s: %w", spec.Name, image, src, ErrAlreadyExists)
+				return Volume{}, false, fmt.Errorf("volume %q exists as a clone (%s) of %s: %w", spec.Name, image, src, errdefs.ErrAlreadyExists)
 			}
 			if size != spec.SizeBytes || have&uint64(fs) != uint64(fs) {
 				return Volume{}, false, fmt.Errorf("volume %q exists as %s/%s with %d bytes and features %v: %w",
-					spec.Name, spec.Pool, image, size, featureNames(have), ErrAlreadyExists)
+					spec.Name, spec.Pool, image, size, featureNames(have), errdefs.ErrAlreadyExists)
 			}
 			return Volume{Name: spec.Name, Pool: spec.Pool, Image: image, SizeBytes: size}, false, nil
 		}
@@ -170,10 +119,8 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 		// Journaled but never created: finish the job with the same name.
 	} else {
 		image = newImageName()
-		if err := io.SetOmap(journalObject, map[string][]byte{
-			"name/" + spec.Name: []byte(image), "image/" + image: []byte(spec.Name),
-		}); err != nil {
-			return Volume{}, false, fmt.Errorf("write volume journal: %w", err)
+		if err := j.reserveVolume(spec.Name, image); err != nil {
+			return Volume{}, false, err
 		}
 	}
 	opts := librbd.NewRbdImageOptions()
@@ -190,10 +137,12 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 }
 
 // DeleteVolume removes the image and its journal entries. Deleting a
-// volume that does not exist is not an error.
+// volume that does not exist is not an error; an image that has
+// snapshots, or clones that still depend on it, or that is open elsewhere,
+// is ErrFailedPrecondition.
 func (c *Conn) DeleteVolume(ctx context.Context, pool, image string) error {
 	io, err := c.ioctx(pool)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -202,22 +151,11 @@ func (c *Conn) DeleteVolume(ctx context.Context, pool, image string) error {
 	defer io.Destroy()
 	if err := librbd.RemoveImage(io, image); err != nil && !errors.Is(err, librbd.ErrNotFound) {
 		if e := errno(err); e == -39 || e == -16 { // ENOTEMPTY, EBUSY
-			return fmt.Errorf("image %s/%s has snapshots or users (delete its snapshots first): %v: %w", pool, image, err, ErrBusy)
+			return fmt.Errorf("image %s/%s has snapshots or users (delete its snapshots first): %v: %w", pool, image, err, errdefs.ErrFailedPrecondition)
 		}
 		return fmt.Errorf("remove image %s/%s: %w", pool, image, err)
 	}
-	name, found, err := omapGet(io, "image/"+image)
-	if err != nil {
-		return err
-	}
-	keys := []string{"image/" + image}
-	if found {
-		keys = append(keys, "name/"+name)
-	}
-	if err := io.RmOmapKeys(journalObject, keys); err != nil && !errors.Is(err, rados.ErrNotFound) {
-		return fmt.Errorf("clear volume journal: %w", err)
-	}
-	return nil
+	return journal{io}.releaseVolume(image)
 }
 
 // GetVolume returns the volume of an image.
@@ -229,7 +167,7 @@ func (c *Conn) GetVolume(ctx context.Context, pool, image string) (Volume, error
 	defer io.Destroy()
 	img, err := librbd.OpenImageReadOnly(io, image, librbd.NoSnapshot)
 	if errors.Is(err, librbd.ErrNotFound) {
-		return Volume{}, fmt.Errorf("image %s/%s: %w", pool, image, ErrNotFound)
+		return Volume{}, fmt.Errorf("image %s/%s: %w", pool, image, errdefs.ErrNotFound)
 	}
 	if err != nil {
 		return Volume{}, fmt.Errorf("open %s/%s: %w", pool, image, err)
@@ -239,7 +177,7 @@ func (c *Conn) GetVolume(ctx context.Context, pool, image string) (Volume, error
 	if err != nil {
 		return Volume{}, fmt.Errorf("size of %s: %w", image, err)
 	}
-	name, found, err := omapGet(io, "image/"+image)
+	name, found, err := journal{io}.volumeName(image)
 	if err != nil {
 		return Volume{}, err
 	}

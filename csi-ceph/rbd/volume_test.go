@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"testing"
+
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 func uniqueName(t *testing.T) string {
@@ -38,8 +40,8 @@ func TestCreateVolumeIsIdempotent(t *testing.T) {
 		{Name: spec.Name, Pool: "rbd", SizeBytes: 128 << 20},
 		{Name: spec.Name, Pool: "rbd", SizeBytes: 64 << 20, Features: "layering,exclusive-lock"},
 	} {
-		if _, _, err := c.CreateVolume(ctx, other); !errors.Is(err, ErrAlreadyExists) {
-			t.Errorf("CreateVolume(%+v) = %v, want ErrAlreadyExists", other, err)
+		if _, _, err := c.CreateVolume(ctx, other); !errors.Is(err, errdefs.ErrAlreadyExists) {
+			t.Errorf("CreateVolume(%+v) = %v, want errdefs.ErrAlreadyExists", other, err)
 		}
 	}
 	got, err := c.GetVolume(ctx, "rbd", v.Image)
@@ -52,7 +54,7 @@ func TestCreateVolumeIsIdempotent(t *testing.T) {
 	if err := c.DeleteVolume(ctx, v.Pool, v.Image); err != nil {
 		t.Fatalf("second DeleteVolume: %v", err)
 	}
-	if _, err := c.GetVolume(ctx, "rbd", v.Image); !errors.Is(err, ErrNotFound) {
+	if _, err := c.GetVolume(ctx, "rbd", v.Image); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("GetVolume after delete = %v", err)
 	}
 	// The name is free again and gets a new image.
@@ -70,11 +72,11 @@ func TestCreateVolumeBadInput(t *testing.T) {
 		spec VolumeSpec
 		want error
 	}{
-		{VolumeSpec{Name: "x", Pool: "no-such-pool", SizeBytes: 1 << 20}, ErrNotFound},
-		{VolumeSpec{Name: "", Pool: "rbd", SizeBytes: 1 << 20}, ErrInvalid},
-		{VolumeSpec{Name: "x", Pool: "rbd"}, ErrInvalid},
-		{VolumeSpec{Name: "x", Pool: "rbd", SizeBytes: 1 << 20, Features: "journaling"}, ErrInvalid},
-		{VolumeSpec{Name: "x", Pool: "rbd", SizeBytes: 1 << 20, Features: "layering,object-map"}, ErrInvalid},
+		{VolumeSpec{Name: "x", Pool: "no-such-pool", SizeBytes: 1 << 20}, errdefs.ErrNotFound},
+		{VolumeSpec{Name: "", Pool: "rbd", SizeBytes: 1 << 20}, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: "x", Pool: "rbd"}, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: "x", Pool: "rbd", SizeBytes: 1 << 20, Features: "journaling"}, errdefs.ErrInvalidArgument},
+		{VolumeSpec{Name: "x", Pool: "rbd", SizeBytes: 1 << 20, Features: "layering,object-map"}, errdefs.ErrInvalidArgument},
 	} {
 		if _, _, err := c.CreateVolume(ctx, tc.spec); !errors.Is(err, tc.want) {
 			t.Errorf("CreateVolume(%+v) = %v, want %v", tc.spec, err, tc.want)
@@ -110,8 +112,8 @@ func TestDeleteVolumeWithSnapshotIsBusy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.DeleteVolume(ctx, v.Pool, v.Image); !errors.Is(err, ErrBusy) {
-		t.Fatalf("DeleteVolume with a snapshot = %v, want ErrBusy", err)
+	if err := c.DeleteVolume(ctx, v.Pool, v.Image); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+		t.Fatalf("DeleteVolume with a snapshot = %v, want errdefs.ErrFailedPrecondition", err)
 	}
 	if _, err := c.GetVolume(ctx, v.Pool, v.Image); err != nil {
 		t.Fatalf("the volume must survive a refused delete: %v", err)
