@@ -29,7 +29,7 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/csi-ceph ./csi-ceph
 	CGO_ENABLED=0 $(GO) build -ldflags "-s -w $(LDFLAGS)" -o $(GUEST_BIN)/init ./nodeagent/guest/agent
 	@dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || \
-		./e2e/apt-install.sh "guest initramfs" busybox-static
+		./e2e/setup/apt-install.sh "guest initramfs" busybox-static
 	$(GO) run ./nodeagent/guest/mkinitramfs -init $(GUEST_BIN)/init -busybox /bin/busybox -o $(GUEST_BIN)/initramfs.cpio
 	@kernel=$$(./nodeagent/guest/kernel/build.sh) && \
 		{ ln -f "$$kernel" $(GUEST_BIN)/vmlinux 2>/dev/null || cp -f "$$kernel" $(GUEST_BIN)/vmlinux; }
@@ -37,8 +37,8 @@ build:
 # Debian packages: network tools, and Ceph (daemons for the test cluster,
 # the -dev libraries go-ceph links against, rbd-fuse).
 prereqs:
-	@./e2e/prereqs.sh
-	@./e2e/ceph/install.sh
+	@./e2e/setup/prereqs.sh
+	@./e2e/setup/ceph-install.sh
 
 # go-ceph needs the tag of the Ceph release Debian ships (Pacific).
 GOFLAGS += -tags=pacific
@@ -74,17 +74,17 @@ bench: prereqs build
 	@test -x $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) || { \
 		GOBIN=$(TOOLS)/hd $(GO) install github.com/containernetworking/plugins/plugins/ipam/static@$(HOST_DEVICE_VERSION) && \
 		mv $(TOOLS)/hd/static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION); }
-	$(GO) run ./e2e/cnibench --bin $(BIN) \
+	$(GO) run ./e2e/bench/cni --bin $(BIN) \
 		--host-device $(TOOLS)/bin/host-device-$(HOST_DEVICE_VERSION) \
 		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
-	$(GO) run ./e2e/csibench --bin $(BIN)
-	$(GO) run ./e2e/sandboxbench --bin $(BIN)
+	$(GO) run ./e2e/bench/csi --bin $(BIN)
+	$(GO) run ./e2e/bench/sandbox --bin $(BIN)
 
 demo: prereqs build
-	./e2e/demo.sh $(BIN)
+	./e2e/demo/demo.sh $(BIN)
 
 proto:
-	@./e2e/prereqs.sh --proto
+	@./e2e/setup/prereqs.sh --proto
 	@mkdir -p $(TOOLS)/bin
 	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS)/bin $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)

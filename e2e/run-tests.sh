@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:?usage: run-tests.sh BIN_DIR}
 
-./e2e/ceph/install.sh
+./e2e/setup/ceph-install.sh
 ceph_dir=$(mktemp -d /tmp/nodeinfra-ceph-XXXXXX)
 up_pid=""
 cleanup() {
@@ -14,12 +14,12 @@ cleanup() {
 		kill "$up_pid" 2>/dev/null || true
 		wait "$up_pid" 2>/dev/null || true
 	fi
-	./e2e/ceph/down.sh "$ceph_dir/cluster" || true
+	./e2e/setup/ceph-down.sh "$ceph_dir/cluster" || true
 	rm -rf "$ceph_dir"
 }
 trap cleanup EXIT
 (
-	if ./e2e/ceph/up.sh "$ceph_dir/cluster" >"$ceph_dir/up.log" 2>&1; then
+	if ./e2e/setup/ceph-up.sh "$ceph_dir/cluster" >"$ceph_dir/up.log" 2>&1; then
 		touch "$ceph_dir/ready"
 	else
 		touch "$ceph_dir/failed"

@@ -1,5 +1,5 @@
-// Package ceph_test checks the test cluster that e2e/ceph/up.sh starts:
-// what csi-ceph's tests rely on.
+// Package ceph_test checks the test cluster that e2e/setup/ceph-up.sh
+// starts: what csi-ceph's tests rely on.
 package ceph_test
 
 import (

@@ -25,18 +25,18 @@ import (
 // ENI back to the node as it was.
 func TestTwoVPCsSameCIDR(t *testing.T) {
 	e := newEnv(t)
-	va, vb := e.vpc("vpc-a", "10.1.0.1/24"), e.vpc("vpc-b", "10.1.0.1/24")
-	a1 := e.eni(va, "10.1.0.11/24", "--route", "192.168.77.0/24")
-	a2 := e.eni(va, "10.1.0.12/24")
-	b1 := e.eni(vb, "10.1.0.11/24")
-	b2 := e.eni(vb, "10.1.0.13/24")
+	va, vb := e.VPC("vpc-a", "10.1.0.1/24"), e.VPC("vpc-b", "10.1.0.1/24")
+	a1 := e.ENI(va, "10.1.0.11/24", "--route", "192.168.77.0/24")
+	a2 := e.ENI(va, "10.1.0.12/24")
+	b1 := e.ENI(vb, "10.1.0.11/24")
+	b2 := e.ENI(vb, "10.1.0.13/24")
 
-	pa1, pa2 := e.pod("tenant-a", "a1"), e.pod("tenant-a", "a2")
-	pb1, pb2 := e.pod("tenant-b", "b1"), e.pod("tenant-b", "b2")
-	e.cli("eni", "assign", "--pod", "tenant-a/a1", "--mac", a1.MAC)
-	e.cli("eni", "assign", "--pod", "tenant-a/a2", "--vpc", "vpc-a")
-	e.cli("eni", "assign", "--pod", "tenant-b/b1", "--mac", b1.MAC)
-	e.cli("eni", "assign", "--pod", "tenant-b/b2", "--vpc", "vpc-b")
+	pa1, pa2 := e.Pod("tenant-a", "a1"), e.Pod("tenant-a", "a2")
+	pb1, pb2 := e.Pod("tenant-b", "b1"), e.Pod("tenant-b", "b2")
+	e.CLI("eni", "assign", "tenant-a/a1", "--mac", a1.MAC)
+	e.CLI("eni", "assign", "tenant-a/a2", "--vpc", "vpc-a")
+	e.CLI("eni", "assign", "tenant-b/b1", "--mac", b1.MAC)
+	e.CLI("eni", "assign", "tenant-b/b2", "--vpc", "vpc-b")
 
 	// VPC a's pods through a 1.1.0 conflist, VPC b's through 1.0.0.
 	for _, c := range []struct {
@@ -67,7 +67,7 @@ func TestTwoVPCsSameCIDR(t *testing.T) {
 		if err != nil || !ok || st.Name != "eth0" || !st.Up || st.MTU != 1400 || !contains(st.Addrs, c.ip) {
 			t.Fatalf("%s: pod link %+v found=%v err=%v", c.p.Name, st, ok, err)
 		}
-		if _, ok, _ := fabric.FindLink(e.f.Node, c.n.MAC); ok {
+		if _, ok, _ := fabric.FindLink(e.Fabric.Node, c.n.MAC); ok {
 			t.Errorf("%s: ENI still visible in the node namespace", c.p.Name)
 		}
 		serveIdentity(t, c.p.NS, 7000, c.p.Name)
@@ -116,8 +116,8 @@ func TestTwoVPCsSameCIDR(t *testing.T) {
 	// Pod to node: the node's address and a service listening on it are
 	// out of reach, while the node itself reaches that service.
 	node := fabric.NodeAddr.Addr().String()
-	serveIdentity(t, e.f.Node, 7777, "node")
-	if got, err := dialFrom(e.f.Node, node+":7777"); err != nil || got != "node" {
+	serveIdentity(t, e.Fabric.Node, 7777, "node")
+	if got, err := dialFrom(e.Fabric.Node, node+":7777"); err != nil || got != "node" {
 		t.Fatalf("control: node cannot reach its own service: %q %v", got, err)
 	}
 	for _, p := range []*fabric.Pod{pa1, pb2} {
@@ -129,7 +129,7 @@ func TestTwoVPCsSameCIDR(t *testing.T) {
 		}
 	}
 	// And the node has no path into the pods either.
-	if got, err := dialFrom(e.f.Node, "10.1.0.11:7000"); err == nil {
+	if got, err := dialFrom(e.Fabric.Node, "10.1.0.11:7000"); err == nil {
 		t.Errorf("node connected to a pod: %q", got)
 	}
 
@@ -193,10 +193,10 @@ func TestTwoVPCsSameCIDR(t *testing.T) {
 
 func TestCheckReportsDrift(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.2.0.1/24")
-	n := e.eni(v, "10.2.0.5/24")
-	p := e.pod("default", "drifty")
-	e.cli("eni", "assign", "--pod", "default/drifty", "--vpc", "vpc-a")
+	v := e.VPC("vpc-a", "10.2.0.1/24")
+	n := e.ENI(v, "10.2.0.5/24")
+	p := e.Pod("default", "drifty")
+	e.CLI("eni", "assign", "default/drifty", "--vpc", "vpc-a")
 	e.add(e.rt, p)
 	if err := e.rt.Check(e.ctx, p); err != nil {
 		t.Fatalf("CHECK of a fresh pod: %v", err)
@@ -285,11 +285,11 @@ func TestCheckReportsDrift(t *testing.T) {
 
 func TestGCReclaimsOrphans(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.3.0.1/24")
-	n1, n2 := e.eni(v, "10.3.0.11/24"), e.eni(v, "10.3.0.12/24")
-	p1, p2 := e.pod("default", "kept"), e.pod("default", "orphan")
-	e.cli("eni", "assign", "--pod", "default/kept", "--mac", n1.MAC)
-	e.cli("eni", "assign", "--pod", "default/orphan", "--mac", n2.MAC)
+	v := e.VPC("vpc-a", "10.3.0.1/24")
+	n1, n2 := e.ENI(v, "10.3.0.11/24"), e.ENI(v, "10.3.0.12/24")
+	p1, p2 := e.Pod("default", "kept"), e.Pod("default", "orphan")
+	e.CLI("eni", "assign", "default/kept", "--mac", n1.MAC)
+	e.CLI("eni", "assign", "default/orphan", "--mac", n2.MAC)
 	e.add(e.rt, p1)
 	e.add(e.rt, p2)
 	if err := e.rt.GC(e.ctx, p1); err != nil {
@@ -313,16 +313,16 @@ func TestGCReclaimsOrphans(t *testing.T) {
 
 func TestDelSurvivesAgentRestartAndNetnsLoss(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.4.0.1/24")
-	n1, n2 := e.eni(v, "10.4.0.11/24"), e.eni(v, "10.4.0.12/24")
-	p1, p2 := e.pod("default", "p1"), e.pod("default", "p2")
-	e.cli("eni", "assign", "--pod", "default/p1", "--mac", n1.MAC)
-	e.cli("eni", "assign", "--pod", "default/p2", "--mac", n2.MAC)
+	v := e.VPC("vpc-a", "10.4.0.1/24")
+	n1, n2 := e.ENI(v, "10.4.0.11/24"), e.ENI(v, "10.4.0.12/24")
+	p1, p2 := e.Pod("default", "p1"), e.Pod("default", "p2")
+	e.CLI("eni", "assign", "default/p1", "--mac", n1.MAC)
+	e.CLI("eni", "assign", "default/p2", "--mac", n2.MAC)
 	e.add(e.rt, p1)
 	e.add(e.rt, p2)
 
-	e.agent.Stop()
-	if err := e.agent.Start(); err != nil {
+	e.Agent.Stop()
+	if err := e.Agent.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.rt.Del(e.ctx, p1, true); err != nil {
@@ -348,8 +348,8 @@ func TestDelSurvivesAgentRestartAndNetnsLoss(t *testing.T) {
 	if got := e.attachments(); len(got) != 0 {
 		t.Errorf("attachments left: %v", got)
 	}
-	e.cli("eni", "unassign", "--pod", "default/p2")
-	e.cli("eni", "remove", "--mac", n2.MAC)
+	e.CLI("eni", "unassign", "default/p2")
+	e.CLI("eni", "remove", n2.MAC)
 	if _, ok := e.listENIs()[n2.MAC]; ok {
 		t.Error("removed ENI still listed")
 	}
@@ -359,14 +359,14 @@ func TestDelSurvivesAgentRestartAndNetnsLoss(t *testing.T) {
 // and a GC, no ENI is held twice, none is lost, every free one is down.
 func TestAgentKilledDuringADDBurst(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.5.0.1/24")
+	v := e.VPC("vpc-a", "10.5.0.1/24")
 	const n = 24
 	var enis []fabric.ENI
 	var pods []*fabric.Pod
 	for i := 0; i < n; i++ {
-		enis = append(enis, e.eni(v, fmt.Sprintf("10.5.0.%d/24", 10+i)))
-		p := e.pod("burst", fmt.Sprintf("pod-%d", i))
-		e.cli("eni", "assign", "--pod", "burst/"+p.Name, "--vpc", "vpc-a")
+		enis = append(enis, e.ENI(v, fmt.Sprintf("10.5.0.%d/24", 10+i)))
+		p := e.Pod("burst", fmt.Sprintf("pod-%d", i))
+		e.CLI("eni", "assign", "burst/"+p.Name, "--vpc", "vpc-a")
 		pods = append(pods, p)
 	}
 	var wg sync.WaitGroup
@@ -387,9 +387,9 @@ func TestAgentKilledDuringADDBurst(t *testing.T) {
 		}(i, p)
 	}
 	<-first
-	e.agent.Kill()
+	e.Agent.Kill()
 	wg.Wait()
-	if err := e.agent.Start(); err != nil {
+	if err := e.Agent.Start(); err != nil {
 		t.Fatal(err)
 	}
 	var ok []*fabric.Pod
@@ -450,12 +450,12 @@ func TestStatus(t *testing.T) {
 	if err := e.rt.Status(e.ctx); err != nil {
 		t.Fatalf("STATUS with the agent up: %v", err)
 	}
-	e.agent.Kill()
+	e.Agent.Kill()
 	err := e.rt.Status(e.ctx)
-	if cniCode(err) != 50 || !strings.Contains(err.Error(), e.agent.Socket) || !strings.Contains(err.Error(), "nodeagent") {
+	if cniCode(err) != 50 || !strings.Contains(err.Error(), e.Agent.Socket) || !strings.Contains(err.Error(), "nodeagent") {
 		t.Fatalf("STATUS with the agent down = %v (code %d), want code 50 naming the socket", err, cniCode(err))
 	}
-	if err := e.agent.Start(); err != nil {
+	if err := e.Agent.Start(); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.rt.Status(e.ctx); err != nil {
@@ -465,9 +465,9 @@ func TestStatus(t *testing.T) {
 
 func TestADDWithoutAssignmentFails(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.6.0.1/24")
-	n := e.eni(v, "10.6.0.5/24")
-	p := e.pod("default", "nobody")
+	v := e.VPC("vpc-a", "10.6.0.1/24")
+	n := e.ENI(v, "10.6.0.5/24")
+	p := e.Pod("default", "nobody")
 	_, err := e.rt.Add(e.ctx, p)
 	if cniCode(err) != 100 || !strings.Contains(err.Error(), "default/nobody") {
 		t.Fatalf("ADD without assignment = %v (code %d), want code 100 naming the pod", err, cniCode(err))
@@ -477,7 +477,7 @@ func TestADDWithoutAssignmentFails(t *testing.T) {
 		t.Fatalf("attachments after a failed ADD: %v", got)
 	}
 	// An empty pool is "try again later".
-	e.cli("eni", "assign", "--pod", "default/nobody", "--vpc", "vpc-empty")
+	e.CLI("eni", "assign", "default/nobody", "--vpc", "vpc-empty")
 	_, err = e.rt.Add(e.ctx, p)
 	if cniCode(err) != 11 {
 		t.Fatalf("ADD with an empty pool = %v, want code 11", err)
@@ -490,11 +490,11 @@ func TestADDWithoutAssignmentFails(t *testing.T) {
 
 func TestFreeENIsAreKeptDown(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.7.0.1/24")
-	n := e.eni(v, "10.7.0.5/24")
+	v := e.VPC("vpc-a", "10.7.0.1/24")
+	n := e.ENI(v, "10.7.0.5/24")
 	e.requireFreeInNode(n)
 	// Someone brings the free ENI up and gives the node an address on it.
-	err := e.f.Node.Do(func(ns.NetNS) error {
+	err := e.Fabric.Node.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(n.HostName)
 		if err != nil {
 			return err
@@ -509,10 +509,10 @@ func TestFreeENIsAreKeptDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !eventually(10*time.Second, func() bool {
-		st, ok, _ := fabric.FindLink(e.f.Node, n.MAC)
+		st, ok, _ := fabric.FindLink(e.Fabric.Node, n.MAC)
 		return ok && !st.Up && len(st.Addrs) == 0
 	}) {
-		st, _, _ := fabric.FindLink(e.f.Node, n.MAC)
+		st, _, _ := fabric.FindLink(e.Fabric.Node, n.MAC)
 		t.Fatalf("free ENI not quiesced by the agent: %+v", st)
 	}
 	// A free ENI that reappears after vanishing is quiesced too.
@@ -522,10 +522,10 @@ func TestFreeENIsAreKeptDown(t *testing.T) {
 // connection from inside the pod's namespace; the node itself has no path.
 func TestProbeThroughAgent(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-a", "10.8.0.1/24")
-	n := e.eni(v, "10.8.0.5/24")
-	p := e.pod("web", "frontend")
-	e.cli("eni", "assign", "--pod", "web/frontend", "--mac", n.MAC)
+	v := e.VPC("vpc-a", "10.8.0.1/24")
+	n := e.ENI(v, "10.8.0.5/24")
+	p := e.Pod("web", "frontend")
+	e.CLI("eni", "assign", "web/frontend", "--mac", n.MAC)
 	e.add(e.rt, p)
 	var l net.Listener
 	err := p.NS.Do(func(ns.NetNS) error {
@@ -545,7 +545,7 @@ func TestProbeThroughAgent(t *testing.T) {
 
 	get := func(path string) int {
 		t.Helper()
-		code, _, err := httpGet(e.f.Node, "http://"+e.agent.ProbeAddr+path)
+		code, _, err := httpGet(e.Fabric.Node, "http://"+e.Agent.ProbeAddr+path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -563,30 +563,30 @@ func TestProbeThroughAgent(t *testing.T) {
 			t.Errorf("GET %s = %d, want %d", path, got, want)
 		}
 	}
-	if out, err := e.agent.CLI("probe", "--pod", "web/frontend", "--port", "8080", "--http-path", "/healthz"); err != nil || !strings.Contains(out, "succeeded") {
+	if out, err := e.Agent.CLI("probe", "web/frontend", "--port", "8080", "--http-path", "/healthz"); err != nil || !strings.Contains(out, "succeeded") {
 		t.Errorf("probe verb: %q %v", out, err)
 	}
-	if _, err := e.agent.CLI("probe", "--pod", "web/frontend", "--port", "8081"); err == nil {
+	if _, err := e.Agent.CLI("probe", "web/frontend", "--port", "8081"); err == nil {
 		t.Error("probe verb succeeded against a closed port")
 	}
 	// Without the agent the node cannot reach the pod at all.
-	if got, err := dialFrom(e.f.Node, "10.8.0.5:8080"); err == nil {
+	if got, err := dialFrom(e.Fabric.Node, "10.8.0.5:8080"); err == nil {
 		t.Errorf("node reached the pod directly: %q", got)
 	}
 }
 
 func TestMetrics(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-m", "10.9.0.1/24")
-	n := e.eni(v, "10.9.0.5/24")
-	e.eni(v, "10.9.0.6/24")
-	p := e.pod("default", "measured")
-	e.cli("eni", "assign", "--pod", "default/measured", "--mac", n.MAC)
+	v := e.VPC("vpc-m", "10.9.0.1/24")
+	n := e.ENI(v, "10.9.0.5/24")
+	e.ENI(v, "10.9.0.6/24")
+	p := e.Pod("default", "measured")
+	e.CLI("eni", "assign", "default/measured", "--mac", n.MAC)
 	e.add(e.rt, p)
 	if err := e.rt.Del(e.ctx, p, true); err != nil {
 		t.Fatal(err)
 	}
-	_, body, err := httpGet(e.f.Node, "http://"+e.agent.MetricsAddr+"/metrics")
+	_, body, err := httpGet(e.Fabric.Node, "http://"+e.Agent.MetricsAddr+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -649,31 +649,31 @@ func TestPluginRejectsBadInput(t *testing.T) {
 // naming the problem, and its socket is private.
 func TestAgentAPIErrors(t *testing.T) {
 	e := newEnv(t)
-	st, err := os.Stat(e.agent.Socket)
+	st, err := os.Stat(e.Agent.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Mode().Perm() != 0o600 || st.Mode()&os.ModeSocket == 0 {
 		t.Errorf("socket mode %v, want a 0600 socket", st.Mode())
 	}
-	v := e.vpc("vpc-a", "10.10.0.1/24")
-	n := e.eni(v, "10.10.0.5/24")
+	v := e.VPC("vpc-a", "10.10.0.1/24")
+	n := e.ENI(v, "10.10.0.5/24")
 	for _, tc := range []struct {
 		args  []string
 		words []string
 	}{
-		{[]string{"eni", "add", "--mac", "zz", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "invalid MAC"}},
-		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "ADDR/PREFIX"}},
-		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.9.0.1"}, []string{"InvalidArgument", "not a neighbour"}},
-		{[]string{"eni", "add", "--mac", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"NotFound", "no link with this MAC"}},
-		{[]string{"eni", "add", "--mac", n.MAC, "--vpc", "vpc-b", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1"}, []string{"AlreadyExists"}},
-		{[]string{"eni", "remove", "--mac", "02:00:00:00:00:98"}, []string{"NotFound"}},
-		{[]string{"eni", "assign", "--pod", "a/b", "--mac", "02:00:00:00:00:98"}, []string{"NotFound", "not registered"}},
-		{[]string{"eni", "assign", "--pod", "Bad/b", "--vpc", "v"}, []string{"invalid pod namespace"}},
-		{[]string{"eni", "assign", "--pod", "a/b", "--vpc", "v", "--mac", n.MAC}, []string{"exactly one"}},
-		{[]string{"probe", "--pod", "a/b", "--port", "80"}, []string{"NotFound", "no attached ENI"}},
+		{[]string{"eni", "add", "zz", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "invalid MAC"}},
+		{[]string{"eni", "add", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2", "--gateway", "10.0.0.1"}, []string{"InvalidArgument", "ADDR/PREFIX"}},
+		{[]string{"eni", "add", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.9.0.1"}, []string{"InvalidArgument", "not a neighbour"}},
+		{[]string{"eni", "add", "02:00:00:00:00:99", "--vpc", "v", "--ip", "10.0.0.2/24", "--gateway", "10.0.0.1"}, []string{"NotFound", "no link with this MAC"}},
+		{[]string{"eni", "add", n.MAC, "--vpc", "vpc-b", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1"}, []string{"AlreadyExists"}},
+		{[]string{"eni", "remove", "02:00:00:00:00:98"}, []string{"NotFound"}},
+		{[]string{"eni", "assign", "a/b", "--mac", "02:00:00:00:00:98"}, []string{"NotFound", "not registered"}},
+		{[]string{"eni", "assign", "Bad/b", "--vpc", "v"}, []string{"invalid pod namespace"}},
+		{[]string{"eni", "assign", "a/b", "--vpc", "v", "--mac", n.MAC}, []string{"exactly one"}},
+		{[]string{"probe", "a/b", "--port", "80"}, []string{"NotFound", "no attached ENI"}},
 	} {
-		_, err := e.agent.CLI(tc.args...)
+		_, err := e.Agent.CLI(tc.args...)
 		if err == nil {
 			t.Errorf("%v succeeded", tc.args)
 			continue
@@ -686,14 +686,14 @@ func TestAgentAPIErrors(t *testing.T) {
 	}
 	// Registering the same ENI again is a no-op; an assigned ENI cannot be
 	// removed, an unassigned one can.
-	e.cli("eni", "add", "--mac", n.MAC, "--vpc", "vpc-a", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1", "--mtu", "1400")
-	e.cli("eni", "assign", "--pod", "a/b", "--mac", n.MAC)
-	if _, err := e.agent.CLI("eni", "remove", "--mac", n.MAC); err == nil || !strings.Contains(err.Error(), "FailedPrecondition") {
+	e.CLI("eni", "add", n.MAC, "--vpc", "vpc-a", "--ip", "10.10.0.5/24", "--gateway", "10.10.0.1", "--mtu", "1400")
+	e.CLI("eni", "assign", "a/b", "--mac", n.MAC)
+	if _, err := e.Agent.CLI("eni", "remove", n.MAC); err == nil || !strings.Contains(err.Error(), "FailedPrecondition") {
 		t.Errorf("removing an assigned ENI: %v", err)
 	}
-	e.cli("eni", "unassign", "--pod", "a/b")
-	e.cli("eni", "remove", "--mac", n.MAC)
-	if out := e.cli("eni", "list"); strings.Contains(out, n.MAC) || !strings.Contains(out, "MAC") {
+	e.CLI("eni", "unassign", "a/b")
+	e.CLI("eni", "remove", n.MAC)
+	if out := e.CLI("eni", "list"); strings.Contains(out, n.MAC) || !strings.Contains(out, "MAC") {
 		t.Errorf("eni list after remove:\n%s", out)
 	}
 }

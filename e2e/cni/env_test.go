@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,84 +55,27 @@ func TestMain(m *testing.M) {
 
 // env is one node with its agent and a runtime per CNI version.
 type env struct {
-	t     *testing.T
-	f     *fabric.Fabric
-	agent *fabric.Agent
-	rt    *fabric.Runtime // cniVersion 1.1.0
-	rt10  *fabric.Runtime // cniVersion 1.0.0
-	ctx   context.Context
+	*fabric.TestNode
+	t    *testing.T
+	rt   *fabric.Runtime // cniVersion 1.1.0
+	rt10 *fabric.Runtime // cniVersion 1.0.0
+	ctx  context.Context
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	f, err := fabric.New()
+	n := fabric.NewTestNode(t, filepath.Join(binDir, "nodeagent"))
+	rt, err := fabric.NewRuntime(n.Fabric.Node, binDir, t.TempDir(), fabric.Conflist("1.1.0", n.Agent.Socket))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(f.Close)
-	dir := t.TempDir()
-	agent, err := fabric.StartAgent(filepath.Join(binDir, "nodeagent"), f.Node, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		agent.Kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("agent log:\n%s", b)
-		}
-	})
-	rt, err := fabric.NewRuntime(f.Node, binDir, t.TempDir(), fabric.Conflist("1.1.0", agent.Socket))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rt10, err := fabric.NewRuntime(f.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", agent.Socket))
+	rt10, err := fabric.NewRuntime(n.Fabric.Node, binDir, t.TempDir(), fabric.Conflist("1.0.0", n.Agent.Socket))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	return &env{t: t, f: f, agent: agent, rt: rt, rt10: rt10, ctx: ctx}
-}
-
-func (e *env) vpc(name, gw string) *fabric.VPC {
-	e.t.Helper()
-	v, err := e.f.AddVPC(name, netip.MustParsePrefix(gw))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v
-}
-
-// eni plugs an ENI into the node and registers it with the agent's CLI.
-func (e *env) eni(v *fabric.VPC, ip string, extra ...string) fabric.ENI {
-	e.t.Helper()
-	n, err := e.f.AddENI(v, "")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	args := append([]string{"eni", "add", "--mac", n.MAC, "--vpc", v.Name, "--ip", ip,
-		"--gateway", v.Gateway.Addr().String(), "--mtu", "1400"}, extra...)
-	e.cli(args...)
-	return n
-}
-
-func (e *env) cli(args ...string) string {
-	e.t.Helper()
-	out, err := e.agent.CLI(args...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return out
-}
-
-func (e *env) pod(namespace, name string) *fabric.Pod {
-	e.t.Helper()
-	p, err := e.f.NewPod(namespace, name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return p
+	return &env{TestNode: n, t: t, rt: rt, rt10: rt10, ctx: ctx}
 }
 
 func (e *env) add(rt *fabric.Runtime, p *fabric.Pod) types.Result {
@@ -151,7 +93,7 @@ func (e *env) listENIs() map[string]eniJSON {
 	var out struct {
 		ENIs []eniJSON `json:"enis"`
 	}
-	if err := json.Unmarshal([]byte(e.cli("eni", "list", "-o", "json")), &out); err != nil {
+	if err := json.Unmarshal([]byte(e.CLI("eni", "list", "-o", "json")), &out); err != nil {
 		e.t.Fatal(err)
 	}
 	m := map[string]eniJSON{}
@@ -180,7 +122,7 @@ func (e *env) attachments() []string {
 			MAC         string `json:"mac"`
 		} `json:"attachments"`
 	}
-	if err := json.Unmarshal([]byte(e.cli("attachments", "-o", "json")), &out); err != nil {
+	if err := json.Unmarshal([]byte(e.CLI("attachments", "-o", "json")), &out); err != nil {
 		e.t.Fatal(err)
 	}
 	var ids []string
@@ -194,7 +136,7 @@ func (e *env) attachments() []string {
 // under its registered name, down and without addresses.
 func (e *env) requireFreeInNode(n fabric.ENI) {
 	e.t.Helper()
-	st, ok, err := fabric.FindLink(e.f.Node, n.MAC)
+	st, ok, err := fabric.FindLink(e.Fabric.Node, n.MAC)
 	if err != nil {
 		e.t.Fatal(err)
 	}

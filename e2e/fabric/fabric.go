@@ -6,7 +6,10 @@
 //   - ENIs: veth pairs whose node end is the ENI and whose other end is
 //     plugged into the VPC's bridge.
 //
-// Nothing touches the machine's own network namespace.
+// Nothing touches the machine's own network namespace. Beside the fabric:
+// nodeagent and its CLI (StartAgent), CNI driven as containerd drives it
+// (Runtime), a node with its agent for one test (TestNode), and what a
+// sandbox leaves on the machine (QEMUPids, RemoveCgroup).
 package fabric
 
 import (

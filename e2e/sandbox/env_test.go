@@ -11,9 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -50,11 +48,10 @@ func TestMain(m *testing.M) {
 
 // env is a node (namespace) with its agent.
 type env struct {
-	t     *testing.T
-	f     *fabric.Fabric
-	agent *fabric.Agent
-	cl    *agentclient.Client
-	ctx   context.Context
+	*fabric.TestNode
+	t   *testing.T
+	cl  *agentclient.Client
+	ctx context.Context
 }
 
 func newEnv(t *testing.T, extra ...string) *env {
@@ -66,32 +63,33 @@ func newEnv(t *testing.T, extra ...string) *env {
 // false) in the machine's own, where the Ceph cluster's monitors listen.
 func newEnvIn(t *testing.T, inNode bool, extra ...string) *env {
 	t.Helper()
-	f, err := fabric.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	dir := t.TempDir()
 	parent := "/nodeinfra-e2e-" + randHex(4)
-	t.Cleanup(func() { removeCgroup(t, parent) })
+	// Runs last: after the agent has stopped and the fabric is gone.
+	t.Cleanup(func() {
+		left, err := fabric.RemoveCgroup(parent)
+		if len(left) > 0 {
+			t.Errorf("sandbox cgroups leaked under %s: %v", parent, left)
+		}
+		if err != nil {
+			t.Errorf("%v (a sandbox cgroup leaked?)", err)
+		}
+	})
 	extra = append([]string{"--cgroup-parent", parent}, extra...)
-	node := f.Node
+	start := fabric.NewTestNode
 	if !inNode {
-		node = nil
+		start = fabric.NewTestNodeOnHost
 	}
-	agent, err := fabric.StartAgent(filepath.Join(binDir, "nodeagent"), node, dir, extra...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl, err := agentclient.Dial(agent.Socket)
+	n := start(t, filepath.Join(binDir, "nodeagent"), extra...)
+	n.LogLines = 60
+	cl, err := agentclient.Dial(n.Agent.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	e := &env{t: t, f: f, agent: agent, cl: cl, ctx: ctx}
+	e := &env{TestNode: n, t: t, cl: cl, ctx: ctx}
 	t.Cleanup(func() {
 		// Whatever the test left: delete every sandbox (no QEMU outlives
-		// the test), then stop the agent.
+		// the test); the agent stops after this.
 		if list, err := cl.ListSandboxes(context.Background(), &apiv1.ListSandboxesRequest{}); err == nil {
 			for _, s := range list.Sandboxes {
 				if _, err := cl.DeleteSandbox(context.Background(), &apiv1.DeleteSandboxRequest{Id: s.Spec.Id}); err != nil {
@@ -101,24 +99,8 @@ func newEnvIn(t *testing.T, inNode bool, extra ...string) *env {
 		}
 		cancel()
 		cl.Close()
-		agent.Kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
-			t.Logf("agent log:\n%s", tail(string(b), 60))
-		}
 	})
 	return e
-}
-
-// removeCgroup removes the agent's parent cgroup from every hierarchy;
-// the sandboxes' own cgroups must be gone by then.
-func removeCgroup(t *testing.T, parent string) {
-	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
-	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
-			t.Errorf("cgroup %s: %v (a sandbox cgroup leaked?)", d, err)
-		}
-	}
 }
 
 func randHex(n int) string {
@@ -133,35 +115,6 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-func (e *env) vpc(name, gw string) *fabric.VPC {
-	e.t.Helper()
-	v, err := e.f.AddVPC(name, netip.MustParsePrefix(gw))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return v
-}
-
-// eni plugs an ENI into the node and registers it with the agent.
-func (e *env) eni(v *fabric.VPC, ip string) fabric.ENI {
-	e.t.Helper()
-	n, err := e.f.AddENI(v, "")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.cli("eni", "add", "--mac", n.MAC, "--vpc", v.Name, "--ip", ip, "--gateway", v.Gateway.Addr().String(), "--mtu", "1400")
-	return n
-}
-
-func (e *env) cli(args ...string) string {
-	e.t.Helper()
-	out, err := e.agent.CLI(args...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return out
 }
 
 // create asks for a sandbox and waits until it is Ready.
@@ -180,7 +133,7 @@ func (e *env) create(spec *apiv1.SandboxSpec) *apiv1.Sandbox {
 }
 
 func (e *env) console(id string) string {
-	b, _ := os.ReadFile(filepath.Join(e.agent.StateDir, "sandboxes", id, "console.log"))
+	b, _ := os.ReadFile(filepath.Join(e.Agent.StateDir, "sandboxes", id, "console.log"))
 	return tail(string(b), 20)
 }
 
@@ -265,13 +218,6 @@ func (e *env) waitState(id string, want apiv1.Sandbox_State, within time.Duratio
 }
 
 func code(err error) codes.Code { return status.Code(err) }
-
-// qemuRunning reports whether a QEMU of sandbox id runs (found by its
-// command line, as an admin would with ps).
-func qemuRunning(id string) bool {
-	out, _ := exec.Command("pgrep", "-f", "sandbox-"+id+" ").Output()
-	return len(bytes.TrimSpace(out)) > 0
-}
 
 // findDisk defines find_disk SERIAL, which prints the guest's device of
 // the disk with that serial, waiting up to 10 s for a hot-plugged one.

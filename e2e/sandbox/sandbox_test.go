@@ -64,8 +64,8 @@ func pingFrom(n ns.NetNS, addr string) error {
 // address. Deleting the sandbox gives eth0 back as cni-eni left it.
 func TestSandboxOnPodNetwork(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-s", "10.66.0.1/24")
-	ea, eb := e.eni(v, "10.66.0.11/24"), e.eni(v, "10.66.0.12/24")
+	v := e.VPC("vpc-s", "10.66.0.1/24")
+	ea, eb := e.ENI(v, "10.66.0.11/24"), e.ENI(v, "10.66.0.12/24")
 	rt := e.runtime()
 	pa, pb := e.podOn(rt, "vm", ea), e.podOn(rt, "plain", eb)
 
@@ -90,7 +90,7 @@ func TestSandboxOnPodNetwork(t *testing.T) {
 	if err := pingFrom(pb.NS, "10.66.0.11"); err != nil {
 		t.Errorf("same-VPC pod cannot reach the VM: %v", err)
 	}
-	if err := pingFrom(e.f.Node, "10.66.0.11"); err == nil {
+	if err := pingFrom(e.Fabric.Node, "10.66.0.11"); err == nil {
 		t.Error("the node reached the VM's pod address")
 	}
 	// The host side of the pod keeps no address; the tap carries the VM.
@@ -103,7 +103,7 @@ func TestSandboxOnPodNetwork(t *testing.T) {
 	}
 
 	e.deleteSandbox("vm-net")
-	if qemuRunning("vm-net") {
+	if len(fabric.QEMUPids("vm-net")) > 0 {
 		t.Error("qemu still runs after delete")
 	}
 	links = podLinks(t, pa.NS)
@@ -119,25 +119,16 @@ func TestSandboxOnPodNetwork(t *testing.T) {
 	if err := rt.Del(e.ctx, pa, true); err != nil {
 		t.Errorf("CNI DEL: %v", err)
 	}
-	if _, err := os.Stat(filepath.Join(e.agent.StateDir, "sandboxes", "vm-net")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(e.Agent.StateDir, "sandboxes", "vm-net")); !os.IsNotExist(err) {
 		t.Errorf("sandbox dir left behind: %v", err)
 	}
-}
-
-func (e *env) pod(namespace, name string) *fabric.Pod {
-	e.t.Helper()
-	p, err := e.f.NewPod(namespace, name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return p
 }
 
 // runtime is a CNI runtime (cniVersion 1.0.0, as containerd 1.6 needs)
 // against the env's agent.
 func (e *env) runtime() *fabric.Runtime {
 	e.t.Helper()
-	rt, err := fabric.NewRuntime(e.f.Node, binDir, e.t.TempDir(), fabric.Conflist("1.0.0", e.agent.Socket))
+	rt, err := fabric.NewRuntime(e.Fabric.Node, binDir, e.t.TempDir(), fabric.Conflist("1.0.0", e.Agent.Socket))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -148,8 +139,8 @@ func (e *env) runtime() *fabric.Runtime {
 // that n is its eth0.
 func (e *env) podOn(rt *fabric.Runtime, name string, n fabric.ENI) *fabric.Pod {
 	e.t.Helper()
-	p := e.pod("tenant", name)
-	e.cli("eni", "assign", "--pod", "tenant/"+name, "--mac", n.MAC)
+	p := e.Pod("tenant", name)
+	e.CLI("eni", "assign", "tenant/"+name, "--mac", n.MAC)
 	if _, err := rt.Add(e.ctx, p); err != nil {
 		e.t.Fatalf("ADD %s: %v", name, err)
 	}
@@ -172,7 +163,7 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 	// The guest kernel has what workloads expect: file locks, System V IPC,
 	// inotify, AIO.
 	e.sh("vm-exec", "[ -e /proc/locks ] && [ -d /proc/sysvipc ] && [ -e /proc/sys/fs/inotify/max_user_watches ] && [ -e /proc/sys/fs/aio-max-nr ]")
-	cli := exec.Command(filepath.Join(binDir, "nodeagent"), "sandbox", "exec", "vm-exec", "--socket", e.agent.Socket, "--", "sh", "-c", "cat; exit 3")
+	cli := exec.Command(filepath.Join(binDir, "nodeagent"), "sandbox", "exec", "vm-exec", "--socket", e.Agent.Socket, "--", "sh", "-c", "cat; exit 3")
 	cli.Stdin = strings.NewReader("piped")
 	b, err := cli.Output()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 || string(b) != "piped" {
@@ -191,7 +182,7 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 	if body := metrics(t, e); !strings.Contains(body, `nodeagent_sandboxes{state="Ready"} 1`) {
 		t.Errorf("metrics lack one Ready sandbox:\n%s", grepLines(body, "nodeagent_sandboxes"))
 	}
-	list := e.cli("sandbox", "list")
+	list := e.CLI("sandbox", "list")
 	if !strings.Contains(list, "vm-exec") || !strings.Contains(list, "Ready") && !strings.Contains(list, "READY") {
 		t.Errorf("sandbox list:\n%s", list)
 	}
@@ -201,7 +192,7 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 			t.Fatalf("stop #%d: %v, %v", i+1, s, err)
 		}
 	}
-	if qemuRunning("vm-exec") {
+	if len(fabric.QEMUPids("vm-exec")) > 0 {
 		t.Error("qemu runs after stop")
 	}
 	if _, _, err := e.execErr("vm-exec"); code(err) != codes.FailedPrecondition {
@@ -267,7 +258,7 @@ func TestSandboxBadInput(t *testing.T) {
 			t.Errorf("delete unknown (idempotent): %v", err)
 		}
 	}
-	if out, err := e.agent.CLI("sandbox", "get", "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
+	if out, err := e.Agent.CLI("sandbox", "get", "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("CLI get unknown: %q, %v", out, err)
 	}
 	// A netns that does not exist fails the boot cleanly: Failed, no QEMU,
@@ -276,10 +267,10 @@ func TestSandboxBadInput(t *testing.T) {
 	if err != nil || s.State != apiv1.Sandbox_FAILED || s.Reason == "" {
 		t.Errorf("missing netns: %v, %v (want FAILED with a reason)", s, err)
 	}
-	if qemuRunning("no-netns") {
+	if len(fabric.QEMUPids("no-netns")) > 0 {
 		t.Error("qemu left running after a failed boot")
 	}
-	entries, _ := os.ReadDir(filepath.Join(e.agent.StateDir, "sandboxes", "no-netns"))
+	entries, _ := os.ReadDir(filepath.Join(e.Agent.StateDir, "sandboxes", "no-netns"))
 	if len(entries) != 1 {
 		t.Errorf("failed sandbox dir holds %d entries, want only the record", len(entries))
 	}
@@ -291,17 +282,17 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	e := newEnv(t)
 	// vm-keep-2 holds a pod's ENI, so its tap and eth0's addresses must
 	// survive the restarts too.
-	v := e.vpc("vpc-r", "10.68.0.1/24")
-	n := e.eni(v, "10.68.0.11/24")
+	v := e.VPC("vpc-r", "10.68.0.1/24")
+	n := e.ENI(v, "10.68.0.11/24")
 	p := e.podOn(e.runtime(), "kept", n)
 	e.create(&apiv1.SandboxSpec{Id: "vm-keep-1"})
 	e.create(&apiv1.SandboxSpec{Id: "vm-keep-2", Netns: p.NS.Path()})
 	before := e.get("vm-keep-1").Pid
-	e.agent.Kill()
-	if !qemuRunning("vm-keep-1") || !qemuRunning("vm-keep-2") {
+	e.Agent.Kill()
+	if len(fabric.QEMUPids("vm-keep-1")) == 0 || len(fabric.QEMUPids("vm-keep-2")) == 0 {
 		t.Fatal("the VMs died with the agent")
 	}
-	if err := e.agent.Start(); err != nil {
+	if err := e.Agent.Start(); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range []string{"vm-keep-1", "vm-keep-2"} {
@@ -320,14 +311,14 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	if err != nil || s.State != apiv1.Sandbox_STOPPED {
 		t.Fatalf("stop a re-adopted sandbox: %v, %v", s, err)
 	}
-	if qemuRunning("vm-keep-1") {
+	if len(fabric.QEMUPids("vm-keep-1")) > 0 {
 		t.Error("qemu of a re-adopted sandbox runs after stop")
 	}
 	// A QEMU that dies while no agent watches is found dead and cleaned up.
 	pid := int(e.get("vm-keep-2").Pid)
-	e.agent.Kill()
+	e.Agent.Kill()
 	syscall.Kill(pid, syscall.SIGKILL)
-	if err := e.agent.Start(); err != nil {
+	if err := e.Agent.Start(); err != nil {
 		t.Fatal(err)
 	}
 	s = e.waitState("vm-keep-2", apiv1.Sandbox_FAILED, 10*time.Second)
@@ -347,8 +338,8 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 // reason, and its tap, cgroup, sockets and files are cleaned up.
 func TestSandboxQEMUDeathIsReported(t *testing.T) {
 	e := newEnv(t)
-	v := e.vpc("vpc-d", "10.67.0.1/24")
-	n := e.eni(v, "10.67.0.11/24")
+	v := e.VPC("vpc-d", "10.67.0.1/24")
+	n := e.ENI(v, "10.67.0.11/24")
 	p := e.podOn(e.runtime(), "doomed", n)
 	s := e.create(&apiv1.SandboxSpec{Id: "vm-doomed", Netns: p.NS.Path()})
 	cgroups := cgroupDirsOf(int(s.Pid))
@@ -404,7 +395,7 @@ func TestSandboxQEMUDeathIsReported(t *testing.T) {
 			t.Errorf("cgroup %s left behind", dir)
 		}
 	}
-	entries, _ := os.ReadDir(filepath.Join(e.agent.StateDir, "sandboxes", "vm-doomed"))
+	entries, _ := os.ReadDir(filepath.Join(e.Agent.StateDir, "sandboxes", "vm-doomed"))
 	for _, en := range entries {
 		if en.Name() != "sandbox.json" {
 			t.Errorf("left in the sandbox dir: %s", en.Name())
@@ -502,10 +493,10 @@ func TestSandboxRBDVolume(t *testing.T) {
 func metrics(t *testing.T, e *env) string {
 	t.Helper()
 	var body []byte
-	err := e.f.Node.Do(func(ns.NetNS) error {
+	err := e.Fabric.Node.Do(func(ns.NetNS) error {
 		// Dialled here, on the goroutine that is in the namespace (an
 		// http.Transport would dial from another one).
-		c, err := net.Dial("tcp", e.agent.MetricsAddr)
+		c, err := net.Dial("tcp", e.Agent.MetricsAddr)
 		if err != nil {
 			return err
 		}

@@ -15,7 +15,7 @@ import (
 func startQEMU(t *testing.T) (string, *exec.Cmd) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("needs qemu-system-x86_64 (e2e/prereqs.sh installs it)")
+		t.Skip("needs qemu-system-x86_64 (e2e/setup/prereqs.sh installs it)")
 	}
 	sock := filepath.Join(t.TempDir(), "qmp.sock")
 	cmd := exec.Command("qemu-system-x86_64", "-name", "nodeinfra-qmp-test", "-M", "pc", "-accel", "tcg", "-m", "32M",

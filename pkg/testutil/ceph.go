@@ -4,13 +4,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/pkg/cephkey"
 )
 
-// CephCluster is the test cluster that e2e/ceph/up.sh started.
+// CephCluster is a test cluster that e2e/setup/ceph-up.sh started: the
+// run's shared one (Ceph) or a program's own (StartCeph).
 type CephCluster struct {
 	Dir       string
 	Conf      string // ceph.conf
@@ -21,9 +24,15 @@ type CephCluster struct {
 	AdminKey string
 }
 
+// Scripts that start and stop a cluster, relative to the repository root.
+const (
+	cephUpScript   = "e2e/setup/ceph-up.sh"
+	cephDownScript = "e2e/setup/ceph-down.sh"
+)
+
 // EnvCephDir names the variable through which `make test` shares one
 // cluster with every package: it holds DIR/cluster (the cluster), and
-// DIR/ready or DIR/failed once up.sh has finished.
+// DIR/ready or DIR/failed once ceph-up.sh has finished.
 const EnvCephDir = "NODEINFRA_CEPH_DIR"
 
 // Ceph waits for the run's shared cluster and returns it. Without
@@ -32,7 +41,7 @@ func Ceph(t testing.TB) CephCluster {
 	t.Helper()
 	dir := os.Getenv(EnvCephDir)
 	if dir == "" {
-		t.Skip("needs a Ceph cluster: run `make test`, or e2e/ceph/up.sh DIR/cluster && touch DIR/ready and set NODEINFRA_CEPH_DIR=DIR")
+		t.Skip("needs a Ceph cluster: run `make test`, or " + cephUpScript + " DIR/cluster && touch DIR/ready and set NODEINFRA_CEPH_DIR=DIR")
 	}
 	deadline := time.Now().Add(5 * time.Minute)
 	for {
@@ -48,40 +57,60 @@ func Ceph(t testing.TB) CephCluster {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	c := CephCluster{Dir: filepath.Join(dir, "cluster")}
-	c.Conf = filepath.Join(c.Dir, "ceph.conf")
-	c.Keyring = filepath.Join(c.Dir, "ceph.client.admin.keyring")
-	b, err := os.ReadFile(filepath.Join(c.Dir, "cluster.json"))
+	c, err := LoadCeph(filepath.Join(dir, "cluster"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c
+}
+
+// LoadCeph describes the cluster that ceph-up.sh started in dir, from
+// dir/cluster.json (ceph-csi's config.json shape, one cluster) and
+// client.admin's keyring.
+func LoadCeph(dir string) (CephCluster, error) {
+	c := CephCluster{Dir: dir, Conf: filepath.Join(dir, "ceph.conf"), Keyring: filepath.Join(dir, "ceph.client.admin.keyring")}
+	b, err := os.ReadFile(filepath.Join(dir, "cluster.json"))
+	if err != nil {
+		return c, err
 	}
 	var clusters []struct {
 		ClusterID string   `json:"clusterID"`
 		Monitors  []string `json:"monitors"`
 	}
 	if err := json.Unmarshal(b, &clusters); err != nil || len(clusters) != 1 {
-		t.Fatalf("cluster.json: %v", err)
+		return c, fmt.Errorf("cluster.json: %v (want one cluster)", err)
 	}
 	c.ClusterID, c.Monitors = clusters[0].ClusterID, clusters[0].Monitors
-	key, err := readKey(c.Keyring)
-	if err != nil {
-		t.Fatal(err)
+	if c.AdminKey, err = cephkey.Read(c.Keyring, "admin"); err != nil {
+		return c, err
 	}
-	c.AdminKey = key
-	return c
+	return c, nil
 }
 
-// readKey returns the "key = ..." value of a keyring file.
-func readKey(path string) (string, error) {
-	b, err := os.ReadFile(path)
+// StartCeph starts a cluster of its own in dir with ceph-up.sh (the working
+// directory must be the repository root), for a program that runs outside
+// `make test`. Stop stops it.
+func StartCeph(dir string) (*CephCluster, error) {
+	if out, err := exec.Command(cephUpScript, dir).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("ceph up: %v: %s", err, out)
+	}
+	c, err := LoadCeph(dir)
 	if err != nil {
-		return "", err
+		c.Stop()
+		return nil, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), "=")
-		if ok && strings.TrimSpace(k) == "key" {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", fmt.Errorf("no key in %s", path)
+	return &c, nil
+}
+
+// Stop stops a cluster that StartCeph started and removes its directory.
+func (c *CephCluster) Stop() { _ = exec.Command(cephDownScript, c.Dir).Run() }
+
+// Secrets are the CSI secrets of client.admin.
+func (c *CephCluster) Secrets() map[string]string {
+	return map[string]string{"userID": "admin", "userKey": c.AdminKey}
+}
+
+// Params are StorageClass parameters for pool of c.
+func (c *CephCluster) Params(pool string) map[string]string {
+	return map[string]string{"clusterID": c.ClusterID, "pool": pool}
 }

@@ -1,5 +1,7 @@
 // Package testutil has fixtures for tests that need root and real kernel
-// objects: network namespaces that clean up after themselves.
+// objects: network namespaces that clean up after themselves, and the Ceph
+// environment (a test cluster, csi-ceph in front of it) that the storage
+// tests, benchmark and demo share.
 package testutil
 
 import (

@@ -46,7 +46,7 @@ func bootVM(t *testing.T) *vm {
 	}
 	for _, need := range []string{"qemu-system-x86_64", "/bin/busybox"} {
 		if _, err := exec.LookPath(need); err != nil {
-			t.Skipf("needs %s (e2e/prereqs.sh installs it): %v", need, err)
+			t.Skipf("needs %s (e2e/setup/prereqs.sh installs it): %v", need, err)
 		}
 	}
 	dir := t.TempDir()

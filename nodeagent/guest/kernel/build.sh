@@ -9,7 +9,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${1:-/var/cache/nodeinfra/kernel}
-"$here/../../../e2e/apt-install.sh" "guest kernel" $(
+"$here/../../../e2e/setup/apt-install.sh" "guest kernel" $(
 	for p in linux-source-6.1 flex bison libelf-dev bc; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
 	done

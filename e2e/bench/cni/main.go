@@ -1,14 +1,14 @@
-// Command cnibench measures cni-eni's ADD and DEL latency against
-// containernetworking/plugins' host-device doing the same move, in one run,
-// on the same simulated node, both driven through libcni as containerd
-// drives plugins. It prints a markdown table.
+// Command cni is the network benchmark of `make bench` (cnibench): it
+// measures cni-eni's ADD and DEL latency against containernetworking/plugins'
+// host-device doing the same move, in one run, on the same simulated node,
+// both driven through libcni as containerd drives plugins. It prints a
+// markdown table.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/nodeinfra/nodeinfra/e2e/latency"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -23,10 +23,10 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
+	"github.com/nodeinfra/nodeinfra/e2e/fabric"
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
-
-	"github.com/nodeinfra/nodeinfra/e2e/fabric"
 )
 
 type options struct {

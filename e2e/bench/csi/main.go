@@ -1,7 +1,8 @@
-// Command csibench measures csi-ceph's CreateVolume and NodeStage +
-// NodePublish latency against the bare steps (a go-ceph image create; an
-// rbd-fuse map, loop device, mkfs and mount by hand) in one run, on a
-// Ceph cluster it starts with e2e/ceph/up.sh. It prints a markdown table.
+// Command csi is the storage benchmark of `make bench` (csibench): it
+// measures csi-ceph's CreateVolume and NodeStage + NodePublish latency
+// against the bare steps (a go-ceph image create; an rbd-fuse map, loop
+// device, mkfs and mount by hand) in one run, on a Ceph cluster it starts
+// with e2e/setup/ceph-up.sh. It prints a markdown table.
 package main
 
 import (
@@ -9,7 +10,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"github.com/nodeinfra/nodeinfra/e2e/latency"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +22,8 @@ import (
 	librbd "github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/nodeinfra/nodeinfra/e2e/cephenv"
+	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
+	"github.com/nodeinfra/nodeinfra/pkg/testutil"
 )
 
 type sample struct{ create, stage []time.Duration }
@@ -58,19 +59,19 @@ func run(bin string, seq, conc int) error {
 	defer os.RemoveAll(tmp)
 	cdir := filepath.Join(tmp, "ceph")
 	fmt.Fprintln(os.Stderr, "csibench: starting a Ceph cluster")
-	cl, err := cephenv.Up(cdir)
+	cl, err := testutil.StartCeph(cdir)
 	if err != nil {
 		return err
 	}
-	defer cl.Down()
+	defer cl.Stop()
 	key, mons := cl.AdminKey, cl.Monitors
-	drv, err := cephenv.StartDriver(bin, tmp, cl)
+	drv, err := testutil.StartCSICeph(bin, tmp, cl)
 	if err != nil {
 		return err
 	}
 	defer drv.Stop()
 	ctrl, node := drv.Controller, drv.Node
-	secrets, params, capab := cl.Secrets(), cl.Params("rbd"), cephenv.Ext4
+	secrets, params, capab := cl.Secrets(), cl.Params("rbd"), testutil.CSIExt4
 	const size = 64 << 20
 
 	// The bare steps' own connection, made once, as a long-running

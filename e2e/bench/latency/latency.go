@@ -1,4 +1,5 @@
-// Package latency has the small statistics the benchmarks print.
+// Package latency has the small statistics the benchmarks of e2e/bench
+// print.
 package latency
 
 import (

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stops the cluster that up.sh started in DIR and removes DIR.
+# Stops the cluster that ceph-up.sh started in DIR and removes DIR.
 set -euo pipefail
-dir=${1:?usage: down.sh DIR}
+dir=${1:?usage: ceph-down.sh DIR}
 [[ -d "$dir" ]] || exit 0
 for pidfile in "$dir"/run/*.pid; do
 	[[ -e "$pidfile" ]] || continue

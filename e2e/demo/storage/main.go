@@ -1,6 +1,9 @@
-// Command csidemo is the storage part of `make demo`: a Ceph cluster on
-// this machine, csi-ceph in front of it, and a database volume that keeps
-// its data across unstage and restage and comes back from a snapshot.
+// Command storage is the storage part of `make demo` (csidemo): a Ceph
+// cluster on this machine, csi-ceph in front of it, and a database volume
+// that keeps its data across unstage and restage and comes back from a
+// snapshot.
+//
+//	go run ./e2e/demo/storage --bin DIR
 package main
 
 import (
@@ -17,7 +20,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/nodeinfra/nodeinfra/e2e/cephenv"
+	"github.com/nodeinfra/nodeinfra/pkg/testutil"
 )
 
 func main() {
@@ -44,23 +47,23 @@ func run(ctx context.Context, bin string) error {
 	}
 	defer os.RemoveAll(tmp)
 	cdir := filepath.Join(tmp, "ceph")
-	step("A single-node Ceph cluster on 127.0.0.1 (e2e/ceph/up.sh)")
+	step("A single-node Ceph cluster on 127.0.0.1 (e2e/setup/ceph-up.sh)")
 	start := time.Now()
-	cl, err := cephenv.Up(cdir)
+	cl, err := testutil.StartCeph(cdir)
 	if err != nil {
 		return err
 	}
-	defer cl.Down()
+	defer cl.Stop()
 	fmt.Printf("  up and healthy in %.1fs\n", time.Since(start).Seconds())
 
 	step("csi-ceph in mode all (controller and node), as the DaemonSet and Deployment run it")
-	drv, err := cephenv.StartDriver(bin, tmp, cl)
+	drv, err := testutil.StartCSICeph(bin, tmp, cl)
 	if err != nil {
 		return err
 	}
 	defer drv.Stop()
 	ctrl, node := drv.Controller, drv.Node
-	secrets, params, fs := cl.Secrets(), cl.Params("rbd"), cephenv.Ext4
+	secrets, params, fs := cl.Secrets(), cl.Params("rbd"), testutil.CSIExt4
 
 	create := func(name string, src *csi.VolumeContentSource) (string, error) {
 		r, err := ctrl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20},

@@ -5,7 +5,7 @@
 # PGs are active+clean, pool "rbd" and CephFS "cephfs" exist, and
 # DIR/ceph.conf and DIR/ceph.client.admin.keyring are written.
 #
-#   e2e/ceph/up.sh DIR        (down.sh DIR stops it and removes DIR)
+#   e2e/setup/ceph-up.sh DIR        (ceph-down.sh DIR stops it and removes DIR)
 #
 # Ports: CEPH_PORT_BASE (default: a free block of 64 ports picked here) is
 # the monitor's msgr2 port (clients given a bare "host:port" try msgr2
@@ -14,17 +14,17 @@
 # config.json shape (clusterID "test").
 set -euo pipefail
 
-dir=${1:?usage: up.sh DIR}
+dir=${1:?usage: ceph-up.sh DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "ceph-up: $*" >&2; }
 
-"$here/install.sh"
+"$here/ceph-install.sh"
 
 if [[ -e "$dir/ceph.conf" ]]; then
-	log "$dir already holds a cluster; run down.sh first"
+	log "$dir already holds a cluster; run ceph-down.sh first"
 	exit 1
 fi
 

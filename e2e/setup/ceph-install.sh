@@ -7,4 +7,4 @@ need=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
-exec "$(dirname "$0")/../apt-install.sh" "ceph install" "${need[@]}"
+exec "$(dirname "$0")/apt-install.sh" "ceph install" "${need[@]}"

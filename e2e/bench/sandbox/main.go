@@ -1,9 +1,10 @@
-// Command sandboxbench measures nodeagent's sandboxes against a bare QEMU
-// in the same run: the time from the create call to the guest agent's
-// first answer (ours) against a bare qemu-system-x86_64 booting the same
-// kernel and initramfs with the same machine to its first guest output,
-// and the idle memory (PSS and unique) per VM. 10 sandboxes one after
-// another, then 5 at once. It prints a markdown table.
+// Command sandbox is the sandbox benchmark of `make bench` (sandboxbench):
+// it measures nodeagent's sandboxes against a bare QEMU in the same run:
+// the time from the create call to the guest agent's first answer (ours)
+// against a bare qemu-system-x86_64 booting the same kernel and initramfs
+// with the same machine to its first guest output, and the idle memory
+// (PSS and unique) per VM. 10 sandboxes one after another, then 5 at once.
+// It prints a markdown table.
 package main
 
 import (
@@ -20,7 +21,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nodeinfra/nodeinfra/e2e/latency"
+	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
