@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/nodeagent/daemon"
+	"github.com/spf13/pflag"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -21,10 +24,8 @@ const (
 	agentNamespace = "kube-system"
 	agentDaemonSet = "nodeagent"
 	agentImageRepo = "ghcr.io/nodeinfra/nodeagent"
-	agentSocket    = "/run/nodeagent/nodeagent.sock" // serve's default
-	agentStateDir  = "/var/lib/nodeagent"            // serve's default
 	// agentShutdown is the longest clean stop of `nodeagent serve`
-	// (serve.go): 5 s for each of its two HTTP servers, then up to 10 s of
+	// (nodeagent/daemon/daemon.go): 5 s for each of its two HTTP servers, then up to 10 s of
 	// gRPC GracefulStop.
 	agentShutdown = 20 * time.Second
 
@@ -36,12 +37,19 @@ const (
 	cniExampleFile = "cni-eni/10-cni-eni.conflist"
 )
 
-// agentServeFlags are the flags of `nodeagent serve` (nodeagent/serve.go).
-var agentServeFlags = map[string]bool{
-	"socket": true, "state-dir": true, "metrics-addr": true, "probe-addr": true,
-	"reconcile-interval": true, "log-level": true,
-	"guest-kernel": true, "guest-initrd": true, "qemu": true, "accel": true, "cgroup-parent": true,
-	"boot-timeout": true, "ceph-conf": true, "ceph-user": true, "ceph-keyring": true,
+// serve's defaults, read from the daemon's own configuration.
+var (
+	agentSocket   = daemon.DefaultConfig().Socket
+	agentStateDir = daemon.DefaultConfig().StateDir
+)
+
+// agentServeFlag reports whether `nodeagent serve` has the flag, asking
+// the daemon's own flag set (nodeagent/daemon/flags.go).
+func agentServeFlag(name string) bool {
+	cfg := daemon.DefaultConfig()
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	cfg.BindFlags(fs)
+	return fs.Lookup(name) != nil
 }
 
 // commandLine is a container's command and arguments, with $(VAR) expanded.
@@ -152,7 +160,7 @@ func TestNodeagentDaemonSet(t *testing.T) {
 		t.Errorf("%s: positional arguments %v after serve", who, positional)
 	}
 	for name, vals := range f {
-		if !agentServeFlags[name] {
+		if !agentServeFlag(name) {
 			t.Errorf("%s: nodeagent serve has no flag --%s", who, name)
 		}
 		if len(vals) > 1 {

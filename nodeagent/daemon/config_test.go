@@ -1,8 +1,11 @@
-package main
+package daemon
 
 import (
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/spf13/pflag"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -10,6 +13,9 @@ func TestConfigValidate(t *testing.T) {
 		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
+	}
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("default config: %v", err)
 	}
 	for name, mutate := range map[string]func(*Config){
 		"relative socket":    func(c *Config) { c.Socket = "x.sock" },
@@ -34,17 +40,26 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-func TestRunUsage(t *testing.T) {
-	if code := run(nil); code != 2 {
-		t.Errorf("no args: exit %d, want 2", code)
+// The flags default to DefaultConfig and set the fields they name;
+// Validate's errors name the flags.
+func TestBindFlags(t *testing.T) {
+	c := DefaultConfig()
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	c.BindFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
 	}
-	if code := run([]string{"frobnicate"}); code != 2 {
-		t.Errorf("unknown verb: exit %d, want 2", code)
+	if c != DefaultConfig() {
+		t.Errorf("no flags: %+v, want %+v", c, DefaultConfig())
 	}
-	if code := run([]string{"eni", "list", "-o", "yaml", "--socket", "/nonexistent.sock"}); code != 2 {
-		t.Errorf("bad -o: exit %d, want 2", code)
+	if err := fs.Parse([]string{"--socket=/s.sock", "--ceph-user", "u", "--boot-timeout=2m", "--guest-kernel-args", "a b"}); err != nil {
+		t.Fatal(err)
 	}
-	if code := run([]string{"serve", "--socket", "relative.sock"}); code != 2 {
-		t.Errorf("bad serve flag: exit %d, want 2", code)
+	if c.Socket != "/s.sock" || c.Sandbox.CephUser != "u" || c.Sandbox.BootTimeout != 2*time.Minute || c.Sandbox.KernelArgs != "a b" {
+		t.Errorf("flags not bound: %+v", c)
+	}
+	c.Sandbox.Accel = "hvf"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--accel") {
+		t.Errorf("Validate: %v, want it to name --accel", err)
 	}
 }

@@ -1,0 +1,119 @@
+// Package daemon is `nodeagent serve`: the agent's configuration, its
+// flags, its listeners (the API's unix socket, the metrics and probe HTTP
+// endpoints) and the wiring of the ENI inventory, the sandbox manager and
+// their gRPC adapters.
+package daemon
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
+)
+
+// Config is the daemon's configuration.
+type Config struct {
+	Socket            string
+	StateDir          string
+	MetricsAddr       string
+	ProbeAddr         string
+	ReconcileInterval time.Duration
+	LogLevel          string
+	Sandbox           SandboxConfig
+}
+
+// SandboxConfig configures the pod sandboxes (QEMU VMs).
+type SandboxConfig struct {
+	// Kernel and Initrd boot the guests; defaults are the files `make
+	// build` puts in nodeagent-guest/ beside the agent's binary. When the
+	// defaults are absent the sandbox API answers FailedPrecondition.
+	Kernel, Initrd string
+	QEMU           string
+	Accel          string // auto, kvm or tcg
+	KernelArgs     string // appended to the guest kernel command line
+	// CgroupParent is the cgroup (under each v1 controller, or under the
+	// v2 root) that holds one cgroup per sandbox; "" disables quotas.
+	CgroupParent string
+	BootTimeout  time.Duration
+	CephConf     string
+	CephUser     string
+	CephKeyring  string
+}
+
+// DefaultConfig returns the configuration that `nodeagent serve` runs with
+// when no flag is given.
+func DefaultConfig() Config {
+	return Config{
+		Socket:            agentclient.DefaultSocket,
+		StateDir:          "/var/lib/nodeagent",
+		MetricsAddr:       "127.0.0.1:9808",
+		ProbeAddr:         "127.0.0.1:9807",
+		ReconcileInterval: 30 * time.Second,
+		LogLevel:          "info",
+		Sandbox: SandboxConfig{
+			QEMU:         "qemu-system-x86_64",
+			Accel:        "auto",
+			CgroupParent: "/nodeagent",
+			BootTimeout:  60 * time.Second,
+			CephUser:     "admin",
+		},
+	}
+}
+
+// Validate checks the configuration. Its errors name the flags.
+func (c Config) Validate() error {
+	if !filepath.IsAbs(c.Socket) {
+		return fmt.Errorf("--socket %q must be an absolute path", c.Socket)
+	}
+	if !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("--state-dir %q must be an absolute path", c.StateDir)
+	}
+	for name, a := range map[string]string{"--metrics-addr": c.MetricsAddr, "--probe-addr": c.ProbeAddr} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("%s %q: want HOST:PORT (empty disables): %v", name, a, err)
+		}
+	}
+	if c.ReconcileInterval < time.Second {
+		return fmt.Errorf("--reconcile-interval %v: at least 1s", c.ReconcileInterval)
+	}
+	if _, err := logging.ParseLevel(c.LogLevel); err != nil {
+		return err
+	}
+	sb := c.Sandbox
+	switch sb.Accel {
+	case "auto", "kvm", "tcg":
+	default:
+		return fmt.Errorf("--accel %q: want auto, kvm or tcg", sb.Accel)
+	}
+	for name, p := range map[string]string{"--guest-kernel": sb.Kernel, "--guest-initrd": sb.Initrd,
+		"--ceph-conf": sb.CephConf, "--ceph-keyring": sb.CephKeyring} {
+		if p != "" && !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path", name, p)
+		}
+	}
+	if sb.CgroupParent != "" && (strings.Contains(sb.CgroupParent, "..") || !strings.HasPrefix(sb.CgroupParent, "/") || sb.CgroupParent == "/") {
+		return fmt.Errorf("--cgroup-parent %q: want a cgroup path such as /nodeagent", sb.CgroupParent)
+	}
+	if sb.BootTimeout < time.Second {
+		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)
+	}
+	return nil
+}
+
+// guestDir is where `make build` puts the guest kernel and initramfs,
+// beside the agent's binary.
+func guestDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "/usr/local/lib/nodeagent-guest"
+	}
+	return filepath.Join(filepath.Dir(exe), "nodeagent-guest")
+}
