@@ -25,6 +25,11 @@ import (
 // Run runs the agent with cfg, which Validate has accepted, until ctx
 // ends (a clean stop: nil) or a listener fails.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	lock, err := lockStateDir(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	store, err := eni.NewStore(cfg.StateDir)
 	if err != nil {
 		return err

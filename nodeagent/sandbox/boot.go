@@ -32,6 +32,9 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 	if err := spec.Validate(); err != nil {
 		return Sandbox{}, err
 	}
+	if err := m.waitAccel(ctx); err != nil {
+		return Sandbox{}, err
+	}
 	// A unix socket path has room for 107 bytes.
 	if sock := filepath.Join(m.dir, spec.ID, qemu.AgentSocket); len(sock) > 107 {
 		return Sandbox{}, fmt.Errorf("sandbox %q: its socket %s would be longer than 107 bytes; use a shorter ID or state dir: %w",
@@ -48,6 +51,10 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 			return m.waitBooted(ctx, b)
 		}
 		return m.Get(spec.ID)
+	}
+	if err := m.checkHostLocked(spec); err != nil {
+		m.mu.Unlock()
+		return Sandbox{}, err
 	}
 	dir := filepath.Join(m.dir, spec.ID)
 	b = &box{dir: dir, changed: make(chan struct{}), rec: record{Sandbox: Sandbox{

@@ -50,6 +50,9 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	if err := d.Validate(); err != nil {
 		return Sandbox{}, fmt.Errorf("attach disk to %q: %w", id, err)
 	}
+	if err := checkDiskPath(m.cfg.StateDir, d); err != nil {
+		return Sandbox{}, fmt.Errorf("attach disk to %q: %w", id, err)
+	}
 	b, err := m.lookup(id)
 	if err != nil {
 		return Sandbox{}, err

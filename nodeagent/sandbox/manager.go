@@ -86,11 +86,17 @@ func (c Config) Validate() error {
 }
 
 // Manager runs the node's sandboxes.
+//
+// Lock order: box.op, then run.mu, then Manager.mu. Code that holds a
+// later one never takes an earlier one.
 type Manager struct {
-	cfg   Config
-	log   *slog.Logger
-	dir   string // StateDir/sandboxes
-	accel string
+	cfg Config
+	log *slog.Logger
+	dir string // StateDir/sandboxes
+	// accel is decided in the background (the KVM probe boots a test
+	// guest); accelKnown closes once it is set. Creates wait for it.
+	accel      string
+	accelKnown chan struct{}
 
 	mu    sync.Mutex
 	boxes map[string]*box
@@ -101,18 +107,22 @@ var _ Service = (*Manager)(nil)
 
 // Open loads the sandboxes recorded in cfg.StateDir, re-adopts the ones
 // whose QEMU still runs and cleans up after the ones that died while no
-// agent watched them.
+// agent watched them. It returns at once: the accelerator probe runs in the
+// background (until ctx ends), and creates wait for it.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	cfg.defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log.With("component", "sandbox"), dir: filepath.Join(cfg.StateDir, "sandboxes"),
-		boxes: map[string]*box{}, subs: map[chan Event]struct{}{}}
+		boxes: map[string]*box{}, subs: map[chan Event]struct{}{}, accelKnown: make(chan struct{})}
 	if err := os.MkdirAll(m.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox state dir: %w", err)
 	}
-	m.accel = m.chooseAccel(ctx)
+	go func() {
+		m.accel = m.chooseAccel(ctx)
+		close(m.accelKnown)
+	}()
 	entries, err := os.ReadDir(m.dir)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox state dir: %w", err)
@@ -137,8 +147,26 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	return m, nil
 }
 
-// Accel reports the accelerator guests run under.
-func (m *Manager) Accel() string { return m.accel }
+// Accel reports the accelerator guests run under, or "" while the probe
+// still runs.
+func (m *Manager) Accel() string {
+	select {
+	case <-m.accelKnown:
+		return m.accel
+	default:
+		return ""
+	}
+}
+
+// waitAccel waits for the accelerator probe.
+func (m *Manager) waitAccel(ctx context.Context) error {
+	select {
+	case <-m.accelKnown:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("wait for the KVM probe: %w", ctx.Err())
+	}
+}
 
 func (m *Manager) chooseAccel(ctx context.Context) string {
 	switch m.cfg.Accel {
@@ -158,15 +186,20 @@ func (m *Manager) chooseAccel(ctx context.Context) string {
 // agent re-adopts them).
 func (m *Manager) Close() {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	var runs []*run
 	for _, b := range m.boxes {
 		if r := b.cur; r != nil {
-			r.detach()
+			runs = append(runs, r)
 		}
 	}
 	for ch := range m.subs {
 		delete(m.subs, ch)
 		close(ch)
+	}
+	m.mu.Unlock()
+	// Outside m.mu: the lock order is b.op, then run.mu, then Manager.mu.
+	for _, r := range runs {
+		r.detach()
 	}
 }
 
