@@ -25,7 +25,9 @@ type Agent struct {
 	MetricsAddr, ProbeAddr string
 	Node                   ns.NetNS
 	// Extra flags for `nodeagent serve`.
-	Extra  []string
+	Extra []string
+	// Env is added to the daemon's environment at each Start.
+	Env    []string
 	cmd    *exec.Cmd
 	exited chan struct{}
 	log    *os.File
@@ -64,6 +66,9 @@ func (a *Agent) Start() error {
 	}
 	a.cmd = exec.Command(args[0], args[1:]...)
 	a.cmd.Args = append(a.cmd.Args, a.Extra...)
+	if len(a.Env) > 0 {
+		a.cmd.Env = append(os.Environ(), a.Env...)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = f, f
 	if err := a.cmd.Start(); err != nil {
 		f.Close()
@@ -106,6 +111,11 @@ func (a *Agent) signal(s syscall.Signal) {
 	a.cmd = nil
 	a.log.Close()
 }
+
+// Exited is closed once the running daemon has exited on its own (or been
+// killed): a test that makes the agent crash waits on it, then calls Kill
+// to reap it before the next Start.
+func (a *Agent) Exited() <-chan struct{} { return a.exited }
 
 // Pid is the daemon's process ID.
 func (a *Agent) Pid() int { return a.cmd.Process.Pid }

@@ -49,9 +49,11 @@ func TestMain(m *testing.M) {
 // env is a node (namespace) with its agent.
 type env struct {
 	*fabric.TestNode
-	t   *testing.T
-	cl  *agentclient.Client
-	ctx context.Context
+	t *testing.T
+	// cgroupParent is the agent's --cgroup-parent, removed at the end.
+	cgroupParent string
+	cl           *agentclient.Client
+	ctx          context.Context
 }
 
 func newEnv(t *testing.T, extra ...string) *env {
@@ -86,7 +88,7 @@ func newEnvIn(t *testing.T, inNode bool, extra ...string) *env {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	e := &env{TestNode: n, t: t, cl: cl, ctx: ctx}
+	e := &env{TestNode: n, t: t, cl: cl, ctx: ctx, cgroupParent: parent}
 	t.Cleanup(func() {
 		// Whatever the test left: delete every sandbox (no QEMU outlives
 		// the test); the agent stops after this.

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 )
@@ -25,17 +27,26 @@ func (m *Manager) adopt(b *box) {
 	b.cur = r
 	proc, err := adoptProcess(pid, qemu.ProcessName(id))
 	if err != nil {
-		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "error", err)
 		r.failure = "qemu exited while no agent was watching it"
+		// A QEMU whose pid was never recorded (the agent died as it started
+		// it) still carries the sandbox's name: end it, it has no owner.
+		if orphans := findByName(qemu.ProcessName(id), b.dir); len(orphans) > 0 {
+			r.failure = "qemu started by an agent that died before recording it; ended"
+			for _, p := range orphans {
+				if o, err := adoptProcess(p, qemu.ProcessName(id)); err == nil {
+					o.signal(syscall.SIGKILL)
+					select {
+					case <-o.done:
+					case <-time.After(5 * time.Second):
+					}
+				}
+			}
+		}
+		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "reason", r.failure, "error", err)
 		go m.finish(b, r, "")
 		return
 	}
 	r.proc = proc
-	if b.rec.Cgroup != "" && m.cfg.Cgroups != nil {
-		if g, err := m.cfg.Cgroups.Load(b.rec.Cgroup); err == nil {
-			r.group = g
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	r.cancel = cancel
 	was := b.rec.Sandbox.State

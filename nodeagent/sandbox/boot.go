@@ -145,7 +145,9 @@ func (m *Manager) bootSteps() []step {
 // readoptSteps take over a VM an earlier agent started.
 func (m *Manager) readoptSteps() []step {
 	return []step{
+		{"cgroup", m.stepAdoptCgroup},
 		{"connect", m.stepConnect},
+		{"disks", m.stepReconcileDisks},
 		{"configure guest", m.stepConfigureGuest},
 		{"ready", m.stepReady},
 	}
@@ -159,6 +161,7 @@ func runSteps(ctx context.Context, bt *booting, steps []step) error {
 		}
 	}()
 	for _, s := range steps {
+		crashpoint(s.name)
 		if err := s.run(ctx, bt); err != nil {
 			if errors.Is(err, errStopped) {
 				return err
@@ -251,11 +254,8 @@ func (m *Manager) stepCgroup(ctx context.Context, bt *booting) error {
 		return nil
 	}
 	name := qemu.ProcessName(bt.spec.ID)
-	mem := int64(bt.spec.MemoryMiB+m.cfg.OverheadMiB) << 20
-	cpus := float64(bt.spec.VCPUs)
-	pids := int64(1024)
 	m.update(bt.b, func(rec *record) { rec.Cgroup = name })
-	g, err := m.cfg.Cgroups.Create(name, cgroup.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids})
+	g, err := m.cfg.Cgroups.Create(name, m.resources(bt.spec))
 	if err != nil {
 		return err
 	}
@@ -263,6 +263,43 @@ func (m *Manager) stepCgroup(ctx context.Context, bt *booting) error {
 	bt.r.group = g
 	bt.r.mu.Unlock()
 	return nil
+}
+
+// resources are a sandbox's cgroup limits: its vCPUs, its memory plus
+// QEMU's overhead, and a pids cap.
+func (m *Manager) resources(spec Spec) cgroup.Resources {
+	mem := int64(spec.MemoryMiB+m.cfg.OverheadMiB) << 20
+	cpus := float64(spec.VCPUs)
+	pids := int64(1024)
+	return cgroup.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids}
+}
+
+// stepAdoptCgroup makes sure a re-adopted QEMU is inside its cgroup before
+// it runs again: an agent killed between starting QEMU (paused) and
+// joining it left it outside; a cgroup removed meanwhile is made again.
+func (m *Manager) stepAdoptCgroup(ctx context.Context, bt *booting) error {
+	if m.cfg.Cgroups == nil {
+		return nil
+	}
+	name := m.record(bt.b).Cgroup
+	if name == "" {
+		name = qemu.ProcessName(bt.spec.ID)
+		m.update(bt.b, func(rec *record) { rec.Cgroup = name })
+	}
+	g, err := m.cfg.Cgroups.Load(name)
+	if err != nil {
+		if g, err = m.cfg.Cgroups.Create(name, m.resources(bt.spec)); err != nil {
+			return err
+		}
+	}
+	bt.r.mu.Lock()
+	bt.r.group = g
+	bt.r.mu.Unlock()
+	if ok, err := inCgroup(bt.proc.pid, g.Path()); err == nil && ok {
+		return nil
+	}
+	m.log.Warn("re-adopted qemu was outside its cgroup; moving it in", "sandbox", bt.spec.ID, "pid", bt.proc.pid, "cgroup", g.Path())
+	return g.Add(bt.proc.pid)
 }
 
 // stepStartQEMU starts QEMU paused in its own session, records its pid,
@@ -303,8 +340,10 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 		return err
 	}
 	bt.proc = proc
+	crashpoint("qemu:record pid")
 	m.update(b, func(rec *record) { rec.Sandbox.PID = proc.pid })
 	go m.watch(b, r)
+	crashpoint("qemu:join cgroup")
 	if group != nil {
 		if err := group.Add(proc.pid); err != nil {
 			return fmt.Errorf("cgroup: %w", err)

@@ -78,34 +78,47 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	r.mu.Lock()
 	q := r.qmp
 	r.mu.Unlock()
-	var undo []func()
+	// Recorded before QEMU hears of it: a crash from here on is reconciled
+	// with QEMU's block list by the next agent.
+	m.update(b, func(rec *record) { dd := d; rec.PendingDisk = &dd })
+	var undo []func(context.Context)
 	fail := func(err error) (Sandbox, error) {
+		// Every undo has a deadline, whatever the caller's context.
+		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+		defer cancel()
 		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i]()
+			undo[i](cleanup)
 		}
 		if bd.RBD != nil {
 			os.Remove(bd.RBD.KeyFile)
 		}
+		m.update(b, func(rec *record) { rec.PendingDisk = nil })
 		return Sandbox{}, fmt.Errorf("attach disk %s to %q: %w", d.ID, id, err)
 	}
-	cleanup := context.WithoutCancel(ctx)
+	crashpoint("attach:object-add")
 	if s := bd.Secret(); s != nil {
 		if err := q.Execute(ctx, "object-add", s, nil); err != nil {
 			return fail(err)
 		}
-		undo = append(undo, func() { _ = q.Execute(cleanup, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil) })
+		undo = append(undo, func(c context.Context) {
+			_ = q.Execute(c, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil)
+		})
 	}
+	crashpoint("attach:blockdev-add")
 	if err := q.Execute(ctx, "blockdev-add", bd.Blockdev(), nil); err != nil {
 		return fail(err)
 	}
-	undo = append(undo, func() {
-		_ = q.Execute(cleanup, "blockdev-del", map[string]any{"node-name": qemu.NodeName(d.ID)}, nil)
+	undo = append(undo, func(c context.Context) {
+		_ = q.Execute(c, "blockdev-del", map[string]any{"node-name": qemu.NodeName(d.ID)}, nil)
 	})
+	crashpoint("attach:device_add")
 	if err := q.Execute(ctx, "device_add", bd.Device(), nil); err != nil {
 		return fail(err)
 	}
+	crashpoint("attach:record")
 	m.mu.Lock()
 	b.rec.Sandbox.Disks = append(b.rec.Sandbox.Disks, d)
+	b.rec.PendingDisk = nil
 	m.persistLocked(b)
 	dd := d
 	m.publishLocked(Event{Type: EventDiskAttached, Sandbox: b.snapshot(), Disk: &dd})
@@ -195,4 +208,86 @@ func (b *box) snapshotDisks(m *Manager) []Disk {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return append([]Disk(nil), b.rec.Sandbox.Disks...)
+}
+
+// undoTimeout bounds each undo of a failed operation.
+const undoTimeout = 5 * time.Second
+
+// stepReconcileDisks makes a re-adopted sandbox's record and QEMU's block
+// list agree after a crash: a disk being hot-plugged (PendingDisk) is
+// recorded when QEMU has its device, removed from QEMU when it has only its
+// block node, and dropped otherwise; a recorded disk QEMU no longer has (a
+// detach that finished) leaves the record; a block node of ours that the
+// record does not know is removed.
+func (m *Manager) stepReconcileDisks(ctx context.Context, bt *booting) error {
+	bt.r.mu.Lock()
+	q := bt.r.qmp
+	bt.r.mu.Unlock()
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := q.Execute(ctx, "query-named-block-nodes", nil, &nodes); err != nil {
+		return err
+	}
+	var devs []struct {
+		Name string `json:"name"`
+	}
+	if err := q.Execute(ctx, "qom-list", map[string]any{"path": "/machine/peripheral"}, &devs); err != nil {
+		return err
+	}
+	hasNode, hasDev := map[string]bool{}, map[string]bool{}
+	for _, n := range nodes {
+		hasNode[n.NodeName] = true
+	}
+	for _, d := range devs {
+		hasDev[d.Name] = true
+	}
+	rec := m.record(bt.b)
+	var keep []Disk
+	known := map[string]bool{}
+	remove := func(d Disk) {
+		_ = q.Execute(ctx, "blockdev-del", map[string]any{"node-name": qemu.NodeName(d.ID)}, nil)
+		if d.RBD != nil {
+			_ = q.Execute(ctx, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil)
+			os.Remove(filepath.Join(bt.b.dir, d.ID+".key"))
+		}
+	}
+	for _, d := range rec.Sandbox.Disks {
+		switch {
+		case hasNode[qemu.NodeName(d.ID)] && hasDev[qemu.DeviceID(d.ID)]:
+			keep = append(keep, d)
+			known[qemu.NodeName(d.ID)] = true
+		case hasNode[qemu.NodeName(d.ID)]: // unplugged; its node was not deleted yet
+			remove(d)
+			m.log.Info("reconciled a detach that an earlier agent did not finish", "sandbox", bt.spec.ID, "disk", d.ID)
+		default:
+			m.log.Info("dropped a disk qemu no longer has", "sandbox", bt.spec.ID, "disk", d.ID)
+		}
+	}
+	if p := rec.PendingDisk; p != nil {
+		switch {
+		case hasNode[qemu.NodeName(p.ID)] && hasDev[qemu.DeviceID(p.ID)]:
+			keep = append(keep, *p)
+			known[qemu.NodeName(p.ID)] = true
+			m.log.Info("recorded a disk an earlier agent hot-plugged", "sandbox", bt.spec.ID, "disk", p.ID)
+		default:
+			remove(*p)
+			m.log.Info("undid a hot-plug an earlier agent did not finish", "sandbox", bt.spec.ID, "disk", p.ID)
+		}
+	}
+	for name := range hasNode {
+		if strings.HasPrefix(name, qemu.NodeName("")) && !known[name] {
+			id := strings.TrimPrefix(name, qemu.NodeName(""))
+			if hasDev[qemu.DeviceID(id)] {
+				_ = q.Execute(ctx, "device_del", map[string]any{"id": qemu.DeviceID(id)}, nil)
+			}
+			_ = q.Execute(ctx, "blockdev-del", map[string]any{"node-name": name}, nil)
+			m.log.Warn("removed a block node the record does not know", "sandbox", bt.spec.ID, "node", name)
+		}
+	}
+	m.update(bt.b, func(rec *record) {
+		rec.Sandbox.Disks = keep
+		rec.PendingDisk = nil
+	})
+	return nil
 }

@@ -106,3 +106,59 @@ func (p *process) signal(sig syscall.Signal) {
 		_ = p.child.Signal(sig) // os.Process knows when it has been reaped
 	}
 }
+
+// findByName returns the pids of the processes whose command line carries
+// "-name marker" and whose working directory is dir: a sandbox's QEMU
+// whose pid was never recorded (the agent died right after starting it).
+func findByName(marker, dir string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	want := []byte("\x00-name\x00" + marker + "\x00")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, want) {
+			continue
+		}
+		if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err != nil || cwd != dir {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// inCgroup reports whether /proc/PID/cgroup puts pid in path on every
+// hierarchy the agent limits it with (v1: memory, cpu and pids; v2: the one
+// unified line).
+func inCgroup(pid int, path string) (bool, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return false, err
+	}
+	found := false
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		parts := bytes.SplitN(line, []byte(":"), 3)
+		if len(parts) != 3 {
+			continue
+		}
+		p := string(parts[2])
+		if p == path {
+			found = true
+			continue
+		}
+		// A controller whose line is not the sandbox's: it matters when the
+		// agent puts sandboxes there (memory, cpu, pids: any line that is
+		// not the group means the process escaped or never joined).
+		for _, c := range bytes.Split(parts[1], []byte(",")) {
+			switch string(c) {
+			case "memory", "cpu", "pids", "": // "" is the v2 line
+				return false, nil
+			}
+		}
+	}
+	return found, nil
+}

@@ -25,6 +25,10 @@ type record struct {
 	Net *podnet.Config `json:"net,omitempty"`
 	// Cgroup is the name of the sandbox's cgroup, if any.
 	Cgroup string `json:"cgroup,omitempty"`
+	// PendingDisk is a disk being hot-plugged: recorded before QEMU is
+	// told of it, so that a crash halfway lets the next agent reconcile the
+	// record with QEMU's block list (stepReconcileDisks).
+	PendingDisk *Disk `json:"pendingDisk,omitempty"`
 }
 
 const recordFile = "sandbox.json"
