@@ -295,7 +295,7 @@ func (m *Manager) stepAdoptCgroup(ctx context.Context, bt *booting) error {
 	bt.r.mu.Lock()
 	bt.r.group = g
 	bt.r.mu.Unlock()
-	if ok, err := inCgroup(bt.proc.pid, g.Path()); err == nil && ok {
+	if ok, err := inCgroup(bt.proc.pid, g.Path(), m.cfg.Cgroups.Mode() == cgroup.V2); err == nil && ok {
 		return nil
 	}
 	m.log.Warn("re-adopted qemu was outside its cgroup; moving it in", "sandbox", bt.spec.ID, "pid", bt.proc.pid, "cgroup", g.Path())
@@ -382,7 +382,6 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 	r.mu.Lock()
 	r.agent = agent
 	r.mu.Unlock()
-	r.markConnected()
 	return nil
 }
 
@@ -414,6 +413,9 @@ func (m *Manager) stepReady(ctx context.Context, bt *booting) error {
 		rec.Sandbox.ReadyAt = time.Now().UTC()
 		rec.Sandbox.Addresses = addrs
 	})
+	// Only now may exec and disk calls use the run: a re-adoption has
+	// reconciled the disks and the guest's network by here.
+	r.markConnected()
 	return nil
 }
 

@@ -285,14 +285,16 @@ func (m *Manager) ready(ctx context.Context, id string) (*run, *client.Client, e
 		if st != StateReady || r == nil {
 			return nil, nil, fmt.Errorf("sandbox %q is %s, not Ready: %w", id, st, errdefs.ErrFailedPrecondition)
 		}
-		r.mu.Lock()
-		agent, q := r.agent, r.qmp
-		r.mu.Unlock()
-		if agent != nil && q != nil {
-			return r, agent, nil
-		}
 		select {
 		case <-r.connected:
+			r.mu.Lock()
+			agent, q := r.agent, r.qmp
+			r.mu.Unlock()
+			if agent != nil && q != nil {
+				return r, agent, nil
+			}
+			// The run ended; the loop reports the state it left.
+			<-r.ended
 		case <-r.ended:
 		case <-ctx.Done():
 			return nil, nil, fmt.Errorf("sandbox %q: still reconnecting: %w", id, ctx.Err())

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -131,34 +132,33 @@ func findByName(marker, dir string) []int {
 	return pids
 }
 
-// inCgroup reports whether /proc/PID/cgroup puts pid in path on every
-// hierarchy the agent limits it with (v1: memory, cpu and pids; v2: the one
-// unified line).
-func inCgroup(pid int, path string) (bool, error) {
+// inCgroup reports whether /proc/PID/cgroup puts pid in path on the
+// hierarchies the agent limits it with: on v1 the memory, cpu and pids
+// lines; on v2 the unified "0::" line.
+func inCgroup(pid int, path string, v2 bool) (bool, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
 	if err != nil {
 		return false, err
 	}
-	found := false
-	for _, line := range bytes.Split(b, []byte("\n")) {
-		parts := bytes.SplitN(line, []byte(":"), 3)
+	checked := false
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
 		if len(parts) != 3 {
 			continue
 		}
-		p := string(parts[2])
-		if p == path {
-			found = true
-			continue
-		}
-		// A controller whose line is not the sandbox's: it matters when the
-		// agent puts sandboxes there (memory, cpu, pids: any line that is
-		// not the group means the process escaped or never joined).
-		for _, c := range bytes.Split(parts[1], []byte(",")) {
-			switch string(c) {
-			case "memory", "cpu", "pids", "": // "" is the v2 line
-				return false, nil
+		relevant := v2 && parts[0] == "0" && parts[1] == ""
+		if !v2 {
+			for _, c := range strings.Split(parts[1], ",") {
+				relevant = relevant || c == "memory" || c == "cpu" || c == "pids"
 			}
 		}
+		if !relevant {
+			continue
+		}
+		if parts[2] != path {
+			return false, nil
+		}
+		checked = true
 	}
-	return found, nil
+	return checked, nil
 }

@@ -24,8 +24,8 @@ type run struct {
 	cancel context.CancelFunc // ends the boot
 	ended  chan struct{}      // closed once QEMU is gone and cleaned up
 
-	// connected closes once QMP and the guest agent are connected, or the
-	// run ended.
+	// connected closes once the run is usable (its boot or re-adoption
+	// reached Ready, with QMP and the guest agent connected), or it ended.
 	connected     chan struct{}
 	connectedOnce sync.Once
 
