@@ -47,6 +47,12 @@ func (m *Manager) adopt(b *box) {
 		return
 	}
 	r.proc = proc
+	if b.rec.Sandbox.PID != pid { // found through QEMU's pid file
+		b.rec.Sandbox.PID = pid
+		if err := writeRecord(b.dir, b.rec); err != nil {
+			m.log.Error("cannot persist sandbox state", "sandbox", id, "error", err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	r.cancel = cancel
 	was := b.rec.Sandbox.State

@@ -243,6 +243,8 @@ func (m *Manager) stepReconcileDisks(ctx context.Context, bt *booting) error {
 		hasDev[d.Name] = true
 	}
 	rec := m.record(bt.b)
+	m.log.Debug("reconciling disks with qemu", "sandbox", bt.spec.ID, "nodes", hasNode, "devices", hasDev,
+		"recorded", len(rec.Sandbox.Disks), "pending", rec.PendingDisk != nil)
 	var keep []Disk
 	known := map[string]bool{}
 	remove := func(d Disk) {
