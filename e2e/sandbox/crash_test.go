@@ -56,6 +56,11 @@ func (e *env) settle(id string) *apiv1.Sandbox {
 // QEMU inside its cgroup, and the guest's disks equal to the record.
 func (e *env) checkInvariants(id, cgroupParent string) {
 	e.t.Helper()
+	// A re-adopted sandbox is Ready as recorded at once; an exec waits
+	// until the new agent has reconnected and reconciled it.
+	if e.get(id).State == apiv1.Sandbox_READY {
+		e.sh(id, "true")
+	}
 	s := e.get(id)
 	pids := fabric.QEMUPids(id)
 	if s.State != apiv1.Sandbox_READY {

@@ -274,6 +274,7 @@ func (m *Manager) stepReconcileDisks(ctx context.Context, bt *booting) error {
 			m.log.Info("recorded a disk an earlier agent hot-plugged", "sandbox", bt.spec.ID, "disk", p.ID)
 		default:
 			remove(*p)
+			known[qemu.NodeName(p.ID)] = true
 			m.log.Info("undid a hot-plug an earlier agent did not finish", "sandbox", bt.spec.ID, "disk", p.ID)
 		}
 	}
