@@ -28,6 +28,9 @@ func (m *Manager) adopt(b *box) {
 	proc, err := adoptProcess(pid, qemu.ProcessName(id))
 	if err != nil {
 		r.failure = "qemu exited while no agent was watching it"
+		if pid == 0 {
+			r.failure = "the agent that created it died before qemu started"
+		}
 		// A QEMU whose pid was never recorded (the agent died as it started
 		// it) still carries the sandbox's name: end it, it has no owner.
 		if orphans := findByName(qemu.ProcessName(id), b.dir); len(orphans) > 0 {
