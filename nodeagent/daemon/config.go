@@ -9,8 +9,11 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
@@ -43,6 +46,21 @@ type SandboxConfig struct {
 	CephConf     string
 	CephUser     string
 	CephKeyring  string
+	// Confine runs each QEMU under seccomp, as its own uid from UIDs
+	// ("FIRST-LAST"), chrooted into its sandbox dir.
+	Confine bool
+	UIDs    string
+}
+
+// uidRange parses UIDs.
+func (sb SandboxConfig) uidRange() (first, count int, err error) {
+	a, b, ok := strings.Cut(sb.UIDs, "-")
+	f, err1 := strconv.Atoi(a)
+	l, err2 := strconv.Atoi(b)
+	if !ok || err1 != nil || err2 != nil || f < 1 || l < f || l > 1<<31-2 {
+		return 0, 0, fmt.Errorf("--qemu-uids %q: want FIRST-LAST, positive, below 2^31", sb.UIDs)
+	}
+	return f, l - f + 1, nil
 }
 
 // DefaultConfig returns the configuration that `nodeagent serve` runs with
@@ -60,7 +78,8 @@ func DefaultConfig() Config {
 			Accel:        "auto",
 			CgroupParent: "/nodeagent",
 			BootTimeout:  60 * time.Second,
-			CephUser:     "admin",
+			Confine:      true,
+			UIDs:         fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),
 		},
 	}
 }
@@ -101,6 +120,9 @@ func (c Config) Validate() error {
 	}
 	if sb.CgroupParent != "" && (strings.Contains(sb.CgroupParent, "..") || !strings.HasPrefix(sb.CgroupParent, "/") || sb.CgroupParent == "/") {
 		return fmt.Errorf("--cgroup-parent %q: want a cgroup path such as /nodeagent", sb.CgroupParent)
+	}
+	if _, _, err := sb.uidRange(); err != nil {
+		return err
 	}
 	if sb.BootTimeout < time.Second {
 		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)

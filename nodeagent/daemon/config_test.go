@@ -10,7 +10,7 @@ import (
 
 func TestConfigValidate(t *testing.T) {
 	good := Config{Socket: "/run/x.sock", StateDir: "/var/lib/x", MetricsAddr: "127.0.0.1:9808", ProbeAddr: "", ReconcileInterval: time.Second, LogLevel: "info",
-		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute}}
+		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute, UIDs: "1000-1999"}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -31,6 +31,9 @@ func TestConfigValidate(t *testing.T) {
 		"relative cgroup":    func(c *Config) { c.Sandbox.CgroupParent = "nodeagent" },
 		"root cgroup":        func(c *Config) { c.Sandbox.CgroupParent = "/" },
 		"short boot timeout": func(c *Config) { c.Sandbox.BootTimeout = time.Millisecond },
+		"uids backwards":     func(c *Config) { c.Sandbox.UIDs = "2000-1000" },
+		"root uid":           func(c *Config) { c.Sandbox.UIDs = "0-10" },
+		"uids not a range":   func(c *Config) { c.Sandbox.UIDs = "1000" },
 	} {
 		c := good
 		mutate(&c)

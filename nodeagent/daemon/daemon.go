@@ -153,7 +153,12 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 			return nil, fmt.Errorf("cgroups: %w", err)
 		}
 	}
+	first, count, err := sb.uidRange()
+	if err != nil {
+		return nil, err
+	}
 	return sandbox.Open(ctx, sandbox.Config{
+		Confine: sb.Confine, UIDs: sandbox.UIDRange{First: first, Count: count},
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
 		Cgroups: qm, BootTimeout: sb.BootTimeout, Log: log,

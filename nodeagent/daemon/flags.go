@@ -30,8 +30,10 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&sb.CgroupParent, "cgroup-parent", sb.CgroupParent, "cgroup holding one cgroup per sandbox (empty disables quotas)")
 	fs.DurationVar(&sb.BootTimeout, "boot-timeout", sb.BootTimeout, "time a sandbox has from QEMU start to the guest agent's first answer")
 	fs.StringVar(&sb.CephConf, "ceph-conf", sb.CephConf, "ceph.conf for RBD disks of sandboxes")
-	fs.StringVar(&sb.CephUser, "ceph-user", sb.CephUser, "cephx user for RBD disks (without client.)")
-	fs.StringVar(&sb.CephKeyring, "ceph-keyring", sb.CephKeyring, "keyring (or key file) of --ceph-user")
+	fs.StringVar(&sb.CephUser, "ceph-user", sb.CephUser, "default cephx user for RBD disks that name none (without client.; none by default: give each tenant its own least-privilege user)")
+	fs.StringVar(&sb.CephKeyring, "ceph-keyring", sb.CephKeyring, "keyring (or key file) with the keys of --ceph-user and of disks' users given without a key")
+	fs.BoolVar(&sb.Confine, "qemu-confine", sb.Confine, "run each QEMU under seccomp, as its own unprivileged uid, chrooted into its sandbox dir")
+	fs.StringVar(&sb.UIDs, "qemu-uids", sb.UIDs, "uids (and gids) FIRST-LAST for confined QEMUs, one per sandbox; nothing else on the node may use them")
 }
 
 // Command returns `nodeagent serve`. A configuration that Validate refuses

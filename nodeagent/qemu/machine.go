@@ -44,6 +44,29 @@ type Machine struct {
 	// Paused starts the VM stopped (-S): the caller puts QEMU in its
 	// cgroup, then sends "cont".
 	Paused bool
+	// Confine, when set, locks QEMU down once it has opened what it needs
+	// at start (kernel, initrd, sockets, boot disks, the tap): a seccomp
+	// filter, the credentials of an unprivileged user and a chroot into
+	// Dir. Later disks reach it as file descriptors (QMP add-fd).
+	Confine *Confinement
+}
+
+// Confinement is the unprivileged identity a confined QEMU runs as; each
+// sandbox gets its own, so that one tenant's QEMU cannot signal or trace
+// another's.
+type Confinement struct {
+	UID, GID int
+}
+
+// confineArgs: seccomp with every deny option (no obsolete system calls,
+// no privilege gain, no fork or exec, no scheduler or resource changes),
+// then chroot into dir and drop to uid:gid "just before starting the VM".
+func (c Confinement) args(dir string) []string {
+	return []string{
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-runas", strconv.Itoa(c.UID) + ":" + strconv.Itoa(c.GID),
+		"-chroot", dir,
+	}
 }
 
 // NIC is the VM's network card.
@@ -65,6 +88,9 @@ type BlockDevice struct {
 	Path     string
 	RBD      *RBD
 	ReadOnly bool
+	// Driver is QEMU's block driver for Path: "file" or "host_device";
+	// empty means by what Path is.
+	Driver string
 }
 
 // RBD is an image of a Ceph pool, with the cephx user whose base64 key is
@@ -74,6 +100,8 @@ type RBD struct {
 	Conf        string // ceph.conf with the monitors
 	User        string
 	KeyFile     string
+	// Key, when set, is the key itself, for a hot-plug over QMP.
+	Key string
 }
 
 // ProcessName is a sandbox's name outside the agent: QEMU's -name (on its
@@ -95,9 +123,12 @@ func (d BlockDevice) Blockdev() map[string]any {
 		file = map[string]any{"driver": "rbd", "pool": d.RBD.Pool, "image": d.RBD.Image,
 			"conf": d.RBD.Conf, "user": d.RBD.User, "key-secret": SecretID(d.ID)}
 	default:
-		driver := "file"
-		if fi, err := os.Stat(d.Path); err == nil && fi.Mode()&os.ModeDevice != 0 {
-			driver = "host_device"
+		driver := d.Driver
+		if driver == "" {
+			driver = "file"
+			if fi, err := os.Stat(d.Path); err == nil && fi.Mode()&os.ModeDevice != 0 {
+				driver = "host_device"
+			}
 		}
 		file = map[string]any{"driver": driver, "filename": d.Path}
 	}
@@ -105,10 +136,16 @@ func (d BlockDevice) Blockdev() map[string]any {
 		"file": file, "discard": "unmap"}
 }
 
-// Secret returns the object-add arguments of the disk's cephx key, or nil.
+// Secret returns the object-add arguments of the disk's cephx key, or nil:
+// read from KeyFile, or given as Key over QMP for a hot-plug into a
+// confined QEMU, which can no longer open the file (never on a command
+// line).
 func (d BlockDevice) Secret() map[string]any {
 	if d.RBD == nil {
 		return nil
+	}
+	if d.RBD.Key != "" {
+		return map[string]any{"qom-type": "secret", "id": SecretID(d.ID), "data": d.RBD.Key, "format": "base64"}
 	}
 	return map[string]any{"qom-type": "secret", "id": SecretID(d.ID), "file": d.RBD.KeyFile, "format": "base64"}
 }
@@ -186,6 +223,12 @@ func (m Machine) Args() ([]string, error) {
 		dev := d.Device()
 		a = append(a, "-blockdev", string(b), "-device",
 			fmt.Sprintf("virtio-blk-pci,id=%s,drive=%s,serial=%s", dev["id"], dev["drive"], dev["serial"]))
+	}
+	if m.Confine != nil {
+		if m.Confine.UID <= 0 || m.Confine.GID <= 0 {
+			return nil, fmt.Errorf("machine %s: a confined qemu needs a non-root uid and gid", m.Name)
+		}
+		a = append(a, m.Confine.args(m.Dir)...)
 	}
 	if m.Paused {
 		a = append(a, "-S")

@@ -11,8 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -147,6 +149,16 @@ func (q *QMP) read(r *bufio.Reader) {
 // answer into result (nil to ignore it). It returns when QEMU answers,
 // when ctx ends, or when the connection closes.
 func (q *QMP) Execute(ctx context.Context, command string, args, result any) error {
+	return q.execute(ctx, command, args, result, nil)
+}
+
+// ExecuteWithFile is Execute with f's descriptor passed along (SCM_RIGHTS),
+// as add-fd and getfd take it.
+func (q *QMP) ExecuteWithFile(ctx context.Context, command string, args, result any, f *os.File) error {
+	return q.execute(ctx, command, args, result, f)
+}
+
+func (q *QMP) execute(ctx context.Context, command string, args, result any, f *os.File) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
@@ -174,7 +186,12 @@ func (q *QMP) Execute(ctx context.Context, command string, args, result any) err
 	// the stream. Commands are small; a hung QEMU shows up as a missing
 	// answer, which ctx bounds.
 	q.wmu.Lock()
-	err := q.enc.Encode(req)
+	var err error
+	if f == nil {
+		err = q.enc.Encode(req)
+	} else {
+		err = q.sendWithFile(req, f)
+	}
 	q.wmu.Unlock()
 	if err != nil {
 		forget()
@@ -225,4 +242,23 @@ func (q *QMP) QueryStatus(ctx context.Context) (Status, error) {
 	var s Status
 	err := q.Execute(ctx, "query-status", nil, &s)
 	return s, err
+}
+
+// sendWithFile writes one command in a single message that carries f's
+// descriptor; q.wmu is held.
+func (q *QMP) sendWithFile(req any, f *os.File) error {
+	uc, ok := q.conn.(*net.UnixConn)
+	if !ok {
+		return fmt.Errorf("qmp: passing a file needs a unix socket")
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	n, oobn, err := uc.WriteMsgUnix(b, syscall.UnixRights(int(f.Fd())), nil)
+	if err == nil && (n != len(b) || oobn == 0) {
+		err = fmt.Errorf("short write")
+	}
+	return err
 }

@@ -57,7 +57,9 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 		return Sandbox{}, err
 	}
 	dir := filepath.Join(m.dir, spec.ID)
-	b = &box{dir: dir, changed: make(chan struct{}), rec: record{Sandbox: Sandbox{
+	var keys map[string]string
+	spec.Disks, keys = withoutKeys(spec.Disks)
+	b = &box{dir: dir, changed: make(chan struct{}), keys: keys, rec: record{Sandbox: Sandbox{
 		Spec: spec, State: StateCreating, Disks: append([]Disk(nil), spec.Disks...),
 		WorkDir: dir, CreatedAt: time.Now().UTC(), Accel: m.accel}}}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -238,7 +240,7 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 // stepDisks describes the boot disks for QEMU.
 func (m *Manager) stepDisks(ctx context.Context, bt *booting) error {
 	for _, d := range bt.spec.Disks {
-		bd, err := m.blockDevice(bt.b.dir, d)
+		bd, err := m.blockDevice(bt.b.dir, d, bt.b.keys[d.ID], false)
 		if err != nil {
 			return err
 		}
@@ -310,6 +312,13 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	bt.mach.VCPUs, bt.mach.MemoryMiB = bt.spec.VCPUs, bt.spec.MemoryMiB
 	bt.mach.Kernel, bt.mach.Initrd, bt.mach.KernelArgs = m.cfg.Kernel, m.cfg.Initrd, m.cfg.KernelArgs
 	bt.mach.Paused = true
+	if m.cfg.Confine {
+		c, err := m.confinement(b)
+		if err != nil {
+			return err
+		}
+		bt.mach.Confine = c
+	}
 	args, err := bt.mach.Args()
 	if err != nil {
 		return err
@@ -351,6 +360,51 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	}
 	return nil
 }
+
+// confinement picks the sandbox's own unprivileged uid (recorded first)
+// and prepares its dir as QEMU's chroot: traversable by that uid, with a
+// copy of ceph.conf for RBD disks hot-plugged later. Everything else in
+// the dir stays root's (0600 files, root-owned sockets).
+func (m *Manager) confinement(b *box) (*qemu.Confinement, error) {
+	m.mu.Lock()
+	uid := b.rec.UID
+	if uid == 0 {
+		used := map[int]bool{}
+		for _, o := range m.boxes {
+			used[o.rec.UID] = true
+		}
+		for u := m.cfg.UIDs.First; u < m.cfg.UIDs.First+m.cfg.UIDs.Count; u++ {
+			if !used[u] {
+				uid = u
+				break
+			}
+		}
+		if uid == 0 {
+			m.mu.Unlock()
+			return nil, fmt.Errorf("no free uid for qemu in %d-%d: %w", m.cfg.UIDs.First, m.cfg.UIDs.First+m.cfg.UIDs.Count-1, errdefs.ErrResourceExhausted)
+		}
+		b.rec.UID = uid
+		m.persistLocked(b)
+	}
+	m.mu.Unlock()
+	if err := os.Chmod(b.dir, 0o711); err != nil {
+		return nil, err
+	}
+	if conf := m.cfg.Ceph.Conf; conf != "" {
+		data, err := os.ReadFile(conf)
+		if err != nil {
+			return nil, fmt.Errorf("ceph conf: %w", err)
+		}
+		if err := os.WriteFile(filepath.Join(b.dir, chrootCephConf), data, 0o644); err != nil {
+			return nil, fmt.Errorf("ceph conf: %w", err)
+		}
+	}
+	return &qemu.Confinement{UID: uid, GID: uid}, nil
+}
+
+// chrootCephConf is ceph.conf's name in a confined QEMU's chroot (its
+// sandbox dir), for the rbd driver of hot-plugged disks.
+const chrootCephConf = "ceph.conf"
 
 // stepConnect connects to QEMU's monitor, lets a paused VM run and waits
 // for the guest agent's first answer.

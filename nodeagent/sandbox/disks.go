@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,10 +15,12 @@ import (
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// blockDevice describes d for QEMU. For an RBD image it writes the cephx
-// key where QEMU's secret object reads it (dir/<disk>.key, mode 0600), so
-// the key is never on a command line.
-func (m *Manager) blockDevice(dir string, d Disk) (qemu.BlockDevice, error) {
+// blockDevice describes d for QEMU. An RBD image is opened as its own
+// cephx user (the disk's, else the agent's --ceph-user) with key (else
+// the user's key in --ceph-keyring). At boot the key goes in a 0600 file
+// (dir/<disk>.key) that QEMU's secret object reads before it is
+// confined; a hot-plug hands it over QMP. It is never on a command line.
+func (m *Manager) blockDevice(dir string, d Disk, key string, hotplug bool) (qemu.BlockDevice, error) {
 	bd := qemu.BlockDevice{ID: d.ID, Path: d.Path, ReadOnly: d.ReadOnly}
 	if d.RBD == nil {
 		if _, err := os.Stat(d.Path); err != nil {
@@ -26,20 +29,87 @@ func (m *Manager) blockDevice(dir string, d Disk) (qemu.BlockDevice, error) {
 		return bd, nil
 	}
 	c := m.cfg.Ceph
-	if c.Conf == "" || c.User == "" || c.Keyring == "" {
-		return bd, fmt.Errorf("disk %s: RBD disks need the agent's Ceph configuration (--ceph-conf, --ceph-user, --ceph-keyring): %w",
-			d.ID, errdefs.ErrFailedPrecondition)
+	user := d.RBD.User
+	if user == "" {
+		user = c.User
 	}
-	key, err := cephkey.Read(c.Keyring, c.User)
-	if err != nil {
+	switch {
+	case c.Conf == "":
+		return bd, fmt.Errorf("disk %s: RBD disks need the agent's --ceph-conf: %w", d.ID, errdefs.ErrFailedPrecondition)
+	case user == "":
+		return bd, fmt.Errorf("disk %s: no cephx user (give one with the disk, or the agent's --ceph-user): %w", d.ID, errdefs.ErrFailedPrecondition)
+	case key == "" && c.Keyring == "":
+		return bd, fmt.Errorf("disk %s: no key for cephx user %q (give it with the disk, or the agent's --ceph-keyring): %w",
+			d.ID, user, errdefs.ErrFailedPrecondition)
+	}
+	if key == "" {
+		k, err := cephkey.Read(c.Keyring, user)
+		if err != nil {
+			return bd, fmt.Errorf("disk %s: %v: %w", d.ID, err, errdefs.ErrFailedPrecondition)
+		}
+		key = k
+	}
+	bd.RBD = &qemu.RBD{Pool: d.RBD.Pool, Image: d.RBD.Image, Conf: c.Conf, User: user}
+	if hotplug {
+		bd.RBD.Key = key
+		if m.cfg.Confine {
+			bd.RBD.Conf = "/" + chrootCephConf // QEMU sees its sandbox dir as /
+		}
+		return bd, nil
+	}
+	bd.RBD.KeyFile = filepath.Join(dir, d.ID+".key")
+	if err := os.WriteFile(bd.RBD.KeyFile, []byte(key), 0o600); err != nil {
 		return bd, fmt.Errorf("disk %s: %w", d.ID, err)
 	}
-	keyFile := filepath.Join(dir, d.ID+".key")
-	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
-		return bd, fmt.Errorf("disk %s: %w", d.ID, err)
-	}
-	bd.RBD = &qemu.RBD{Pool: d.RBD.Pool, Image: d.RBD.Image, Conf: c.Conf, User: c.User, KeyFile: keyFile}
 	return bd, nil
+}
+
+// passFile hands a host file or device to a confined QEMU, which cannot
+// open it itself: the agent opens it and adds the descriptor to an fd set
+// of QEMU's (named after the disk), whose /dev/fdset/N path QEMU's file
+// driver then opens.
+func passFile(ctx context.Context, q *qemu.QMP, bd *qemu.BlockDevice) error {
+	flags := os.O_RDWR
+	if bd.ReadOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(bd.Path, flags, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", bd.Path, err)
+	}
+	defer f.Close() // QEMU holds its own copy
+	if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		bd.Driver = "host_device"
+	}
+	var set struct {
+		ID int `json:"fdset-id"`
+	}
+	if err := q.ExecuteWithFile(ctx, "add-fd", map[string]any{"opaque": qemu.NodeName(bd.ID)}, &set, f); err != nil {
+		return err
+	}
+	bd.Path = "/dev/fdset/" + strconv.Itoa(set.ID)
+	return nil
+}
+
+// releaseFile removes the fd set passFile made for disk id, if any.
+func releaseFile(ctx context.Context, q *qemu.QMP, id string) {
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			Opaque string `json:"opaque"`
+		} `json:"fds"`
+	}
+	if err := q.Execute(ctx, "query-fdsets", nil, &sets); err != nil {
+		return
+	}
+	for _, s := range sets {
+		for _, fd := range s.FDs {
+			if fd.Opaque == qemu.NodeName(id) {
+				_ = q.Execute(ctx, "remove-fd", map[string]any{"fdset-id": s.ID}, nil)
+				break
+			}
+		}
+	}
 }
 
 // AttachDisk hot-plugs a disk into a Ready sandbox; see Service.
@@ -71,7 +141,14 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	if err != nil {
 		return Sandbox{}, err
 	}
-	bd, err := m.blockDevice(b.dir, d)
+	key := ""
+	if d.RBD != nil {
+		key = d.RBD.Key
+		rbd := *d.RBD
+		rbd.Key = "" // kept nowhere but in QEMU
+		d.RBD = &rbd
+	}
+	bd, err := m.blockDevice(b.dir, d, key, true)
 	if err != nil {
 		return Sandbox{}, err
 	}
@@ -89,9 +166,6 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i](cleanup)
 		}
-		if bd.RBD != nil {
-			os.Remove(bd.RBD.KeyFile)
-		}
 		m.update(b, func(rec *record) { rec.PendingDisk = nil })
 		return Sandbox{}, fmt.Errorf("attach disk %s to %q: %w", d.ID, id, err)
 	}
@@ -103,6 +177,12 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 		undo = append(undo, func(c context.Context) {
 			_ = q.Execute(c, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil)
 		})
+	}
+	if bd.RBD == nil && m.record(b).UID != 0 {
+		if err := passFile(ctx, q, &bd); err != nil {
+			return fail(err)
+		}
+		undo = append(undo, func(c context.Context) { releaseFile(c, q, d.ID) })
 	}
 	crashpoint("attach:blockdev-add")
 	if err := q.Execute(ctx, "blockdev-add", bd.Blockdev(), nil); err != nil {
@@ -188,6 +268,8 @@ func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, e
 	if disk.RBD != nil {
 		_ = q.Execute(ctx, "object-del", map[string]any{"id": qemu.SecretID(diskID)}, nil)
 		os.Remove(filepath.Join(b.dir, diskID+".key"))
+	} else {
+		releaseFile(ctx, q, diskID)
 	}
 	m.mu.Lock()
 	var kept []Disk
@@ -252,6 +334,8 @@ func (m *Manager) stepReconcileDisks(ctx context.Context, bt *booting) error {
 		if d.RBD != nil {
 			_ = q.Execute(ctx, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil)
 			os.Remove(filepath.Join(bt.b.dir, d.ID+".key"))
+		} else {
+			releaseFile(ctx, q, d.ID)
 		}
 	}
 	for _, d := range rec.Sandbox.Disks {

@@ -29,8 +29,13 @@ type Config struct {
 	Accel string
 	// KernelArgs are appended to the guests' kernel command line.
 	KernelArgs []string
-	// Ceph are the credentials QEMU's rbd driver uses for RBD disks.
+	// Ceph is the cluster (ceph.conf) of RBD disks, and the default cephx
+	// user and keyring for disks that name none.
 	Ceph CephCredentials
+	// Confine runs each QEMU under seccomp, as its own unprivileged uid
+	// (and gid) from UIDs, chrooted into its sandbox dir.
+	Confine bool
+	UIDs    UIDRange
 	// Quota places each QEMU in its own cgroup; nil disables cgroups.
 	Cgroups *cgroup.Manager
 	// OverheadMiB is added to the guest's memory for the cgroup limit
@@ -41,6 +46,9 @@ type Config struct {
 	BootTimeout, StopTimeout time.Duration
 	Log                      *slog.Logger
 }
+
+// UIDRange is Count ids from First, which nothing else on the node uses.
+type UIDRange struct{ First, Count int }
 
 // CephCredentials name a cluster and a cephx user.
 type CephCredentials struct {
@@ -62,6 +70,9 @@ func (c *Config) defaults() {
 	if c.BootTimeout == 0 {
 		c.BootTimeout = 60 * time.Second
 	}
+	if c.UIDs.Count == 0 {
+		c.UIDs = UIDRange{First: DefaultUIDFirst, Count: DefaultUIDCount}
+	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
 	}
@@ -70,12 +81,22 @@ func (c *Config) defaults() {
 	}
 }
 
+// The default range of QEMU's uids: far above the ids of users and of
+// the usual /etc/subuid ranges.
+const (
+	DefaultUIDFirst = 60000000
+	DefaultUIDCount = 65536
+)
+
 // Validate checks the configuration.
 func (c Config) Validate() error {
 	for name, p := range map[string]string{"state dir": c.StateDir, "kernel": c.Kernel, "initrd": c.Initrd} {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("sandbox %s %q must be an absolute path: %w", name, p, errdefs.ErrInvalidArgument)
 		}
+	}
+	if c.UIDs.First < 1 || c.UIDs.Count < 1 || c.UIDs.First+c.UIDs.Count > 1<<31-1 {
+		return fmt.Errorf("qemu uids %d+%d: want a range of positive ids below 2^31: %w", c.UIDs.First, c.UIDs.Count, errdefs.ErrInvalidArgument)
 	}
 	switch c.Accel {
 	case "", "auto", qemu.AccelKVM, qemu.AccelTCG:

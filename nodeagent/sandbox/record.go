@@ -25,6 +25,8 @@ type record struct {
 	Net *podnet.Config `json:"net,omitempty"`
 	// Cgroup is the name of the sandbox's cgroup, if any.
 	Cgroup string `json:"cgroup,omitempty"`
+	// UID is the unprivileged user (and group) a confined QEMU runs as.
+	UID int `json:"uid,omitempty"`
 	// PendingDisk is a disk being hot-plugged: recorded before QEMU is
 	// told of it, so that a crash halfway lets the next agent reconcile the
 	// record with QEMU's block list (stepReconcileDisks).
@@ -66,6 +68,9 @@ type box struct {
 	cur     *run          // the QEMU run, nil when none
 	changed chan struct{} // closed and replaced at each state change
 	deleted bool
+	// keys are the cephx keys that came with the spec's RBD disks, by disk
+	// ID: held in memory for the boot, never in the record.
+	keys map[string]string
 }
 
 // setState moves b to state with reason, persists it and tells watchers.
@@ -132,4 +137,21 @@ func (m *Manager) lookup(id string) (*box, error) {
 		return nil, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
 	}
 	return b, nil
+}
+
+// withoutKeys returns disks with their cephx keys removed, and the keys by
+// disk ID.
+func withoutKeys(disks []Disk) ([]Disk, map[string]string) {
+	keys := map[string]string{}
+	out := make([]Disk, len(disks))
+	for i, d := range disks {
+		if d.RBD != nil && d.RBD.Key != "" {
+			keys[d.ID] = d.RBD.Key
+			rbd := *d.RBD
+			rbd.Key = ""
+			d.RBD = &rbd
+		}
+		out[i] = d
+	}
+	return out, keys
 }

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"encoding/base64"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -156,7 +157,21 @@ func (d Disk) ValidateSource() error {
 		if err := validateRBDName("pool", d.RBD.Pool); err != nil {
 			return err
 		}
-		return validateRBDName("image", d.RBD.Image)
+		if err := validateRBDName("image", d.RBD.Image); err != nil {
+			return err
+		}
+		if u := d.RBD.User; u != "" && (strings.HasPrefix(u, "client.") || !validCephUser(u)) {
+			return invalid("cephx user %q: letters, digits, '.', '_' and '-', without \"client.\"", u)
+		}
+		if k := d.RBD.Key; k != "" {
+			if _, err := base64.StdEncoding.DecodeString(k); err != nil {
+				return invalid("the key of cephx user %q is not base64", d.RBD.User)
+			}
+			if d.RBD.User == "" {
+				return invalid("a key needs its cephx user")
+			}
+		}
+		return nil
 	default:
 		return invalid("a path or an RBD image is required")
 	}
@@ -168,7 +183,13 @@ func (d Disk) Equal(o Disk) bool {
 	if d.ID != o.ID || d.Path != o.Path || d.ReadOnly != o.ReadOnly || (d.RBD == nil) != (o.RBD == nil) {
 		return false
 	}
-	return d.RBD == nil || *d.RBD == *o.RBD
+	if d.RBD == nil {
+		return true
+	}
+	// The key is not kept: a retry after a restart must still match.
+	a, b := *d.RBD, *o.RBD
+	a.Key, b.Key = "", ""
+	return a == b
 }
 
 // String names the disk's source: a path or "rbd:POOL/IMAGE".
@@ -204,4 +225,18 @@ func isLowerAlnum(c byte) bool {
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, errdefs.ErrInvalidArgument)...)
+}
+
+// validCephUser checks a cephx user name (the part after "client.").
+func validCephUser(u string) bool {
+	if len(u) > 64 {
+		return false
+	}
+	for i := 0; i < len(u); i++ {
+		c := u[i]
+		if !(isLowerAlnum(c) || c >= 'A' && c <= 'Z' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }

@@ -60,6 +60,13 @@ type Disk struct {
 type RBDImage struct {
 	Pool  string `json:"pool"`
 	Image string `json:"image"`
+	// User is the cephx user QEMU opens the image as (without "client.");
+	// empty means the agent's --ceph-user. Give each tenant a
+	// least-privilege user (README: profile rbd on its pool).
+	User string `json:"user,omitempty"`
+	// Key is User's base64 key; empty means the agent's --ceph-keyring.
+	// It is never stored or shown: only QEMU gets it.
+	Key string `json:"-"`
 }
 
 // Sandbox is the observed state of one sandbox.
