@@ -13,8 +13,15 @@ import (
 const (
 	QMPSocket   = "qmp.sock"
 	AgentSocket = "agent.sock"
-	ConsoleLog  = "console.log"
-	PIDFile     = "qemu.pid"
+	// ConsoleSocket is the guest's serial console (ttyS0). QEMU serves it
+	// and the node agent connects, as to QMP; while nobody is connected
+	// QEMU drops what the guest writes, so the console never fills a disk
+	// or waits for a reader. The agent keeps it in ConsoleLog, rotated.
+	ConsoleSocket = "ttyS0.sock"
+	ConsoleLog    = "console.log"
+	// LogFile is where QEMU's own stdout and stderr go.
+	LogFile = "qemu.log"
+	PIDFile = "qemu.pid"
 )
 
 // AgentPortName is the virtio-serial port the guest agent listens on.
@@ -26,7 +33,7 @@ type Machine struct {
 	// "-name sandbox-<ID>" (ProcessName) so that admins find the VM with ps
 	// and re-adoption can check it.
 	Name string
-	// Dir is the VM's working directory (sockets, console log, pid file).
+	// Dir is the VM's working directory (sockets, pid file).
 	Dir string
 	// Accel is AccelKVM or AccelTCG.
 	Accel     string
@@ -58,12 +65,15 @@ type Confinement struct {
 	UID, GID int
 }
 
-// confineArgs: seccomp with every deny option (no obsolete system calls,
-// no privilege gain, no fork or exec, no scheduler or resource changes),
-// then chroot into dir and drop to uid:gid "just before starting the VM".
+// args: QEMU's seccomp filter (no obsolete system calls, no fork or exec,
+// no scheduler or resource changes), then a chroot into dir and a drop to
+// uid:gid "just before starting the VM". elevateprivileges stays allowed
+// because QEMU installs the filter before it drops to uid:gid with
+// setgid/setuid (with it denied, that drop kills QEMU); once dropped the
+// process holds no capability and cannot exec a setuid program.
 func (c Confinement) args(dir string) []string {
 	return []string{
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
 		"-runas", strconv.Itoa(c.UID) + ":" + strconv.Itoa(c.GID),
 		"-chroot", dir,
 	}
@@ -198,7 +208,9 @@ func (m Machine) Args() ([]string, error) {
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-kernel", m.Kernel, "-initrd", m.Initrd, "-append", strings.Join(kargs, " "),
 		"-nographic", "-nodefaults", "-no-user-config", "-no-reboot",
-		"-serial", "file:" + filepath.Join(m.Dir, ConsoleLog),
+		// Before QMP's: once QMP answers, the console socket exists.
+		"-chardev", "socket,id=console,path=" + filepath.Join(m.Dir, ConsoleSocket) + ",server=on,wait=off",
+		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,path=" + filepath.Join(m.Dir, QMPSocket) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-device", "virtio-serial-pci,id=vser0",
