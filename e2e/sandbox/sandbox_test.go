@@ -261,19 +261,61 @@ func TestSandboxBadInput(t *testing.T) {
 	if out, err := e.Agent.CLI("sandbox", "get", "nope"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("CLI get unknown: %q, %v", out, err)
 	}
-	// A netns that does not exist fails the boot cleanly: Failed, no QEMU,
-	// nothing left in its dir but the record.
-	s, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: "no-netns", Netns: "/run/netns/does-not-exist-" + randHex(4)}, Wait: true})
-	if err != nil || s.State != apiv1.Sandbox_FAILED || s.Reason == "" {
-		t.Errorf("missing netns: %v, %v (want FAILED with a reason)", s, err)
+	// A netns that does not exist, the node's own netns and a disk in the
+	// agent's state dir are refused up front, leaving nothing.
+	stateDisk := filepath.Join(e.Agent.StateDir, "agent.lock")
+	for _, tc := range []struct {
+		name string
+		spec *apiv1.SandboxSpec
+		want codes.Code
+		msg  string
+	}{
+		{"missing netns", &apiv1.SandboxSpec{Id: "no-netns", Netns: "/run/netns/does-not-exist-" + randHex(4)}, codes.InvalidArgument, "does-not-exist"},
+		{"node netns", &apiv1.SandboxSpec{Id: "node-netns", Netns: "/proc/1/ns/net"}, codes.InvalidArgument, "node's own network namespace"},
+		{"state dir disk", &apiv1.SandboxSpec{Id: "state-disk", Disks: []*apiv1.Disk{{Source: &apiv1.Disk_Path{Path: stateDisk}}}}, codes.InvalidArgument, "state dir"},
+	} {
+		_, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: tc.spec, Wait: true})
+		if code(err) != tc.want || !strings.Contains(fmt.Sprint(err), tc.msg) {
+			t.Errorf("%s: %v, want %v naming %q", tc.name, err, tc.want, tc.msg)
+		}
+		if _, err := os.Stat(filepath.Join(e.Agent.StateDir, "sandboxes", tc.spec.Id)); !os.IsNotExist(err) {
+			t.Errorf("%s: a sandbox dir was made", tc.name)
+		}
 	}
-	if len(fabric.QEMUPids("no-netns")) > 0 {
+	// A netns without the pod's eth0 fails the boot cleanly: Failed, no
+	// QEMU, nothing left in its dir but the record.
+	bare := "nodeinfra-bare-" + randHex(4)
+	if out, err := exec.Command("ip", "netns", "add", bare).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", bare).Run() })
+	s, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: "no-eth0", Netns: "/run/netns/" + bare}, Wait: true})
+	if err != nil || s.State != apiv1.Sandbox_FAILED || s.Reason == "" {
+		t.Errorf("netns without eth0: %v, %v (want FAILED with a reason)", s, err)
+	}
+	if len(fabric.QEMUPids("no-eth0")) > 0 {
 		t.Error("qemu left running after a failed boot")
 	}
-	entries, _ := os.ReadDir(filepath.Join(e.Agent.StateDir, "sandboxes", "no-netns"))
+	entries, _ := os.ReadDir(filepath.Join(e.Agent.StateDir, "sandboxes", "no-eth0"))
 	if len(entries) != 1 {
 		t.Errorf("failed sandbox dir holds %d entries, want only the record", len(entries))
 	}
+}
+
+// One pod netns holds one sandbox: a second create on it is refused while
+// the first lives, and works once the first is deleted.
+func TestSandboxOneNetnsOneSandbox(t *testing.T) {
+	e := newEnv(t)
+	v := e.VPC("vpc-o", "10.66.0.1/24")
+	n := e.ENI(v, "10.66.0.11/24")
+	p := e.podOn(e.runtime(), "single", n)
+	e.create(&apiv1.SandboxSpec{Id: "vm-first", Netns: p.NS.Path()})
+	_, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: "vm-second", Netns: p.NS.Path()}, Wait: true})
+	if code(err) != codes.FailedPrecondition || !strings.Contains(fmt.Sprint(err), "vm-first") {
+		t.Errorf("second sandbox on one netns: %v, want FailedPrecondition naming vm-first", err)
+	}
+	e.deleteSandbox("vm-first")
+	e.create(&apiv1.SandboxSpec{Id: "vm-second", Netns: p.NS.Path()})
 }
 
 // kill -9 of the agent leaves the VMs running; the next agent re-adopts
@@ -397,7 +439,9 @@ func TestSandboxQEMUDeathIsReported(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(filepath.Join(e.Agent.StateDir, "sandboxes", "vm-doomed"))
 	for _, en := range entries {
-		if en.Name() != "sandbox.json" {
+		switch en.Name() {
+		case "sandbox.json", "console.log", "console.log.1", "qemu.log": // the logs stay until delete
+		default:
 			t.Errorf("left in the sandbox dir: %s", en.Name())
 		}
 	}

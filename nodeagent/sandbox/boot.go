@@ -138,6 +138,7 @@ func (m *Manager) bootSteps() []step {
 		{"disks", m.stepDisks},
 		{"cgroup", m.stepCgroup},
 		{"qemu", m.stepStartQEMU},
+		{"console", m.stepConsole},
 		{"connect", m.stepConnect},
 		{"configure guest", m.stepConfigureGuest},
 		{"ready", m.stepReady},
@@ -148,6 +149,7 @@ func (m *Manager) bootSteps() []step {
 func (m *Manager) readoptSteps() []step {
 	return []step{
 		{"cgroup", m.stepAdoptCgroup},
+		{"console", m.stepConsole},
 		{"connect", m.stepConnect},
 		{"disks", m.stepReconcileDisks},
 		{"configure guest", m.stepConfigureGuest},
@@ -312,12 +314,13 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	bt.mach.VCPUs, bt.mach.MemoryMiB = bt.spec.VCPUs, bt.spec.MemoryMiB
 	bt.mach.Kernel, bt.mach.Initrd, bt.mach.KernelArgs = m.cfg.Kernel, m.cfg.Initrd, m.cfg.KernelArgs
 	bt.mach.Paused = true
+	var env []string
 	if m.cfg.Confine {
-		c, err := m.confinement(b)
+		c, e, err := m.confinement(b)
 		if err != nil {
 			return err
 		}
-		bt.mach.Confine = c
+		bt.mach.Confine, env = c, e
 	}
 	args, err := bt.mach.Args()
 	if err != nil {
@@ -332,6 +335,9 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	cmd.Dir = b.dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = bt.files
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	// Its own session: the VM survives the agent's exit and its signals.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	r.mu.Lock()
@@ -361,51 +367,6 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	return nil
 }
 
-// confinement picks the sandbox's own unprivileged uid (recorded first)
-// and prepares its dir as QEMU's chroot: traversable by that uid, with a
-// copy of ceph.conf for RBD disks hot-plugged later. Everything else in
-// the dir stays root's (0600 files, root-owned sockets).
-func (m *Manager) confinement(b *box) (*qemu.Confinement, error) {
-	m.mu.Lock()
-	uid := b.rec.UID
-	if uid == 0 {
-		used := map[int]bool{}
-		for _, o := range m.boxes {
-			used[o.rec.UID] = true
-		}
-		for u := m.cfg.UIDs.First; u < m.cfg.UIDs.First+m.cfg.UIDs.Count; u++ {
-			if !used[u] {
-				uid = u
-				break
-			}
-		}
-		if uid == 0 {
-			m.mu.Unlock()
-			return nil, fmt.Errorf("no free uid for qemu in %d-%d: %w", m.cfg.UIDs.First, m.cfg.UIDs.First+m.cfg.UIDs.Count-1, errdefs.ErrResourceExhausted)
-		}
-		b.rec.UID = uid
-		m.persistLocked(b)
-	}
-	m.mu.Unlock()
-	if err := os.Chmod(b.dir, 0o711); err != nil {
-		return nil, err
-	}
-	if conf := m.cfg.Ceph.Conf; conf != "" {
-		data, err := os.ReadFile(conf)
-		if err != nil {
-			return nil, fmt.Errorf("ceph conf: %w", err)
-		}
-		if err := os.WriteFile(filepath.Join(b.dir, chrootCephConf), data, 0o644); err != nil {
-			return nil, fmt.Errorf("ceph conf: %w", err)
-		}
-	}
-	return &qemu.Confinement{UID: uid, GID: uid}, nil
-}
-
-// chrootCephConf is ceph.conf's name in a confined QEMU's chroot (its
-// sandbox dir), for the rbd driver of hot-plugged disks.
-const chrootCephConf = "ceph.conf"
-
 // stepConnect connects to QEMU's monitor, lets a paused VM run and waits
 // for the guest agent's first answer.
 func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
@@ -433,9 +394,7 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 		}
 		return fmt.Errorf("guest agent: %w", err)
 	}
-	r.mu.Lock()
-	r.agent = agent
-	r.mu.Unlock()
+	m.setAgent(b, r, agent)
 	return nil
 }
 
