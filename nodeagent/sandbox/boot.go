@@ -138,7 +138,6 @@ func (m *Manager) bootSteps() []step {
 		{"disks", m.stepDisks},
 		{"cgroup", m.stepCgroup},
 		{"qemu", m.stepStartQEMU},
-		{"console", m.stepConsole},
 		{"connect", m.stepConnect},
 		{"configure guest", m.stepConfigureGuest},
 		{"ready", m.stepReady},
@@ -149,7 +148,6 @@ func (m *Manager) bootSteps() []step {
 func (m *Manager) readoptSteps() []step {
 	return []step{
 		{"cgroup", m.stepAdoptCgroup},
-		{"console", m.stepConsole},
 		{"connect", m.stepConnect},
 		{"disks", m.stepReconcileDisks},
 		{"configure guest", m.stepConfigureGuest},
@@ -394,7 +392,9 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 		}
 		return fmt.Errorf("guest agent: %w", err)
 	}
-	m.setAgent(b, r, agent)
+	r.mu.Lock()
+	r.agent = agent
+	r.mu.Unlock()
 	return nil
 }
 
