@@ -271,7 +271,7 @@ func TestSandboxBadInput(t *testing.T) {
 		msg  string
 	}{
 		{"missing netns", &apiv1.SandboxSpec{Id: "no-netns", Netns: "/run/netns/does-not-exist-" + randHex(4)}, codes.InvalidArgument, "does-not-exist"},
-		{"node netns", &apiv1.SandboxSpec{Id: "node-netns", Netns: "/proc/1/ns/net"}, codes.InvalidArgument, "node's own network namespace"},
+		{"agent netns", &apiv1.SandboxSpec{Id: "node-netns", Netns: "/proc/self/ns/net"}, codes.InvalidArgument, "node's own network namespace"},
 		{"state dir disk", &apiv1.SandboxSpec{Id: "state-disk", Disks: []*apiv1.Disk{{Source: &apiv1.Disk_Path{Path: stateDisk}}}}, codes.InvalidArgument, "state dir"},
 	} {
 		_, err := e.cl.CreateSandbox(e.ctx, &apiv1.CreateSandboxRequest{Spec: tc.spec, Wait: true})
