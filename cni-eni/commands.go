@@ -130,11 +130,12 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	}
 	log := c.log.With("pod", pod.Namespace+"/"+pod.Name, "mac", spec.MAC)
 	// From here on the ENI is ours: give it back on any failure.
+	var link *enilink.Identity
 	defer func() {
 		if retErr == nil {
 			return
 		}
-		if err := c.release(args.ContainerID, args.IfName, spec, podNS); err != nil {
+		if err := c.undoAdd(args.ContainerID, args.IfName, spec, link, podNS); err != nil {
 			log.Error("undo failed ADD", "error", err)
 		}
 	}()
@@ -150,19 +151,23 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 		return types.NewError(types.ErrInternal, "move ENI into pod", err.Error())
 	}
 	tMoved := time.Now()
-	if err := enilink.Configure(spec, podNS, args.IfName); err != nil {
+	id, err := enilink.Configure(spec, podNS, args.IfName)
+	if err != nil {
 		return types.NewError(types.ErrInternal, "configure ENI in pod", err.Error())
 	}
+	link = &id
 	tConfigured := time.Now()
 	unlock()
-	// The attachment is on disk already; a lost confirmation only leaves it
-	// shown as attaching until the agent's next reconcile.
+	// The attachment is on disk since Attach. The confirmation records what
+	// identifies the link in the pod, read before the pod's containers
+	// run; DEL moves back nothing else, so ADD fails without it.
 	if _, err := c.agent.ConfirmAttach(c.ctx, &apiv1.ConfirmAttachRequest{
 		ContainerId: args.ContainerID, Ifname: args.IfName, AddDurationNano: int64(time.Since(c.start)),
+		Link: eniconfig.IdentityToProto(link),
 	}); err != nil {
-		log.Warn("confirm attachment", "error", err)
+		return c.agentError("confirm attachment", err)
 	}
-	log.Info("ENI attached", "duration", time.Since(c.start), "attachedAt", tAttach.Sub(c.start), "movedAt", tMoved.Sub(c.start), "configuredAt", tConfigured.Sub(c.start))
+	log.Info("ENI attached", "duration", time.Since(c.start), "attachedAt", tAttach.Sub(c.start), "movedAt", tMoved.Sub(c.start), "configuredAt", tConfigured.Sub(c.start), "ifindex", id.Index)
 	return types.PrintResult(buildResult(spec, args.IfName, args.Netns), c.conf.CNIVersion)
 }
 
@@ -187,22 +192,24 @@ func (c *call) lockMoves() (func(), error) {
 	return func() { once.Do(func() { f.Close() }) }, nil
 }
 
-// release moves the ENI's link back to the node (when podNS still holds
-// it) and tells the agent to free it.
-func (c *call) release(containerID, ifname string, spec enilink.Spec, podNS ns.NetNS) error {
-	if podNS != nil {
-		host, err := ns.GetCurrentNS()
-		if err != nil {
-			return types.NewError(types.ErrInternal, "open node netns", err.Error())
-		}
-		defer host.Close()
-		if _, err := enilink.MoveOut(spec, podNS, host); err != nil {
-			return types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
-		}
+// undoAdd gives the ENI of a failed ADD back: it moves the link back to
+// the node (by its identity when ADD learned it, else by the ENI's MAC: the
+// pod's containers do not run before ADD succeeds) and tells the agent.
+func (c *call) undoAdd(containerID, ifname string, spec enilink.Spec, link *enilink.Identity, podNS ns.NetNS) error {
+	host, err := ns.GetCurrentNS()
+	if err != nil {
+		return types.NewError(types.ErrInternal, "open node netns", err.Error())
 	}
-	if _, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{
-		ContainerId: containerID, Ifname: ifname, DelDurationNano: int64(time.Since(c.start)),
-	}); err != nil {
+	defer host.Close()
+	if link != nil {
+		_, err = enilink.MoveOut(spec, *link, podNS, host)
+	} else {
+		_, err = enilink.MoveOutByMAC(spec, podNS, host)
+	}
+	if err != nil {
+		return types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
+	}
+	if _, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{ContainerId: containerID, Ifname: ifname}); err != nil {
 		return c.agentError("detach ENI", err)
 	}
 	return nil
@@ -227,7 +234,13 @@ func openNetns(paths ...string) (ns.NetNS, error) {
 	return nil, nil
 }
 
-// detach ends one attachment: the common part of DEL and GC.
+// detach ends one attachment: the common part of DEL and GC. The agent
+// says what the attachment holds; the plugin moves back only the link ADD
+// moved in, found by the identity recorded at ADD (never by the name, MAC
+// or alias, which the pod controls), under the name the agent registered.
+// A link the pod put in the ENI's place stays in the pod, and the agent
+// marks the ENI missing (a hardware ENI comes back to the node when the
+// pod's namespace dies).
 func (c *call) detach(containerID, ifname, netnsHint string) error {
 	resp, err := c.agent.GetAttachment(c.ctx, &apiv1.GetAttachmentRequest{ContainerId: containerID, Ifname: ifname})
 	if status.Code(err) == codes.NotFound {
@@ -247,11 +260,53 @@ func (c *call) detach(containerID, ifname, netnsHint string) error {
 	if podNS != nil {
 		defer podNS.Close()
 	}
-	if err := c.release(containerID, ifname, spec, podNS); err != nil {
+	link, known := eniconfig.IdentityFromProto(resp.GetAttachment().GetLink())
+	outcome, err := c.reclaim(spec, link, known, podNS)
+	if err != nil {
 		return err
 	}
-	c.log.Info("ENI detached", "mac", spec.MAC, "netnsGone", podNS == nil, "duration", time.Since(c.start))
+	dresp, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{
+		ContainerId: containerID, Ifname: ifname, DelDurationNano: int64(time.Since(c.start)),
+	})
+	if err != nil {
+		return c.agentError("detach ENI", err)
+	}
+	c.log.Info("ENI detached", "mac", spec.MAC, "link", outcome, "state", dresp.GetEniState().String(), "duration", time.Since(c.start))
 	return nil
+}
+
+// reclaim moves the ENI's link from podNS back to the node when it is
+// there, and says what it found.
+func (c *call) reclaim(spec enilink.Spec, link enilink.Identity, known bool, podNS ns.NetNS) (string, error) {
+	switch {
+	case podNS == nil:
+		return "netns gone", nil
+	case !known:
+		// Its ADD never confirmed: nothing tells the ENI from a look-alike.
+		c.log.Warn("attachment has no link identity: nothing moved", "mac", spec.MAC)
+		return "unidentified, left in the pod", nil
+	}
+	host, err := ns.GetCurrentNS()
+	if err != nil {
+		return "", types.NewError(types.ErrInternal, "open node netns", err.Error())
+	}
+	defer host.Close()
+	unlock, err := c.lockMoves()
+	if err != nil {
+		return "", err
+	}
+	moved, err := enilink.MoveOut(spec, link, podNS, host)
+	unlock()
+	switch {
+	case errors.Is(err, enilink.ErrForeignLink):
+		c.log.Warn("the link in the ENI's place is not the ENI: left in the pod", "mac", spec.MAC, "error", err)
+		return "foreign link left in the pod", nil
+	case err != nil:
+		return "", types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
+	case moved:
+		return "moved back as " + spec.HostName, nil
+	}
+	return "gone from the pod", nil
 }
 
 func cmdDel(args *skel.CmdArgs) error {
@@ -260,53 +315,7 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	defer c.done()
-	if done, err := c.fastDetach(args); done || err != nil {
-		return err
-	}
 	return c.detach(args.ContainerID, args.IfName, args.Netns)
-}
-
-// fastDetach is DEL's common case: the pod's link is where ADD left it and
-// its alias names it in the node, so it goes back at once and the agent is
-// asked once. It reports false when the slow path must decide.
-func (c *call) fastDetach(args *skel.CmdArgs) (bool, error) {
-	if args.Netns == "" {
-		return false, nil
-	}
-	podNS, err := ns.GetNS(args.Netns)
-	if err != nil {
-		return false, nil
-	}
-	defer podNS.Close()
-	host, err := ns.GetCurrentNS()
-	if err != nil {
-		return false, types.NewError(types.ErrInternal, "open node netns", err.Error())
-	}
-	defer host.Close()
-	unlock, err := c.lockMoves()
-	if err != nil {
-		return false, err
-	}
-	defer unlock()
-	mac, err := enilink.MoveOutByName(podNS, host, args.IfName)
-	unlock()
-	if err != nil {
-		return false, types.NewError(types.ErrInternal, "move ENI back to the node", err.Error())
-	}
-	if mac == "" {
-		return false, nil
-	}
-	resp, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{
-		ContainerId: args.ContainerID, Ifname: args.IfName, DelDurationNano: int64(time.Since(c.start)),
-	})
-	if err != nil {
-		return false, c.agentError("detach ENI", err)
-	}
-	if resp.GetMac() != "" && resp.GetMac() != mac {
-		c.log.Warn("moved back a link the agent did not attach to this container", "link", mac, "attached", resp.GetMac())
-	}
-	c.log.Info("ENI detached", "mac", mac, "duration", time.Since(c.start))
-	return true, nil
 }
 
 func cmdCheck(args *skel.CmdArgs) error {

@@ -251,3 +251,28 @@ func FindLink(n ns.NetNS, mac string) (LinkState, bool, error) {
 func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// Link is one link of a namespace, as `ip link` lists it.
+type Link struct {
+	Index int
+	Name  string
+	MAC   string
+	Kind  string
+}
+
+// String is "name(index kind mac)".
+func (l Link) String() string { return fmt.Sprintf("%s(%d %s %s)", l.Name, l.Index, l.Kind, l.MAC) }
+
+// Links lists the links of n by index.
+func Links(n ns.NetNS) ([]Link, error) {
+	var out []Link
+	err := n.Do(func(ns.NetNS) error {
+		links, err := netlinksafe.LinkList()
+		for _, l := range links {
+			a := l.Attrs()
+			out = append(out, Link{Index: a.Index, Name: a.Name, MAC: a.HardwareAddr.String(), Kind: l.Type()})
+		}
+		return err
+	})
+	return out, err
+}

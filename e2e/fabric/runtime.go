@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -119,6 +121,20 @@ func (a *Agent) Exited() <-chan struct{} { return a.exited }
 
 // Pid is the daemon's process ID.
 func (a *Agent) Pid() int { return a.cmd.Process.Pid }
+
+// Threads is the number of OS threads the daemon runs now.
+func (a *Agent) Threads() (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", a.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "Threads:"); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, fmt.Errorf("no Threads line in /proc/%d/status", a.Pid())
+}
 
 // CLI runs a client verb of the same binary against the daemon.
 func (a *Agent) CLI(args ...string) (string, error) {

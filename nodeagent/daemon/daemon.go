@@ -39,7 +39,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return fmt.Errorf("open ENI inventory: %w", err)
 	}
 	m := metrics.New(inv)
-	srv := &server.ENIServer{Inv: inv, Metrics: m, Version: version.Version}
+	prober := probe.New(inv, probe.DefaultLimits()) // the endpoint and the RPC share its limits
+	srv := &server.ENIServer{Inv: inv, Prober: prober, Metrics: m, Version: version.Version}
 	sandboxes, err := openSandboxes(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -73,7 +74,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		https = append(https, h)
 	}
 	if cfg.ProbeAddr != "" {
-		h, err := listenHTTP(cfg.ProbeAddr, probe.Handler(inv), errc)
+		h, err := listenHTTP(cfg.ProbeAddr, probe.Handler(prober), errc)
 		if err != nil {
 			g.Stop()
 			return err

@@ -10,9 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
-
+	"github.com/nodeinfra/nodeinfra/pkg/enilink"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
 // LinkInfo describes a link in the node's network namespace.
@@ -35,9 +35,10 @@ type Links interface {
 	Snapshot() (map[string]LinkInfo, error)
 	// Quiesce sets the link down, removes its addresses and names it name.
 	Quiesce(l LinkInfo, name string) error
-	// InNetns reports whether the namespace at path exists and whether a
-	// link with mac is in it.
-	InNetns(path, mac string) (alive, has bool, err error)
+	// InNetns reports whether the namespace at path exists and whether the
+	// link that link describes is in it (matched by its ifindex and
+	// identity, never by name or MAC, which the pod controls; nil: none is).
+	InNetns(path string, link *enilink.Identity) (alive, has bool, err error)
 }
 
 // Inventory is the node's ENI inventory. It is safe for concurrent use.
@@ -435,17 +436,29 @@ func (inv *Inventory) pickFreeLocked(vpc string) string {
 	return best
 }
 
-// Confirm marks an attachment as configured in the pod. The mark is kept
-// in memory only, off the ADD path: after a restart the reconcile at start
-// confirms every attachment whose link is in its pod.
-func (inv *Inventory) Confirm(ctx context.Context, key AttachmentKey) error {
+// Confirm marks an attachment as configured in the pod and records what
+// identifies its link there, which DEL needs: it moves back only that link.
+// The record replaces the attachment's file (see Store for why without
+// fsync); confirming again with the same identity writes nothing.
+func (inv *Inventory) Confirm(ctx context.Context, key AttachmentKey, link enilink.Identity) error {
+	if err := link.Validate(); err != nil {
+		return fmt.Errorf("confirm %s/%s: %w", key.ContainerID, key.IfName, err)
+	}
 	inv.mu.Lock()
 	defer inv.mu.Unlock()
 	a, ok := inv.attachments[key]
 	if !ok {
 		return fmt.Errorf("confirm %s/%s: %w", key.ContainerID, key.IfName, errdefs.ErrNotFound)
 	}
-	a.Confirmed = true
+	if a.Confirmed && a.Link != nil && *a.Link == link {
+		return nil
+	}
+	next := *a
+	next.Confirmed, next.Link = true, &link
+	if err := inv.store.putAttachment(next, true); err != nil {
+		return fmt.Errorf("confirm %s/%s: %w", key.ContainerID, key.IfName, err)
+	}
+	*a = next
 	return nil
 }
 
@@ -546,7 +559,9 @@ func (inv *Inventory) settleLocked(a *Attachment, c *Config) (State, error) {
 	if !errors.Is(err, errdefs.ErrNotFound) {
 		return "", err
 	}
-	alive, has, err := inv.links.InNetns(a.Netns, a.MAC)
+	// Only the link ADD moved in counts: a pod may plant another with the
+	// ENI's MAC, and DEL leaves that one where it is.
+	alive, has, err := inv.links.InNetns(a.Netns, a.Link)
 	if err != nil {
 		return "", err
 	}
@@ -572,11 +587,8 @@ func (inv *Inventory) Reconcile(ctx context.Context) ([]string, error) {
 	for mac, c := range inv.enis {
 		l, present := links[mac]
 		if a, ok := inv.byMAC[mac]; ok {
-			alive, has, err := inv.links.InNetns(a.Netns, mac)
+			alive, _, err := inv.links.InNetns(a.Netns, a.Link)
 			if err != nil || alive {
-				if alive && has {
-					a.Confirmed = true // configured; its confirmation may have been lost
-				}
 				continue // the pod still holds it, or a plugin is moving it
 			}
 			if err := inv.store.deleteAttachment(a.AttachmentKey); err != nil {

@@ -72,7 +72,7 @@ func (NetlinkLinks) Quiesce(l LinkInfo, name string) error {
 }
 
 // InNetns implements Links.
-func (NetlinkLinks) InNetns(path, mac string) (bool, bool, error) {
+func (NetlinkLinks) InNetns(path string, link *enilink.Identity) (bool, bool, error) {
 	n, err := ns.GetNS(path)
 	if err != nil {
 		var notExist ns.NSPathNotExistErr
@@ -83,19 +83,23 @@ func (NetlinkLinks) InNetns(path, mac string) (bool, bool, error) {
 		return false, false, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer n.Close()
+	if link == nil {
+		return true, false, nil
+	}
+	// A netlink socket in the pod's namespace: namespace IDs in the
+	// identity are that namespace's.
 	h, err := netlinksafe.NewHandleAt(netns.NsHandle(n.Fd()))
 	if err != nil {
 		return true, false, fmt.Errorf("netlink in %s: %w", path, err)
 	}
 	defer h.Close()
-	links, err := h.LinkList()
+	l, err := h.LinkByIndex(link.Index)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return true, false, nil
+	}
 	if err != nil {
-		return true, false, fmt.Errorf("list links in %s: %w", path, err)
+		return true, false, fmt.Errorf("find link %d in %s: %w", link.Index, path, err)
 	}
-	for _, l := range links {
-		if l.Attrs().HardwareAddr.String() == mac {
-			return true, true, nil
-		}
-	}
-	return true, false, nil
+	return true, link.Match(enilink.IdentityOf(l)) == nil, nil
 }

@@ -32,11 +32,13 @@ type snapshot struct {
 //     ENIs). It is replaced atomically (temporary file, fsync, rename, fsync
 //     of the directory) on every change, so it survives any crash.
 //   - attachments/ holds one small file per attachment, created before the
-//     agent answers an Attach and removed on Detach. These are not synced:
+//     agent answers an Attach, replaced (temporary file, rename) when the
+//     ADD confirms it with its link's identity, and removed on Detach.
+//     These are not synced:
 //     they must survive the agent being killed (the page cache does), while
 //     a crash of the machine ends every pod namespace, and the reconcile at
-//     start ends their attachments anyway. This keeps the ADD path to one
-//     small write.
+//     start ends their attachments anyway. This keeps the ADD path to two
+//     small writes, without fsync.
 type Store struct {
 	dir string
 	log *slog.Logger
@@ -114,17 +116,20 @@ func (s *Store) saveControl(snap snapshot) error {
 }
 
 // putAttachment writes one attachment. A new one is a single write to a
-// new file; a changed one replaces its file atomically.
+// new file; a changed one goes to a temporary file renamed over the old
+// (atomic if the agent dies, not synced: see Store).
 func (s *Store) putAttachment(a Attachment, replace bool) error {
 	b, err := json.Marshal(a)
 	if err != nil {
 		return fmt.Errorf("encode attachment: %w", err)
 	}
 	p := s.attachmentPath(a.AttachmentKey)
+	target, flags := p, os.O_WRONLY|os.O_CREATE|os.O_EXCL
 	if replace {
-		return atomicfile.Write(p, b, 0o600)
+		// load removes a temporary file the agent died before renaming.
+		p, flags = p+".tmp", os.O_WRONLY|os.O_CREATE|os.O_TRUNC
 	}
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := os.OpenFile(p, flags, 0o600)
 	if err != nil {
 		return fmt.Errorf("write attachment: %w", err)
 	}
@@ -136,6 +141,12 @@ func (s *Store) putAttachment(a Attachment, replace bool) error {
 	if err := f.Close(); err != nil {
 		os.Remove(p)
 		return fmt.Errorf("write attachment: %w", err)
+	}
+	if replace {
+		if err := os.Rename(p, target); err != nil {
+			os.Remove(p)
+			return fmt.Errorf("replace attachment: %w", err)
+		}
 	}
 	return nil
 }

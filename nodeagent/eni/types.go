@@ -56,6 +56,9 @@ type Attachment struct {
 	MAC       string      `json:"mac"`
 	Confirmed bool        `json:"confirmed"`
 	Created   time.Time   `json:"created"`
+	// Link identifies the ENI's link in the pod's namespace, as ADD saw it
+	// there; set by Confirm. DEL moves back only the link it describes.
+	Link *enilink.Identity `json:"link,omitempty"`
 }
 
 // ENI is the inventory's view of one ENI.

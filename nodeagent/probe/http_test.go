@@ -12,21 +12,22 @@ import (
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
 
-// fakeTargets knows one pod, whose netns does not exist.
+// fakeTargets knows the pods of namespace web but web/other, whose
+// netns does not exist.
 type fakeTargets struct{}
 
 func (fakeTargets) ProbeTarget(pod k8sname.Pod) (string, netip.Addr, error) {
 	if err := pod.Validate(); err != nil {
 		return "", netip.Addr{}, err
 	}
-	if pod.String() != "web/frontend" {
+	if pod.Namespace != "web" || pod.Name == "other" {
 		return "", netip.Addr{}, fmt.Errorf("pod %s has no attached ENI: %w", pod, errdefs.ErrNotFound)
 	}
 	return "/nonexistent/netns", netip.MustParseAddr("10.1.0.11"), nil
 }
 
 func TestHandlerCodes(t *testing.T) {
-	h := Handler(fakeTargets{})
+	h := Handler(New(fakeTargets{}, DefaultLimits()))
 	for _, tc := range []struct {
 		path string
 		code int
@@ -38,6 +39,11 @@ func TestHandlerCodes(t *testing.T) {
 		{"/probe/web/frontend/tcp/0", http.StatusBadRequest},
 		{"/probe/Web/frontend/tcp/80", http.StatusBadRequest},
 		{"/probe/web/frontend/udp/80", http.StatusNotFound},
+		{"/probe/web/frontend/tcp/80?timeout=soon", http.StatusBadRequest},
+		{"/probe/web/frontend/tcp/80?timeout=-1s", http.StatusBadRequest},
+		{"/probe/web/frontend/tcp/80?timeout=1h", http.StatusServiceUnavailable},
+		// An HTTP probe's query is the pod's.
+		{"/probe/web/frontend/http/80/x?timeout=soon", http.StatusServiceUnavailable},
 	} {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))

@@ -1,7 +1,9 @@
 // Package probe runs kubelet-style TCP and HTTP probes against a pod from
 // inside the pod's network namespace. The node keeps no route into tenant
 // networks; the socket is created in the pod's namespace instead, so only
-// the prober can reach the pod, and only at the pod's own address.
+// the prober can reach the pod, and only at the pod's own address. A
+// Prober bounds what the pods' probes may cost the agent (Limits), and no
+// probe holds an OS thread while it waits for the pod.
 package probe
 
 import (
@@ -14,7 +16,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
 )
@@ -59,10 +60,8 @@ func Prepare(t Targets, pod k8sname.Pod, port int, path string) (Request, error)
 	return Request{Netns: netns, Addr: addr, Port: port, HTTPPath: path}, nil
 }
 
-// DefaultTimeout is used when a request sets none (the kubelet's default).
-const DefaultTimeout = time.Second
-
-// Run runs the probe.
+// Run runs the probe. Its time is bounded by req.Timeout (DefaultTimeout
+// when 0) and ctx; a Prober caps the timeout and the probes in flight.
 func Run(ctx context.Context, req Request) Result {
 	if req.Timeout <= 0 {
 		req.Timeout = DefaultTimeout
@@ -84,6 +83,8 @@ func Run(ctx context.Context, req Request) Result {
 				return DialInNetns(ctx, req.Netns, addr)
 			},
 			DisableKeepAlives: true,
+			// The pod writes the answer: keep what the agent reads small.
+			MaxResponseHeaderBytes: 16 << 10,
 		},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
@@ -100,20 +101,4 @@ func Run(ctx context.Context, req Request) Result {
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 10<<10))
 	ok := resp.StatusCode >= 200 && resp.StatusCode < 400
 	return Result{Success: ok, HTTPStatus: resp.StatusCode, Message: resp.Status}
-}
-
-// DialInNetns opens a TCP connection whose socket lives in the network
-// namespace at path; the connection is then usable from any thread.
-func DialInNetns(ctx context.Context, path, addr string) (net.Conn, error) {
-	var conn net.Conn
-	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", addr)
-		conn = c
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dial %s in %s: %w", addr, path, err)
-	}
-	return conn, nil
 }

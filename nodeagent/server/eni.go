@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
@@ -12,13 +13,18 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/pkg/eniconfig"
+	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
 // ENIServer serves apiv1.ENIService from an inventory.
 type ENIServer struct {
 	apiv1.UnimplementedENIServiceServer
-	Inv     *eni.Inventory
+	Inv *eni.Inventory
+	// Prober runs the Probe RPC, within the limits it shares with the
+	// probe HTTP endpoint.
+	Prober  *probe.Prober
 	Metrics *metrics.Metrics
 	Version string
 }
@@ -101,12 +107,21 @@ func (s *ENIServer) Attach(ctx context.Context, req *apiv1.AttachRequest) (*apiv
 		return nil, err
 	}
 	logging.From(ctx).Info("ENI attaching", "container", a.ContainerID, "ifname", a.IfName, "pod", a.Pod.String(), "mac", a.MAC)
-	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
+	return &apiv1.AttachResponse{Attachment: attachmentWithLink(a), Eni: ConfigToProto(c)}, nil
+}
+
+// attachmentWithLink renders a with the identity of its link, which DEL
+// needs.
+func attachmentWithLink(a eni.Attachment) *apiv1.Attachment {
+	p := attachmentToProto(a)
+	p.Link = eniconfig.IdentityToProto(a.Link)
+	return p
 }
 
 // ConfirmAttach implements apiv1.ENIServiceServer.
 func (s *ENIServer) ConfirmAttach(ctx context.Context, req *apiv1.ConfirmAttachRequest) (*apiv1.ConfirmAttachResponse, error) {
-	if err := s.Inv.Confirm(ctx, key(req.GetContainerId(), req.GetIfname())); err != nil {
+	link, _ := eniconfig.IdentityFromProto(req.GetLink()) // none: Confirm refuses the zero identity
+	if err := s.Inv.Confirm(ctx, key(req.GetContainerId(), req.GetIfname()), link); err != nil {
 		return nil, err
 	}
 	if d := req.GetAddDurationNano(); d > 0 && s.Metrics != nil {
@@ -121,7 +136,7 @@ func (s *ENIServer) GetAttachment(ctx context.Context, req *apiv1.GetAttachmentR
 	if err != nil {
 		return nil, err
 	}
-	return &apiv1.AttachResponse{Attachment: attachmentToProto(a), Eni: ConfigToProto(c)}, nil
+	return &apiv1.AttachResponse{Attachment: attachmentWithLink(a), Eni: ConfigToProto(c)}, nil
 }
 
 // Detach implements apiv1.ENIServiceServer.
@@ -159,12 +174,13 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 
 // Probe implements apiv1.ENIServiceServer.
 func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.ProbeResponse, error) {
+	if s.Prober == nil {
+		return nil, fmt.Errorf("probes are not served here: %w", errdefs.ErrUnavailable)
+	}
 	pod := k8sname.Pod{Namespace: req.GetPodNamespace(), Name: req.GetPodName()}
-	pr, err := probe.Prepare(s.Inv, pod, int(req.GetPort()), req.GetHttpPath())
+	r, err := s.Prober.Probe(ctx, pod, int(req.GetPort()), req.GetHttpPath(), time.Duration(req.GetTimeoutMs())*time.Millisecond)
 	if err != nil {
 		return nil, err
 	}
-	pr.Timeout = time.Duration(req.GetTimeoutMs()) * time.Millisecond
-	r := probe.Run(ctx, pr)
 	return &apiv1.ProbeResponse{Success: r.Success, HttpStatus: int32(r.HTTPStatus), Message: r.Message}, nil
 }

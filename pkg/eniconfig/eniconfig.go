@@ -58,3 +58,28 @@ func ToProto(vpc string, s enilink.Spec) *apiv1.ENIConfig {
 	}
 	return p
 }
+
+// IdentityFromProto parses p; nil (an attachment not confirmed) gives
+// false.
+func IdentityFromProto(p *apiv1.LinkIdentity) (enilink.Identity, bool) {
+	if p == nil {
+		return enilink.Identity{}, false
+	}
+	return enilink.Identity{
+		Index: int(p.GetIndex()), Kind: p.GetKind(), PermAddr: p.GetPermAddr(),
+		ParentBus: p.GetParentBus(), ParentDev: p.GetParentDev(),
+		PeerIndex: int(p.GetPeerIndex()), PeerNetnsID: int(p.GetPeerNetnsid()),
+	}, true
+}
+
+// IdentityToProto renders id; nil renders nil.
+func IdentityToProto(id *enilink.Identity) *apiv1.LinkIdentity {
+	if id == nil {
+		return nil
+	}
+	return &apiv1.LinkIdentity{
+		Index: int32(id.Index), Kind: id.Kind, PermAddr: id.PermAddr,
+		ParentBus: id.ParentBus, ParentDev: id.ParentDev,
+		PeerIndex: int32(id.PeerIndex), PeerNetnsid: int32(id.PeerNetnsID),
+	}
+}

@@ -36,3 +36,18 @@ func TestFromProtoRefuses(t *testing.T) {
 		}
 	}
 }
+
+func TestIdentityRoundTrip(t *testing.T) {
+	for _, id := range []enilink.Identity{
+		{Index: 7, Kind: "veth", PeerIndex: 3, PeerNetnsID: 0},
+		{Index: 4, Kind: "device", PermAddr: "0a:00:00:00:00:05", ParentBus: "pci", ParentDev: "0000:00:05.0", PeerNetnsID: -1},
+	} {
+		got, ok := IdentityFromProto(IdentityToProto(&id))
+		if !ok || got != id {
+			t.Errorf("round trip of %+v: %+v, %v", id, got, ok)
+		}
+	}
+	if _, ok := IdentityFromProto(IdentityToProto(nil)); ok {
+		t.Error("nil identity came back")
+	}
+}

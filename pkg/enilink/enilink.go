@@ -102,35 +102,47 @@ func FindByMAC(mac, hint string) (netlink.Link, error) {
 	return nil, fmt.Errorf("no link with MAC %s: %w", mac, ErrLinkNotFound)
 }
 
-// aliasPrefix marks a pod link as an ENI; the rest of the alias is the
-// link's name in the node namespace (host-device keeps it there too), so
-// that DEL can give the link back without asking the agent first.
+// aliasPrefix marks a pod link as an ENI, for people reading `ip link` in
+// the pod; the rest of the alias is the link's name in the node. Nothing
+// reads it back: the pod can rewrite it, so DEL goes by the Identity the
+// agent recorded and the name it registered.
 const aliasPrefix = "cni-eni:"
 
+// linkChange is what one RTM_SETLINK changes; zero fields are left alone.
+type linkChange struct {
+	nsFD  int    // move to the namespace open at nsFD, if >= 0
+	name  string // new name
+	mtu   int
+	up    bool    // the up/down flag is always set
+	alias *string // "" removes the alias
+	mac   net.HardwareAddr
+}
+
 // setLink sends one RTM_SETLINK for the link with index in the current
-// namespace: move it to the namespace nsFD (if >= 0), name it (if name is
-// not empty), set its MTU (if > 0), set its alias (if alias is not nil; ""
-// removes it) and bring it up or down.
-func setLink(index, nsFD int, name string, mtu int, up bool, alias *string) error {
+// namespace.
+func setLink(index int, c linkChange) error {
 	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(index)
 	msg.Change = unix.IFF_UP
-	if up {
+	if c.up {
 		msg.Flags = unix.IFF_UP
 	}
 	req.AddData(msg)
-	if nsFD >= 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(nsFD))))
+	if c.nsFD >= 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(c.nsFD))))
 	}
-	if name != "" {
-		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	if c.name != "" {
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(c.name)))
 	}
-	if mtu > 0 {
-		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(mtu))))
+	if c.mtu > 0 {
+		req.AddData(nl.NewRtAttr(unix.IFLA_MTU, nl.Uint32Attr(uint32(c.mtu))))
 	}
-	if alias != nil {
-		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(*alias)))
+	if c.alias != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFALIAS, []byte(*c.alias)))
+	}
+	if c.mac != nil {
+		req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(c.mac)))
 	}
 	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 	return err
@@ -143,7 +155,7 @@ func MoveIn(spec Spec, pod ns.NetNS, ifname string) error {
 	alias := aliasPrefix + spec.HostName
 	l, err := FindByMAC(spec.MAC, spec.HostName)
 	if err == nil {
-		if err := setLink(l.Attrs().Index, int(pod.Fd()), ifname, spec.MTU, true, &alias); err != nil {
+		if err := setLink(l.Attrs().Index, linkChange{nsFD: int(pod.Fd()), name: ifname, mtu: spec.MTU, up: true, alias: &alias}); err != nil {
 			return fmt.Errorf("move link %s (%s) into %s as %s: %w", l.Attrs().Name, spec.MAC, pod.Path(), ifname, err)
 		}
 		return nil
@@ -156,21 +168,27 @@ func MoveIn(spec Spec, pod ns.NetNS, ifname string) error {
 		if err != nil {
 			return fmt.Errorf("ENI %s is neither in the node namespace (as %s) nor in %s: %w", spec.MAC, spec.HostName, pod.Path(), err)
 		}
-		if err := setLink(l.Attrs().Index, -1, ifname, spec.MTU, true, &alias); err != nil {
+		if err := setLink(l.Attrs().Index, linkChange{nsFD: -1, name: ifname, mtu: spec.MTU, up: true, alias: &alias}); err != nil {
 			return fmt.Errorf("set up link %s in %s as %s: %w", l.Attrs().Name, pod.Path(), ifname, err)
 		}
 		return nil
 	})
 }
 
-// Configure gives the link ifname in pod its addresses and routes. It runs
-// inside pod and may be repeated.
-func Configure(spec Spec, pod ns.NetNS, ifname string) error {
-	return pod.Do(func(ns.NetNS) error {
+// Configure gives the link ifname in pod its addresses and routes, and
+// returns the link's Identity there, which DEL needs to find it again. It
+// runs inside pod and may be repeated.
+func Configure(spec Spec, pod ns.NetNS, ifname string) (Identity, error) {
+	var id Identity
+	err := pod.Do(func(ns.NetNS) error {
 		l, err := netlinksafe.LinkByName(ifname)
 		if err != nil {
 			return fmt.Errorf("find %s: %w", ifname, err)
 		}
+		if macOf(l) != spec.MAC {
+			return fmt.Errorf("link %s has MAC %s, not the ENI's %s", ifname, macOf(l), spec.MAC)
+		}
+		id = IdentityOf(l)
 		for _, a := range spec.Addresses {
 			addr := &netlink.Addr{IPNet: prefixToIPNet(a)}
 			if a.Addr().Is6() {
@@ -188,11 +206,56 @@ func Configure(spec Spec, pod ns.NetNS, ifname string) error {
 		}
 		return nil
 	})
+	return id, err
 }
 
-// MoveOut returns the ENI's link from pod to host, down, without addresses
-// and named hostName. It reports false when pod holds no such link.
-func MoveOut(spec Spec, pod, host ns.NetNS) (bool, error) {
+// MoveOut returns the ENI's link from pod to host, but only the link id
+// describes: the link with id's ifindex, if pod still has one, must match
+// id, else it stays where it is and the error wraps ErrForeignLink. Links
+// the pod stacked on the ENI (VLANs, macvlans: they would stay in the pod,
+// riding on the ENI when it serves its next pod) are deleted first. The
+// link arrives down, without addresses or alias, named spec.HostName (the
+// name the agent registered, never one the pod chose) and with spec.MAC.
+// It reports false when pod has no link with id's ifindex.
+func MoveOut(spec Spec, id Identity, pod, host ns.NetNS) (bool, error) {
+	moved := false
+	err := pod.Do(func(ns.NetNS) error {
+		links, err := netlinksafe.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links in %s: %w", pod.Path(), err)
+		}
+		var l netlink.Link
+		for _, x := range links {
+			if x.Attrs().Index == id.Index {
+				l = x
+			}
+		}
+		if l == nil {
+			return nil
+		}
+		if err := id.Match(IdentityOf(l)); err != nil {
+			return fmt.Errorf("link %s (index %d, MAC %s) in %s: %w", l.Attrs().Name, id.Index, macOf(l), pod.Path(), err)
+		}
+		for _, x := range links {
+			if a := x.Attrs(); a.ParentIndex == id.Index && a.NetNsID < 0 && a.Index != id.Index {
+				if err := netlink.LinkDel(x); err != nil {
+					return fmt.Errorf("delete link %s stacked on the ENI in %s: %w", a.Name, pod.Path(), err)
+				}
+			}
+		}
+		if err := moveBack(l, host, spec); err != nil {
+			return err
+		}
+		moved = true
+		return nil
+	})
+	return moved, err
+}
+
+// MoveOutByMAC is MoveOut for an ADD that fails before it learned the
+// link's Identity: it finds the link by the ENI's MAC. Only ADD's own undo
+// may use it, as the pod's containers do not run before ADD succeeds.
+func MoveOutByMAC(spec Spec, pod, host ns.NetNS) (bool, error) {
 	moved := false
 	err := pod.Do(func(ns.NetNS) error {
 		l, err := FindByMAC(spec.MAC, "")
@@ -202,7 +265,7 @@ func MoveOut(spec Spec, pod, host ns.NetNS) (bool, error) {
 		if err != nil {
 			return err
 		}
-		if err := moveBack(l, host, spec.HostName); err != nil {
+		if err := moveBack(l, host, spec); err != nil {
 			return err
 		}
 		moved = true
@@ -211,35 +274,22 @@ func MoveOut(spec Spec, pod, host ns.NetNS) (bool, error) {
 	return moved, err
 }
 
-// MoveOutByName returns the pod link ifname to host under the node name
-// kept in its alias, when it is an ENI link. It returns the link's MAC,
-// or "" when pod has no such link.
-func MoveOutByName(pod, host ns.NetNS, ifname string) (string, error) {
-	mac := ""
-	err := pod.Do(func(ns.NetNS) error {
-		l, err := netlinksafe.LinkByName(ifname)
-		if err != nil {
-			return nil // gone, or never there: the caller falls back
-		}
-		hostName, ok := strings.CutPrefix(l.Attrs().Alias, aliasPrefix)
-		if !ok || hostName == "" {
-			return nil
-		}
-		if err := moveBack(l, host, hostName); err != nil {
-			return err
-		}
-		mac = macOf(l)
-		return nil
-	})
-	return mac, err
-}
-
-// moveBack moves l from the current namespace to host, named name, down
-// and without its alias; the kernel drops its addresses and routes.
-func moveBack(l netlink.Link, host ns.NetNS, name string) error {
+// moveBack moves l from the current namespace to host as spec.HostName,
+// down, without its alias and with spec.MAC; the kernel drops its
+// addresses and routes. When the name l has in the pod is taken in host,
+// the kernel names it spec.HostName at once.
+func moveBack(l netlink.Link, host ns.NetNS, spec Spec) error {
 	noAlias := ""
-	if err := setLink(l.Attrs().Index, int(host.Fd()), name, 0, false, &noAlias); err != nil {
-		return fmt.Errorf("move link %s (%s) back to the node as %s: %w", l.Attrs().Name, macOf(l), name, err)
+	c := linkChange{nsFD: int(host.Fd()), name: spec.HostName, alias: &noAlias}
+	if macOf(l) != spec.MAC {
+		mac, err := net.ParseMAC(spec.MAC)
+		if err != nil {
+			return fmt.Errorf("ENI MAC %q: %w", spec.MAC, err)
+		}
+		c.mac = mac
+	}
+	if err := setLink(l.Attrs().Index, c); err != nil {
+		return fmt.Errorf("move link %s (%s) back to the node as %s: %w", l.Attrs().Name, macOf(l), spec.HostName, err)
 	}
 	return nil
 }
@@ -335,7 +385,7 @@ func ipNetToPrefix(n *net.IPNet) (netip.Prefix, bool) {
 // Quiesce brings the link with index in the current namespace down, names
 // it name and removes every address it has.
 func Quiesce(index int, name string) error {
-	if err := setLink(index, -1, name, 0, false, nil); err != nil {
+	if err := setLink(index, linkChange{nsFD: -1, name: name}); err != nil {
 		return fmt.Errorf("set link %d down as %s: %w", index, name, err)
 	}
 	l, err := netlink.LinkByIndex(index)

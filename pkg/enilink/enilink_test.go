@@ -63,16 +63,20 @@ func TestMoveInConfigureVerifyMoveOut(t *testing.T) {
 		}
 		return nil
 	})
-	if err := Configure(spec, pod, "eth0"); err != nil {
+	id, err := Configure(spec, pod, "eth0")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if id.Kind != "veth" || id.Index <= 0 || id.PeerNetnsID < 0 || id.PeerIndex <= 0 || id.PermAddr != "" {
+		t.Errorf("identity of a veth ENI in the pod: %+v", id)
 	}
 	if err := Verify(spec, pod, "eth0"); err != nil {
 		t.Fatalf("fresh pod link drifted: %v", err)
 	}
 	// A retried ADD finds the link already in the pod.
 	testutil.Do(t, host, func() error { return MoveIn(spec, pod, "eth0") })
-	if err := Configure(spec, pod, "eth0"); err != nil {
-		t.Fatalf("configure again: %v", err)
+	if again, err := Configure(spec, pod, "eth0"); err != nil || again != id {
+		t.Fatalf("configure again: %+v, %v (first %+v)", again, err, id)
 	}
 
 	// Drift: wrong MTU and a removed route are both reported.
@@ -87,14 +91,14 @@ func TestMoveInConfigureVerifyMoveOut(t *testing.T) {
 		_, dst, _ := net.ParseCIDR("192.168.50.0/24")
 		return netlink.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: dst})
 	})
-	err := Verify(spec, pod, "eth0")
+	err = Verify(spec, pod, "eth0")
 	if !errors.Is(err, ErrDrift) {
 		t.Fatalf("Verify = %v, want drift", err)
 	}
 	t.Logf("drift reported: %v", err)
 
 	hostNS := host
-	moved, err := MoveOut(spec, pod, hostNS)
+	moved, err := MoveOut(spec, id, pod, hostNS)
 	if err != nil || !moved {
 		t.Fatalf("MoveOut = %v, %v", moved, err)
 	}
@@ -116,7 +120,7 @@ func TestMoveInConfigureVerifyMoveOut(t *testing.T) {
 		return nil
 	})
 	// Moving out again finds nothing and is not an error.
-	if moved, err := MoveOut(spec, pod, hostNS); err != nil || moved {
+	if moved, err := MoveOut(spec, id, pod, hostNS); err != nil || moved {
 		t.Fatalf("second MoveOut = %v, %v", moved, err)
 	}
 }

@@ -262,8 +262,10 @@ type Attachment struct {
 	Mac             string                 `protobuf:"bytes,6,opt,name=mac,proto3" json:"mac,omitempty"`
 	Confirmed       bool                   `protobuf:"varint,7,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,8,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// What identifies the ENI's link in the pod; set once confirmed.
+	Link          *LinkIdentity `protobuf:"bytes,9,opt,name=link,proto3" json:"link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Attachment) Reset() {
@@ -352,6 +354,115 @@ func (x *Attachment) GetCreatedUnixNano() int64 {
 	return 0
 }
 
+func (x *Attachment) GetLink() *LinkIdentity {
+	if x != nil {
+		return x.Link
+	}
+	return nil
+}
+
+// LinkIdentity tells an ENI's link in a pod's namespace apart from any link
+// the pod can make there, which may copy its name, MAC and alias. cni-eni
+// reads it inside the pod's namespace right after ADD moved the link in.
+type LinkIdentity struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link's ifindex in the pod's namespace.
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The rtnetlink kind ("veth"), or "device" for a hardware NIC.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The permanent MAC (IFLA_PERM_ADDRESS), when the driver has one.
+	PermAddr string `protobuf:"bytes,3,opt,name=perm_addr,json=permAddr,proto3" json:"perm_addr,omitempty"`
+	// The device behind a hardware NIC: its bus ("pci") and name
+	// ("0000:00:05.0").
+	ParentBus string `protobuf:"bytes,4,opt,name=parent_bus,json=parentBus,proto3" json:"parent_bus,omitempty"`
+	ParentDev string `protobuf:"bytes,5,opt,name=parent_dev,json=parentDev,proto3" json:"parent_dev,omitempty"`
+	// IFLA_LINK (a veth's peer) and the ID, as the pod's namespace numbers
+	// it, of the namespace that link lives in; -1 for the pod's own.
+	PeerIndex     int32 `protobuf:"varint,6,opt,name=peer_index,json=peerIndex,proto3" json:"peer_index,omitempty"`
+	PeerNetnsid   int32 `protobuf:"varint,7,opt,name=peer_netnsid,json=peerNetnsid,proto3" json:"peer_netnsid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LinkIdentity) Reset() {
+	*x = LinkIdentity{}
+	mi := &file_eni_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LinkIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LinkIdentity) ProtoMessage() {}
+
+func (x *LinkIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_eni_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LinkIdentity.ProtoReflect.Descriptor instead.
+func (*LinkIdentity) Descriptor() ([]byte, []int) {
+	return file_eni_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LinkIdentity) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LinkIdentity) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *LinkIdentity) GetPermAddr() string {
+	if x != nil {
+		return x.PermAddr
+	}
+	return ""
+}
+
+func (x *LinkIdentity) GetParentBus() string {
+	if x != nil {
+		return x.ParentBus
+	}
+	return ""
+}
+
+func (x *LinkIdentity) GetParentDev() string {
+	if x != nil {
+		return x.ParentDev
+	}
+	return ""
+}
+
+func (x *LinkIdentity) GetPeerIndex() int32 {
+	if x != nil {
+		return x.PeerIndex
+	}
+	return 0
+}
+
+func (x *LinkIdentity) GetPeerNetnsid() int32 {
+	if x != nil {
+		return x.PeerNetnsid
+	}
+	return 0
+}
+
 type Assignment struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	PodNamespace string                 `protobuf:"bytes,1,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
@@ -367,7 +478,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_eni_proto_msgTypes[3]
+	mi := &file_eni_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +490,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[3]
+	mi := &file_eni_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +503,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{3}
+	return file_eni_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Assignment) GetPodNamespace() string {
@@ -459,7 +570,7 @@ type RegisterENIRequest struct {
 
 func (x *RegisterENIRequest) Reset() {
 	*x = RegisterENIRequest{}
-	mi := &file_eni_proto_msgTypes[4]
+	mi := &file_eni_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -471,7 +582,7 @@ func (x *RegisterENIRequest) String() string {
 func (*RegisterENIRequest) ProtoMessage() {}
 
 func (x *RegisterENIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[4]
+	mi := &file_eni_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -484,7 +595,7 @@ func (x *RegisterENIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterENIRequest.ProtoReflect.Descriptor instead.
 func (*RegisterENIRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{4}
+	return file_eni_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterENIRequest) GetConfig() *ENIConfig {
@@ -503,7 +614,7 @@ type RemoveENIRequest struct {
 
 func (x *RemoveENIRequest) Reset() {
 	*x = RemoveENIRequest{}
-	mi := &file_eni_proto_msgTypes[5]
+	mi := &file_eni_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -515,7 +626,7 @@ func (x *RemoveENIRequest) String() string {
 func (*RemoveENIRequest) ProtoMessage() {}
 
 func (x *RemoveENIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[5]
+	mi := &file_eni_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -528,7 +639,7 @@ func (x *RemoveENIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveENIRequest.ProtoReflect.Descriptor instead.
 func (*RemoveENIRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{5}
+	return file_eni_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemoveENIRequest) GetMac() string {
@@ -546,7 +657,7 @@ type RemoveENIResponse struct {
 
 func (x *RemoveENIResponse) Reset() {
 	*x = RemoveENIResponse{}
-	mi := &file_eni_proto_msgTypes[6]
+	mi := &file_eni_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +669,7 @@ func (x *RemoveENIResponse) String() string {
 func (*RemoveENIResponse) ProtoMessage() {}
 
 func (x *RemoveENIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[6]
+	mi := &file_eni_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +682,7 @@ func (x *RemoveENIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveENIResponse.ProtoReflect.Descriptor instead.
 func (*RemoveENIResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{6}
+	return file_eni_proto_rawDescGZIP(), []int{7}
 }
 
 type ListENIsRequest struct {
@@ -583,7 +694,7 @@ type ListENIsRequest struct {
 
 func (x *ListENIsRequest) Reset() {
 	*x = ListENIsRequest{}
-	mi := &file_eni_proto_msgTypes[7]
+	mi := &file_eni_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -595,7 +706,7 @@ func (x *ListENIsRequest) String() string {
 func (*ListENIsRequest) ProtoMessage() {}
 
 func (x *ListENIsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[7]
+	mi := &file_eni_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -608,7 +719,7 @@ func (x *ListENIsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListENIsRequest.ProtoReflect.Descriptor instead.
 func (*ListENIsRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{7}
+	return file_eni_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListENIsRequest) GetVpc() string {
@@ -627,7 +738,7 @@ type ListENIsResponse struct {
 
 func (x *ListENIsResponse) Reset() {
 	*x = ListENIsResponse{}
-	mi := &file_eni_proto_msgTypes[8]
+	mi := &file_eni_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +750,7 @@ func (x *ListENIsResponse) String() string {
 func (*ListENIsResponse) ProtoMessage() {}
 
 func (x *ListENIsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[8]
+	mi := &file_eni_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +763,7 @@ func (x *ListENIsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListENIsResponse.ProtoReflect.Descriptor instead.
 func (*ListENIsResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{8}
+	return file_eni_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListENIsResponse) GetEnis() []*ENI {
@@ -671,7 +782,7 @@ type AssignPodRequest struct {
 
 func (x *AssignPodRequest) Reset() {
 	*x = AssignPodRequest{}
-	mi := &file_eni_proto_msgTypes[9]
+	mi := &file_eni_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +794,7 @@ func (x *AssignPodRequest) String() string {
 func (*AssignPodRequest) ProtoMessage() {}
 
 func (x *AssignPodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[9]
+	mi := &file_eni_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +807,7 @@ func (x *AssignPodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignPodRequest.ProtoReflect.Descriptor instead.
 func (*AssignPodRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{9}
+	return file_eni_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AssignPodRequest) GetAssignment() *Assignment {
@@ -716,7 +827,7 @@ type UnassignPodRequest struct {
 
 func (x *UnassignPodRequest) Reset() {
 	*x = UnassignPodRequest{}
-	mi := &file_eni_proto_msgTypes[10]
+	mi := &file_eni_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -728,7 +839,7 @@ func (x *UnassignPodRequest) String() string {
 func (*UnassignPodRequest) ProtoMessage() {}
 
 func (x *UnassignPodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[10]
+	mi := &file_eni_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -741,7 +852,7 @@ func (x *UnassignPodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnassignPodRequest.ProtoReflect.Descriptor instead.
 func (*UnassignPodRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{10}
+	return file_eni_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnassignPodRequest) GetPodNamespace() string {
@@ -766,7 +877,7 @@ type UnassignPodResponse struct {
 
 func (x *UnassignPodResponse) Reset() {
 	*x = UnassignPodResponse{}
-	mi := &file_eni_proto_msgTypes[11]
+	mi := &file_eni_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +889,7 @@ func (x *UnassignPodResponse) String() string {
 func (*UnassignPodResponse) ProtoMessage() {}
 
 func (x *UnassignPodResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[11]
+	mi := &file_eni_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +902,7 @@ func (x *UnassignPodResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnassignPodResponse.ProtoReflect.Descriptor instead.
 func (*UnassignPodResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{11}
+	return file_eni_proto_rawDescGZIP(), []int{12}
 }
 
 type ListAssignmentsRequest struct {
@@ -802,7 +913,7 @@ type ListAssignmentsRequest struct {
 
 func (x *ListAssignmentsRequest) Reset() {
 	*x = ListAssignmentsRequest{}
-	mi := &file_eni_proto_msgTypes[12]
+	mi := &file_eni_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +925,7 @@ func (x *ListAssignmentsRequest) String() string {
 func (*ListAssignmentsRequest) ProtoMessage() {}
 
 func (x *ListAssignmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[12]
+	mi := &file_eni_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +938,7 @@ func (x *ListAssignmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssignmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAssignmentsRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{12}
+	return file_eni_proto_rawDescGZIP(), []int{13}
 }
 
 type ListAssignmentsResponse struct {
@@ -839,7 +950,7 @@ type ListAssignmentsResponse struct {
 
 func (x *ListAssignmentsResponse) Reset() {
 	*x = ListAssignmentsResponse{}
-	mi := &file_eni_proto_msgTypes[13]
+	mi := &file_eni_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +962,7 @@ func (x *ListAssignmentsResponse) String() string {
 func (*ListAssignmentsResponse) ProtoMessage() {}
 
 func (x *ListAssignmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[13]
+	mi := &file_eni_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +975,7 @@ func (x *ListAssignmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAssignmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAssignmentsResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{13}
+	return file_eni_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAssignmentsResponse) GetAssignments() []*Assignment {
@@ -887,7 +998,7 @@ type AttachRequest struct {
 
 func (x *AttachRequest) Reset() {
 	*x = AttachRequest{}
-	mi := &file_eni_proto_msgTypes[14]
+	mi := &file_eni_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1010,7 @@ func (x *AttachRequest) String() string {
 func (*AttachRequest) ProtoMessage() {}
 
 func (x *AttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[14]
+	mi := &file_eni_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1023,7 @@ func (x *AttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachRequest.ProtoReflect.Descriptor instead.
 func (*AttachRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{14}
+	return file_eni_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AttachRequest) GetContainerId() string {
@@ -960,7 +1071,7 @@ type AttachResponse struct {
 
 func (x *AttachResponse) Reset() {
 	*x = AttachResponse{}
-	mi := &file_eni_proto_msgTypes[15]
+	mi := &file_eni_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -972,7 +1083,7 @@ func (x *AttachResponse) String() string {
 func (*AttachResponse) ProtoMessage() {}
 
 func (x *AttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[15]
+	mi := &file_eni_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -985,7 +1096,7 @@ func (x *AttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachResponse.ProtoReflect.Descriptor instead.
 func (*AttachResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{15}
+	return file_eni_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *AttachResponse) GetAttachment() *Attachment {
@@ -1008,13 +1119,15 @@ type ConfirmAttachRequest struct {
 	Ifname      string                 `protobuf:"bytes,2,opt,name=ifname,proto3" json:"ifname,omitempty"`
 	// How long the plugin's ADD took, for the latency histogram.
 	AddDurationNano int64 `protobuf:"varint,3,opt,name=add_duration_nano,json=addDurationNano,proto3" json:"add_duration_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Required: what identifies the link in the pod.
+	Link          *LinkIdentity `protobuf:"bytes,4,opt,name=link,proto3" json:"link,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConfirmAttachRequest) Reset() {
 	*x = ConfirmAttachRequest{}
-	mi := &file_eni_proto_msgTypes[16]
+	mi := &file_eni_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1139,7 @@ func (x *ConfirmAttachRequest) String() string {
 func (*ConfirmAttachRequest) ProtoMessage() {}
 
 func (x *ConfirmAttachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[16]
+	mi := &file_eni_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1152,7 @@ func (x *ConfirmAttachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmAttachRequest.ProtoReflect.Descriptor instead.
 func (*ConfirmAttachRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{16}
+	return file_eni_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ConfirmAttachRequest) GetContainerId() string {
@@ -1063,6 +1176,13 @@ func (x *ConfirmAttachRequest) GetAddDurationNano() int64 {
 	return 0
 }
 
+func (x *ConfirmAttachRequest) GetLink() *LinkIdentity {
+	if x != nil {
+		return x.Link
+	}
+	return nil
+}
+
 type ConfirmAttachResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1071,7 +1191,7 @@ type ConfirmAttachResponse struct {
 
 func (x *ConfirmAttachResponse) Reset() {
 	*x = ConfirmAttachResponse{}
-	mi := &file_eni_proto_msgTypes[17]
+	mi := &file_eni_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1203,7 @@ func (x *ConfirmAttachResponse) String() string {
 func (*ConfirmAttachResponse) ProtoMessage() {}
 
 func (x *ConfirmAttachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[17]
+	mi := &file_eni_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1216,7 @@ func (x *ConfirmAttachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConfirmAttachResponse.ProtoReflect.Descriptor instead.
 func (*ConfirmAttachResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{17}
+	return file_eni_proto_rawDescGZIP(), []int{18}
 }
 
 type GetAttachmentRequest struct {
@@ -1109,7 +1229,7 @@ type GetAttachmentRequest struct {
 
 func (x *GetAttachmentRequest) Reset() {
 	*x = GetAttachmentRequest{}
-	mi := &file_eni_proto_msgTypes[18]
+	mi := &file_eni_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1241,7 @@ func (x *GetAttachmentRequest) String() string {
 func (*GetAttachmentRequest) ProtoMessage() {}
 
 func (x *GetAttachmentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[18]
+	mi := &file_eni_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1254,7 @@ func (x *GetAttachmentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttachmentRequest.ProtoReflect.Descriptor instead.
 func (*GetAttachmentRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{18}
+	return file_eni_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetAttachmentRequest) GetContainerId() string {
@@ -1163,7 +1283,7 @@ type DetachRequest struct {
 
 func (x *DetachRequest) Reset() {
 	*x = DetachRequest{}
-	mi := &file_eni_proto_msgTypes[19]
+	mi := &file_eni_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1175,7 +1295,7 @@ func (x *DetachRequest) String() string {
 func (*DetachRequest) ProtoMessage() {}
 
 func (x *DetachRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[19]
+	mi := &file_eni_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1188,7 +1308,7 @@ func (x *DetachRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachRequest.ProtoReflect.Descriptor instead.
 func (*DetachRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{19}
+	return file_eni_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DetachRequest) GetContainerId() string {
@@ -1224,7 +1344,7 @@ type DetachResponse struct {
 
 func (x *DetachResponse) Reset() {
 	*x = DetachResponse{}
-	mi := &file_eni_proto_msgTypes[20]
+	mi := &file_eni_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1356,7 @@ func (x *DetachResponse) String() string {
 func (*DetachResponse) ProtoMessage() {}
 
 func (x *DetachResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[20]
+	mi := &file_eni_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1369,7 @@ func (x *DetachResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachResponse.ProtoReflect.Descriptor instead.
 func (*DetachResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{20}
+	return file_eni_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DetachResponse) GetEniState() ENIState {
@@ -1274,7 +1394,7 @@ type ListAttachmentsRequest struct {
 
 func (x *ListAttachmentsRequest) Reset() {
 	*x = ListAttachmentsRequest{}
-	mi := &file_eni_proto_msgTypes[21]
+	mi := &file_eni_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1406,7 @@ func (x *ListAttachmentsRequest) String() string {
 func (*ListAttachmentsRequest) ProtoMessage() {}
 
 func (x *ListAttachmentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[21]
+	mi := &file_eni_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1419,7 @@ func (x *ListAttachmentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAttachmentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAttachmentsRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{21}
+	return file_eni_proto_rawDescGZIP(), []int{22}
 }
 
 type ListAttachmentsResponse struct {
@@ -1311,7 +1431,7 @@ type ListAttachmentsResponse struct {
 
 func (x *ListAttachmentsResponse) Reset() {
 	*x = ListAttachmentsResponse{}
-	mi := &file_eni_proto_msgTypes[22]
+	mi := &file_eni_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1443,7 @@ func (x *ListAttachmentsResponse) String() string {
 func (*ListAttachmentsResponse) ProtoMessage() {}
 
 func (x *ListAttachmentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[22]
+	mi := &file_eni_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1456,7 @@ func (x *ListAttachmentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAttachmentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAttachmentsResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{22}
+	return file_eni_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAttachmentsResponse) GetAttachments() []*Attachment {
@@ -1354,7 +1474,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_eni_proto_msgTypes[23]
+	mi := &file_eni_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1486,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[23]
+	mi := &file_eni_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1499,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{23}
+	return file_eni_proto_rawDescGZIP(), []int{24}
 }
 
 type VPCPool struct {
@@ -1394,7 +1514,7 @@ type VPCPool struct {
 
 func (x *VPCPool) Reset() {
 	*x = VPCPool{}
-	mi := &file_eni_proto_msgTypes[24]
+	mi := &file_eni_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1526,7 @@ func (x *VPCPool) String() string {
 func (*VPCPool) ProtoMessage() {}
 
 func (x *VPCPool) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[24]
+	mi := &file_eni_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1539,7 @@ func (x *VPCPool) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCPool.ProtoReflect.Descriptor instead.
 func (*VPCPool) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{24}
+	return file_eni_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VPCPool) GetVpc() string {
@@ -1460,7 +1580,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_eni_proto_msgTypes[25]
+	mi := &file_eni_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1592,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[25]
+	mi := &file_eni_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1605,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{25}
+	return file_eni_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -1508,7 +1628,8 @@ type ProbeRequest struct {
 	PodName      string                 `protobuf:"bytes,2,opt,name=pod_name,json=podName,proto3" json:"pod_name,omitempty"`
 	Port         uint32                 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
 	// Empty for a TCP probe; an HTTP path (starting with "/") for HTTP GET.
-	HttpPath      string `protobuf:"bytes,4,opt,name=http_path,json=httpPath,proto3" json:"http_path,omitempty"`
+	HttpPath string `protobuf:"bytes,4,opt,name=http_path,json=httpPath,proto3" json:"http_path,omitempty"`
+	// 0 means 1 s; a longer timeout than 10 s is cut to 10 s.
 	TimeoutMs     uint32 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1516,7 +1637,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_eni_proto_msgTypes[26]
+	mi := &file_eni_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1649,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[26]
+	mi := &file_eni_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1662,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{26}
+	return file_eni_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ProbeRequest) GetPodNamespace() string {
@@ -1590,7 +1711,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1602,7 +1723,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1615,7 +1736,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{27}
+	return file_eni_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ProbeResponse) GetSuccess() bool {
@@ -1658,7 +1779,7 @@ const file_eni_proto_rawDesc = "" +
 	"\fassigned_pod\x18\x03 \x01(\tR\vassignedPod\x12B\n" +
 	"\n" +
 	"attachment\x18\x04 \x01(\v2\".nodeinfra.nodeagent.v1.AttachmentR\n" +
-	"attachment\"\xf9\x01\n" +
+	"attachment\"\xb3\x02\n" +
 	"\n" +
 	"Attachment\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
@@ -1668,7 +1789,19 @@ const file_eni_proto_rawDesc = "" +
 	"\bpod_name\x18\x05 \x01(\tR\apodName\x12\x10\n" +
 	"\x03mac\x18\x06 \x01(\tR\x03mac\x12\x1c\n" +
 	"\tconfirmed\x18\a \x01(\bR\tconfirmed\x12*\n" +
-	"\x11created_unix_nano\x18\b \x01(\x03R\x0fcreatedUnixNano\"~\n" +
+	"\x11created_unix_nano\x18\b \x01(\x03R\x0fcreatedUnixNano\x128\n" +
+	"\x04link\x18\t \x01(\v2$.nodeinfra.nodeagent.v1.LinkIdentityR\x04link\"\xd5\x01\n" +
+	"\fLinkIdentity\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1b\n" +
+	"\tperm_addr\x18\x03 \x01(\tR\bpermAddr\x12\x1d\n" +
+	"\n" +
+	"parent_bus\x18\x04 \x01(\tR\tparentBus\x12\x1d\n" +
+	"\n" +
+	"parent_dev\x18\x05 \x01(\tR\tparentDev\x12\x1d\n" +
+	"\n" +
+	"peer_index\x18\x06 \x01(\x05R\tpeerIndex\x12!\n" +
+	"\fpeer_netnsid\x18\a \x01(\x05R\vpeerNetnsid\"~\n" +
 	"\n" +
 	"Assignment\x12#\n" +
 	"\rpod_namespace\x18\x01 \x01(\tR\fpodNamespace\x12\x19\n" +
@@ -1706,11 +1839,12 @@ const file_eni_proto_rawDesc = "" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2\".nodeinfra.nodeagent.v1.AttachmentR\n" +
 	"attachment\x123\n" +
-	"\x03eni\x18\x02 \x01(\v2!.nodeinfra.nodeagent.v1.ENIConfigR\x03eni\"}\n" +
+	"\x03eni\x18\x02 \x01(\v2!.nodeinfra.nodeagent.v1.ENIConfigR\x03eni\"\xb7\x01\n" +
 	"\x14ConfirmAttachRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
 	"\x06ifname\x18\x02 \x01(\tR\x06ifname\x12*\n" +
-	"\x11add_duration_nano\x18\x03 \x01(\x03R\x0faddDurationNano\"\x17\n" +
+	"\x11add_duration_nano\x18\x03 \x01(\x03R\x0faddDurationNano\x128\n" +
+	"\x04link\x18\x04 \x01(\v2$.nodeinfra.nodeagent.v1.LinkIdentityR\x04link\"\x17\n" +
 	"\x15ConfirmAttachResponse\"Q\n" +
 	"\x14GetAttachmentRequest\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x16\n" +
@@ -1782,82 +1916,85 @@ func file_eni_proto_rawDescGZIP() []byte {
 }
 
 var file_eni_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_eni_proto_goTypes = []any{
 	(ENIState)(0),                   // 0: nodeinfra.nodeagent.v1.ENIState
 	(*ENIConfig)(nil),               // 1: nodeinfra.nodeagent.v1.ENIConfig
 	(*ENI)(nil),                     // 2: nodeinfra.nodeagent.v1.ENI
 	(*Attachment)(nil),              // 3: nodeinfra.nodeagent.v1.Attachment
-	(*Assignment)(nil),              // 4: nodeinfra.nodeagent.v1.Assignment
-	(*RegisterENIRequest)(nil),      // 5: nodeinfra.nodeagent.v1.RegisterENIRequest
-	(*RemoveENIRequest)(nil),        // 6: nodeinfra.nodeagent.v1.RemoveENIRequest
-	(*RemoveENIResponse)(nil),       // 7: nodeinfra.nodeagent.v1.RemoveENIResponse
-	(*ListENIsRequest)(nil),         // 8: nodeinfra.nodeagent.v1.ListENIsRequest
-	(*ListENIsResponse)(nil),        // 9: nodeinfra.nodeagent.v1.ListENIsResponse
-	(*AssignPodRequest)(nil),        // 10: nodeinfra.nodeagent.v1.AssignPodRequest
-	(*UnassignPodRequest)(nil),      // 11: nodeinfra.nodeagent.v1.UnassignPodRequest
-	(*UnassignPodResponse)(nil),     // 12: nodeinfra.nodeagent.v1.UnassignPodResponse
-	(*ListAssignmentsRequest)(nil),  // 13: nodeinfra.nodeagent.v1.ListAssignmentsRequest
-	(*ListAssignmentsResponse)(nil), // 14: nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	(*AttachRequest)(nil),           // 15: nodeinfra.nodeagent.v1.AttachRequest
-	(*AttachResponse)(nil),          // 16: nodeinfra.nodeagent.v1.AttachResponse
-	(*ConfirmAttachRequest)(nil),    // 17: nodeinfra.nodeagent.v1.ConfirmAttachRequest
-	(*ConfirmAttachResponse)(nil),   // 18: nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	(*GetAttachmentRequest)(nil),    // 19: nodeinfra.nodeagent.v1.GetAttachmentRequest
-	(*DetachRequest)(nil),           // 20: nodeinfra.nodeagent.v1.DetachRequest
-	(*DetachResponse)(nil),          // 21: nodeinfra.nodeagent.v1.DetachResponse
-	(*ListAttachmentsRequest)(nil),  // 22: nodeinfra.nodeagent.v1.ListAttachmentsRequest
-	(*ListAttachmentsResponse)(nil), // 23: nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	(*StatusRequest)(nil),           // 24: nodeinfra.nodeagent.v1.StatusRequest
-	(*VPCPool)(nil),                 // 25: nodeinfra.nodeagent.v1.VPCPool
-	(*StatusResponse)(nil),          // 26: nodeinfra.nodeagent.v1.StatusResponse
-	(*ProbeRequest)(nil),            // 27: nodeinfra.nodeagent.v1.ProbeRequest
-	(*ProbeResponse)(nil),           // 28: nodeinfra.nodeagent.v1.ProbeResponse
+	(*LinkIdentity)(nil),            // 4: nodeinfra.nodeagent.v1.LinkIdentity
+	(*Assignment)(nil),              // 5: nodeinfra.nodeagent.v1.Assignment
+	(*RegisterENIRequest)(nil),      // 6: nodeinfra.nodeagent.v1.RegisterENIRequest
+	(*RemoveENIRequest)(nil),        // 7: nodeinfra.nodeagent.v1.RemoveENIRequest
+	(*RemoveENIResponse)(nil),       // 8: nodeinfra.nodeagent.v1.RemoveENIResponse
+	(*ListENIsRequest)(nil),         // 9: nodeinfra.nodeagent.v1.ListENIsRequest
+	(*ListENIsResponse)(nil),        // 10: nodeinfra.nodeagent.v1.ListENIsResponse
+	(*AssignPodRequest)(nil),        // 11: nodeinfra.nodeagent.v1.AssignPodRequest
+	(*UnassignPodRequest)(nil),      // 12: nodeinfra.nodeagent.v1.UnassignPodRequest
+	(*UnassignPodResponse)(nil),     // 13: nodeinfra.nodeagent.v1.UnassignPodResponse
+	(*ListAssignmentsRequest)(nil),  // 14: nodeinfra.nodeagent.v1.ListAssignmentsRequest
+	(*ListAssignmentsResponse)(nil), // 15: nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	(*AttachRequest)(nil),           // 16: nodeinfra.nodeagent.v1.AttachRequest
+	(*AttachResponse)(nil),          // 17: nodeinfra.nodeagent.v1.AttachResponse
+	(*ConfirmAttachRequest)(nil),    // 18: nodeinfra.nodeagent.v1.ConfirmAttachRequest
+	(*ConfirmAttachResponse)(nil),   // 19: nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	(*GetAttachmentRequest)(nil),    // 20: nodeinfra.nodeagent.v1.GetAttachmentRequest
+	(*DetachRequest)(nil),           // 21: nodeinfra.nodeagent.v1.DetachRequest
+	(*DetachResponse)(nil),          // 22: nodeinfra.nodeagent.v1.DetachResponse
+	(*ListAttachmentsRequest)(nil),  // 23: nodeinfra.nodeagent.v1.ListAttachmentsRequest
+	(*ListAttachmentsResponse)(nil), // 24: nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	(*StatusRequest)(nil),           // 25: nodeinfra.nodeagent.v1.StatusRequest
+	(*VPCPool)(nil),                 // 26: nodeinfra.nodeagent.v1.VPCPool
+	(*StatusResponse)(nil),          // 27: nodeinfra.nodeagent.v1.StatusResponse
+	(*ProbeRequest)(nil),            // 28: nodeinfra.nodeagent.v1.ProbeRequest
+	(*ProbeResponse)(nil),           // 29: nodeinfra.nodeagent.v1.ProbeResponse
 }
 var file_eni_proto_depIdxs = []int32{
 	1,  // 0: nodeinfra.nodeagent.v1.ENI.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
 	0,  // 1: nodeinfra.nodeagent.v1.ENI.state:type_name -> nodeinfra.nodeagent.v1.ENIState
 	3,  // 2: nodeinfra.nodeagent.v1.ENI.attachment:type_name -> nodeinfra.nodeagent.v1.Attachment
-	1,  // 3: nodeinfra.nodeagent.v1.RegisterENIRequest.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
-	2,  // 4: nodeinfra.nodeagent.v1.ListENIsResponse.enis:type_name -> nodeinfra.nodeagent.v1.ENI
-	4,  // 5: nodeinfra.nodeagent.v1.AssignPodRequest.assignment:type_name -> nodeinfra.nodeagent.v1.Assignment
-	4,  // 6: nodeinfra.nodeagent.v1.ListAssignmentsResponse.assignments:type_name -> nodeinfra.nodeagent.v1.Assignment
-	3,  // 7: nodeinfra.nodeagent.v1.AttachResponse.attachment:type_name -> nodeinfra.nodeagent.v1.Attachment
-	1,  // 8: nodeinfra.nodeagent.v1.AttachResponse.eni:type_name -> nodeinfra.nodeagent.v1.ENIConfig
-	0,  // 9: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
-	3,  // 10: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
-	25, // 11: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
-	5,  // 12: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
-	6,  // 13: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
-	8,  // 14: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
-	10, // 15: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
-	11, // 16: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
-	13, // 17: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
-	15, // 18: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
-	17, // 19: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
-	19, // 20: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
-	20, // 21: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
-	22, // 22: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
-	24, // 23: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
-	27, // 24: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
-	2,  // 25: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
-	7,  // 26: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
-	9,  // 27: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
-	4,  // 28: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
-	12, // 29: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
-	14, // 30: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	16, // 31: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	18, // 32: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	16, // 33: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	21, // 34: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
-	23, // 35: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	26, // 36: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
-	28, // 37: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
-	25, // [25:38] is the sub-list for method output_type
-	12, // [12:25] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 3: nodeinfra.nodeagent.v1.Attachment.link:type_name -> nodeinfra.nodeagent.v1.LinkIdentity
+	1,  // 4: nodeinfra.nodeagent.v1.RegisterENIRequest.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
+	2,  // 5: nodeinfra.nodeagent.v1.ListENIsResponse.enis:type_name -> nodeinfra.nodeagent.v1.ENI
+	5,  // 6: nodeinfra.nodeagent.v1.AssignPodRequest.assignment:type_name -> nodeinfra.nodeagent.v1.Assignment
+	5,  // 7: nodeinfra.nodeagent.v1.ListAssignmentsResponse.assignments:type_name -> nodeinfra.nodeagent.v1.Assignment
+	3,  // 8: nodeinfra.nodeagent.v1.AttachResponse.attachment:type_name -> nodeinfra.nodeagent.v1.Attachment
+	1,  // 9: nodeinfra.nodeagent.v1.AttachResponse.eni:type_name -> nodeinfra.nodeagent.v1.ENIConfig
+	4,  // 10: nodeinfra.nodeagent.v1.ConfirmAttachRequest.link:type_name -> nodeinfra.nodeagent.v1.LinkIdentity
+	0,  // 11: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
+	3,  // 12: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
+	26, // 13: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
+	6,  // 14: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
+	7,  // 15: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
+	9,  // 16: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
+	11, // 17: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
+	12, // 18: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
+	14, // 19: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
+	16, // 20: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
+	18, // 21: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
+	20, // 22: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
+	21, // 23: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
+	23, // 24: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
+	25, // 25: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
+	28, // 26: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
+	2,  // 27: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
+	8,  // 28: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
+	10, // 29: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
+	5,  // 30: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
+	13, // 31: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
+	15, // 32: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	17, // 33: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	19, // 34: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	17, // 35: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	22, // 36: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
+	24, // 37: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	27, // 38: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
+	29, // 39: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
+	27, // [27:40] is the sub-list for method output_type
+	14, // [14:27] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_eni_proto_init() }
@@ -1865,7 +2002,7 @@ func file_eni_proto_init() {
 	if File_eni_proto != nil {
 		return
 	}
-	file_eni_proto_msgTypes[3].OneofWrappers = []any{
+	file_eni_proto_msgTypes[4].OneofWrappers = []any{
 		(*Assignment_Mac)(nil),
 		(*Assignment_Vpc)(nil),
 	}
@@ -1875,7 +2012,7 @@ func file_eni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eni_proto_rawDesc), len(file_eni_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -62,7 +62,8 @@ type ENIServiceClient interface {
 	// the attachment before the plugin moves the link. Idempotent per
 	// (container ID, ifname).
 	Attach(ctx context.Context, in *AttachRequest, opts ...grpc.CallOption) (*AttachResponse, error)
-	// ConfirmAttach marks an attachment as configured in the pod.
+	// ConfirmAttach marks an attachment as configured in the pod and records
+	// what identifies its link there; DEL moves back only a link that matches.
 	ConfirmAttach(ctx context.Context, in *ConfirmAttachRequest, opts ...grpc.CallOption) (*ConfirmAttachResponse, error)
 	// GetAttachment returns one attachment; NotFound when there is none.
 	GetAttachment(ctx context.Context, in *GetAttachmentRequest, opts ...grpc.CallOption) (*AttachResponse, error)
@@ -74,6 +75,8 @@ type ENIServiceClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Probe runs a TCP or HTTP probe against a pod from inside the pod's
 	// network namespace, so that the node needs no path into tenant networks.
+	// ResourceExhausted, at once, when too many probes are in flight (on the
+	// node, or of this pod).
 	Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error)
 }
 
@@ -236,7 +239,8 @@ type ENIServiceServer interface {
 	// the attachment before the plugin moves the link. Idempotent per
 	// (container ID, ifname).
 	Attach(context.Context, *AttachRequest) (*AttachResponse, error)
-	// ConfirmAttach marks an attachment as configured in the pod.
+	// ConfirmAttach marks an attachment as configured in the pod and records
+	// what identifies its link there; DEL moves back only a link that matches.
 	ConfirmAttach(context.Context, *ConfirmAttachRequest) (*ConfirmAttachResponse, error)
 	// GetAttachment returns one attachment; NotFound when there is none.
 	GetAttachment(context.Context, *GetAttachmentRequest) (*AttachResponse, error)
@@ -248,6 +252,8 @@ type ENIServiceServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Probe runs a TCP or HTTP probe against a pod from inside the pod's
 	// network namespace, so that the node needs no path into tenant networks.
+	// ResourceExhausted, at once, when too many probes are in flight (on the
+	// node, or of this pod).
 	Probe(context.Context, *ProbeRequest) (*ProbeResponse, error)
 	mustEmbedUnimplementedENIServiceServer()
 }
