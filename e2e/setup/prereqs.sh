@@ -14,5 +14,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || need+=(busybox-static)
 if [[ "${1:-}" == "--proto" ]]; then
 	command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+	# google/protobuf/timestamp.proto, which sandbox.proto imports.
+	[[ -e /usr/include/google/protobuf/timestamp.proto ]] || need+=(libprotobuf-dev)
 fi
 exec "$(dirname "$0")/apt-install.sh" prereqs "${need[@]}"
