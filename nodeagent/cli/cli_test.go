@@ -222,7 +222,7 @@ func TestOutputFormats(t *testing.T) {
 		t.Errorf("status -o yaml: exit %d, %v:\n%s", code, err, out)
 	}
 	code, out, _ = runCaptured(t, "", "status")
-	if code != 0 || !strings.HasPrefix(out, "nodeagent v1.2.3: serving\n") || !strings.Contains(out, "vpc-a") {
+	if code != 0 || !strings.HasPrefix(out, "nodeagent v1.2.3: serving for ") || !strings.Contains(out, "sandboxes: ") || !strings.Contains(out, "vpc-a") {
 		t.Errorf("status: exit %d:\n%s", code, out)
 	}
 

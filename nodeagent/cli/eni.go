@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -201,7 +202,7 @@ func (a *app) attachmentsCmd() *cobra.Command {
 func (a *app) statusCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "status",
-		Short:   "Print the agent's version and its ENI pools (fails if the agent does not answer)",
+		Short:   "Print the agent's version, uptime, sandbox readiness and ENI pools (fails if the agent does not answer)",
 		Args:    positional(),
 		PreRunE: a.checkSocket,
 	}
@@ -213,7 +214,31 @@ func (a *app) statusCmd() *cobra.Command {
 				return err
 			}
 			return out.print(cmd.OutOrStdout(), resp, func(w io.Writer) error {
-				fmt.Fprintf(w, "nodeagent %s: serving\n", resp.GetVersion())
+				fmt.Fprintf(w, "nodeagent %s: serving for %s\n", resp.GetVersion(), time.Duration(resp.GetUptimeSeconds())*time.Second)
+				if p := resp.GetSandboxProblems(); len(p) > 0 {
+					fmt.Fprintln(w, "sandboxes: unavailable")
+					for _, m := range p {
+						fmt.Fprintf(w, "  missing: %s\n", m)
+					}
+				} else {
+					accel := resp.GetAccel()
+					if accel == "" {
+						accel = "probing KVM"
+					}
+					cg := resp.GetCgroupMode()
+					if cg == "" {
+						cg = "none"
+					}
+					var states []string
+					for st, n := range resp.GetSandboxes() {
+						states = append(states, fmt.Sprintf("%s %d", strings.ToLower(st), n))
+					}
+					sort.Strings(states)
+					if len(states) == 0 {
+						states = []string{"none"}
+					}
+					fmt.Fprintf(w, "sandboxes: accel %s, cgroups %s; %s\n", accel, cg, strings.Join(states, ", "))
+				}
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "VPC\tFREE\tATTACHED\tMISSING")
 				for _, p := range resp.GetPools() {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
+
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
@@ -42,10 +44,13 @@ type SandboxConfig struct {
 	// CgroupParent is the cgroup (under each v1 controller, or under the
 	// v2 root) that holds one cgroup per sandbox; "" disables quotas.
 	CgroupParent string
-	BootTimeout  time.Duration
-	CephConf     string
-	CephUser     string
-	CephKeyring  string
+	// CgroupRoot is where the cgroup file systems are mounted (the v2
+	// hierarchy, or the folder of the v1 controllers).
+	CgroupRoot  string
+	BootTimeout time.Duration
+	CephConf    string
+	CephUser    string
+	CephKeyring string
 	// Confine runs each QEMU under seccomp, as its own uid from UIDs
 	// ("FIRST-LAST"), chrooted into its sandbox dir.
 	Confine bool
@@ -77,6 +82,7 @@ func DefaultConfig() Config {
 			QEMU:         "qemu-system-x86_64",
 			Accel:        "auto",
 			CgroupParent: "/nodeagent",
+			CgroupRoot:   cgroup.DefaultMountpoint,
 			BootTimeout:  60 * time.Second,
 			Confine:      true,
 			UIDs:         fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),

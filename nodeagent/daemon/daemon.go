@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
-	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
@@ -41,9 +40,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	m := metrics.New(inv)
 	prober := probe.New(inv, probe.DefaultLimits()) // the endpoint and the RPC share its limits
 	srv := &server.ENIServer{Inv: inv, Prober: prober, Metrics: m, Version: version.Version}
-	sandboxes, err := openSandboxes(ctx, cfg, log)
+	started := time.Now()
+	sandboxes, host, err := openSandboxes(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	srv.Node = func() server.NodeInfo {
+		info := server.NodeInfo{Started: started, SandboxProblems: host.problems}
+		if host.cgroups != nil {
+			info.CgroupMode = host.cgroups.Mode().String()
+		}
+		if sandboxes != nil {
+			info.Accel = sandboxes.Accel()
+			info.Sandboxes = map[string]uint32{}
+			for _, s := range sandboxes.List() {
+				info.Sandboxes[string(s.State)]++
+			}
+		}
+		return info
 	}
 
 	lis, err := listenUnix(cfg.Socket)
@@ -58,7 +72,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		svc = sandboxes
 		m.WatchSandboxes(sandboxes)
 	}
-	apiv1.RegisterSandboxServiceServer(g, server.NewSandboxServer(svc))
+	ss := server.NewSandboxServer(svc)
+	ss.Unavailable = host.problems
+	apiv1.RegisterSandboxServiceServer(g, ss)
 
 	errc := make(chan error, 3)
 	go func() { errc <- g.Serve(lis) }()
@@ -123,10 +139,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return nil
 }
 
-// openSandboxes opens the sandbox manager, which re-adopts running VMs. It
-// returns nil (sandboxes disabled, with a warning) when the default guest
-// files are absent; files named by flags must exist.
-func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.Manager, error) {
+// openSandboxes opens the sandbox manager, which re-adopts running VMs.
+// On a node that lacks something sandboxes need it returns no manager and
+// what is missing (the agent still serves ENIs and probes); the sandbox
+// API then answers FailedPrecondition naming it.
+func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.Manager, sandboxHost, error) {
 	sb := cfg.Sandbox
 	kernel, initrd := sb.Kernel, sb.Initrd
 	if kernel == "" {
@@ -135,33 +152,20 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 	if initrd == "" {
 		initrd = filepath.Join(guestDir(), "initramfs.cpio")
 	}
-	for flagName, p := range map[string]string{"--guest-kernel": kernel, "--guest-initrd": initrd} {
-		if _, err := os.Stat(p); err != nil {
-			if sb.Kernel != "" || sb.Initrd != "" {
-				return nil, fmt.Errorf("%s: %w", flagName, err)
-			}
-			log.Warn("sandboxes disabled: guest files not found (run make build, or pass --guest-kernel and --guest-initrd)", "missing", p)
-			return nil, nil
-		}
-	}
-	var qm *cgroup.Manager
-	if sb.CgroupParent != "" {
-		mode, err := cgroup.Detect()
-		if err != nil {
-			return nil, fmt.Errorf("cgroups: %w", err)
-		}
-		if qm, err = cgroup.NewManager(mode, sb.CgroupParent); err != nil {
-			return nil, fmt.Errorf("cgroups: %w", err)
-		}
+	host := checkSandboxHost(sb, kernel, initrd)
+	if len(host.problems) > 0 {
+		log.Warn("sandboxes unavailable on this node; serving ENIs and probes", "missing", host.problems)
+		return nil, host, nil
 	}
 	first, count, err := sb.uidRange()
 	if err != nil {
-		return nil, err
+		return nil, host, err
 	}
-	return sandbox.Open(ctx, sandbox.Config{
+	m, err := sandbox.Open(ctx, sandbox.Config{
 		Confine: sb.Confine, UIDs: sandbox.UIDRange{First: first, Count: count},
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
-		Cgroups: qm, BootTimeout: sb.BootTimeout, Log: log,
+		Cgroups: host.cgroups, BootTimeout: sb.BootTimeout, Log: log,
 	})
+	return m, host, err
 }

@@ -5,6 +5,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nodeinfra/nodeinfra/pkg/k8sname"
@@ -27,6 +28,17 @@ type ENIServer struct {
 	Prober  *probe.Prober
 	Metrics *metrics.Metrics
 	Version string
+	// Node, when set, reports what Status tells beyond the ENIs.
+	Node func() NodeInfo
+}
+
+// NodeInfo is the node's side of Status: uptime and sandboxes.
+type NodeInfo struct {
+	Started         time.Time
+	Accel           string
+	CgroupMode      string
+	SandboxProblems []string
+	Sandboxes       map[string]uint32 // by state
 }
 
 var _ apiv1.ENIServiceServer = (*ENIServer)(nil)
@@ -168,6 +180,15 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 	resp := &apiv1.StatusResponse{Version: s.Version}
 	for _, p := range s.Inv.Pools() {
 		resp.Pools = append(resp.Pools, &apiv1.VPCPool{Vpc: p.VPC, Free: uint32(p.Free), Attached: uint32(p.Attached), Missing: uint32(p.Missing)})
+	}
+	if s.Node != nil {
+		n := s.Node()
+		resp.UptimeSeconds = int64(time.Since(n.Started).Seconds())
+		resp.Accel, resp.CgroupMode, resp.SandboxProblems = n.Accel, n.CgroupMode, n.SandboxProblems
+		resp.Sandboxes = map[string]uint32{}
+		for st, c := range n.Sandboxes {
+			resp.Sandboxes[strings.ToUpper(st)] = c
+		}
 	}
 	return resp, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +25,8 @@ import (
 type SandboxServer struct {
 	apiv1.UnimplementedSandboxServiceServer
 	Svc sandbox.Service
+	// Unavailable says what the node lacks when Svc is nil.
+	Unavailable []string
 }
 
 var _ apiv1.SandboxServiceServer = (*SandboxServer)(nil)
@@ -41,6 +44,10 @@ var errNoSandboxes = fmt.Errorf("sandboxes are not enabled on this node: %w", er
 
 func (s *SandboxServer) service() (sandbox.Service, error) {
 	if s.Svc == nil {
+		if len(s.Unavailable) > 0 {
+			return nil, fmt.Errorf("sandboxes are unavailable on this node: %s: %w",
+				strings.Join(s.Unavailable, "; "), errdefs.ErrFailedPrecondition)
+		}
 		return nil, errNoSandboxes
 	}
 	return s.Svc, nil

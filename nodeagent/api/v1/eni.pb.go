@@ -1571,9 +1571,21 @@ func (x *VPCPool) GetMissing() uint32 {
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Version       string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
-	Pools         []*VPCPool             `protobuf:"bytes,2,rep,name=pools,proto3" json:"pools,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Version string                 `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	Pools   []*VPCPool             `protobuf:"bytes,2,rep,name=pools,proto3" json:"pools,omitempty"`
+	// Seconds since the agent started.
+	UptimeSeconds int64 `protobuf:"varint,3,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
+	// Sandboxes: "kvm" or "tcg" ("" while the KVM probe runs, or when
+	// sandboxes are unavailable).
+	Accel string `protobuf:"bytes,4,opt,name=accel,proto3" json:"accel,omitempty"`
+	// "v1", "v2", or "" when sandboxes run without cgroups.
+	CgroupMode string `protobuf:"bytes,5,opt,name=cgroup_mode,json=cgroupMode,proto3" json:"cgroup_mode,omitempty"`
+	// What this node lacks for sandboxes; empty when they can run. The agent
+	// serves ENIs and probes either way.
+	SandboxProblems []string `protobuf:"bytes,6,rep,name=sandbox_problems,json=sandboxProblems,proto3" json:"sandbox_problems,omitempty"`
+	// Sandboxes by state (CREATING, READY, ...).
+	Sandboxes     map[string]uint32 `protobuf:"bytes,7,rep,name=sandboxes,proto3" json:"sandboxes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1618,6 +1630,41 @@ func (x *StatusResponse) GetVersion() string {
 func (x *StatusResponse) GetPools() []*VPCPool {
 	if x != nil {
 		return x.Pools
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetUptimeSeconds() int64 {
+	if x != nil {
+		return x.UptimeSeconds
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetAccel() string {
+	if x != nil {
+		return x.Accel
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetCgroupMode() string {
+	if x != nil {
+		return x.CgroupMode
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetSandboxProblems() []string {
+	if x != nil {
+		return x.SandboxProblems
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetSandboxes() map[string]uint32 {
+	if x != nil {
+		return x.Sandboxes
 	}
 	return nil
 }
@@ -1864,10 +1911,19 @@ const file_eni_proto_rawDesc = "" +
 	"\x03vpc\x18\x01 \x01(\tR\x03vpc\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x1a\n" +
 	"\battached\x18\x03 \x01(\rR\battached\x12\x18\n" +
-	"\amissing\x18\x04 \x01(\rR\amissing\"a\n" +
+	"\amissing\x18\x04 \x01(\rR\amissing\"\xfd\x02\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x125\n" +
-	"\x05pools\x18\x02 \x03(\v2\x1f.nodeinfra.nodeagent.v1.VPCPoolR\x05pools\"\x9e\x01\n" +
+	"\x05pools\x18\x02 \x03(\v2\x1f.nodeinfra.nodeagent.v1.VPCPoolR\x05pools\x12%\n" +
+	"\x0euptime_seconds\x18\x03 \x01(\x03R\ruptimeSeconds\x12\x14\n" +
+	"\x05accel\x18\x04 \x01(\tR\x05accel\x12\x1f\n" +
+	"\vcgroup_mode\x18\x05 \x01(\tR\n" +
+	"cgroupMode\x12)\n" +
+	"\x10sandbox_problems\x18\x06 \x03(\tR\x0fsandboxProblems\x12S\n" +
+	"\tsandboxes\x18\a \x03(\v25.nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntryR\tsandboxes\x1a<\n" +
+	"\x0eSandboxesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x9e\x01\n" +
 	"\fProbeRequest\x12#\n" +
 	"\rpod_namespace\x18\x01 \x01(\tR\fpodNamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x12\n" +
@@ -1916,7 +1972,7 @@ func file_eni_proto_rawDescGZIP() []byte {
 }
 
 var file_eni_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_eni_proto_goTypes = []any{
 	(ENIState)(0),                   // 0: nodeinfra.nodeagent.v1.ENIState
 	(*ENIConfig)(nil),               // 1: nodeinfra.nodeagent.v1.ENIConfig
@@ -1948,6 +2004,7 @@ var file_eni_proto_goTypes = []any{
 	(*StatusResponse)(nil),          // 27: nodeinfra.nodeagent.v1.StatusResponse
 	(*ProbeRequest)(nil),            // 28: nodeinfra.nodeagent.v1.ProbeRequest
 	(*ProbeResponse)(nil),           // 29: nodeinfra.nodeagent.v1.ProbeResponse
+	nil,                             // 30: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
 }
 var file_eni_proto_depIdxs = []int32{
 	1,  // 0: nodeinfra.nodeagent.v1.ENI.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
@@ -1964,37 +2021,38 @@ var file_eni_proto_depIdxs = []int32{
 	0,  // 11: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
 	3,  // 12: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
 	26, // 13: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
-	6,  // 14: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
-	7,  // 15: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
-	9,  // 16: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
-	11, // 17: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
-	12, // 18: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
-	14, // 19: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
-	16, // 20: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
-	18, // 21: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
-	20, // 22: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
-	21, // 23: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
-	23, // 24: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
-	25, // 25: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
-	28, // 26: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
-	2,  // 27: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
-	8,  // 28: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
-	10, // 29: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
-	5,  // 30: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
-	13, // 31: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
-	15, // 32: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	17, // 33: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	19, // 34: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	17, // 35: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	22, // 36: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
-	24, // 37: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	27, // 38: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
-	29, // 39: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
-	27, // [27:40] is the sub-list for method output_type
-	14, // [14:27] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	30, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	6,  // 15: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
+	7,  // 16: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
+	9,  // 17: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
+	11, // 18: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
+	12, // 19: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
+	14, // 20: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
+	16, // 21: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
+	18, // 22: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
+	20, // 23: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
+	21, // 24: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
+	23, // 25: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
+	25, // 26: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
+	28, // 27: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
+	2,  // 28: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
+	8,  // 29: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
+	10, // 30: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
+	5,  // 31: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
+	13, // 32: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
+	15, // 33: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	17, // 34: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	19, // 35: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	17, // 36: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	22, // 37: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
+	24, // 38: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	27, // 39: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
+	29, // 40: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
+	28, // [28:41] is the sub-list for method output_type
+	15, // [15:28] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_eni_proto_init() }
@@ -2012,7 +2070,7 @@ func file_eni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eni_proto_rawDesc), len(file_eni_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
