@@ -32,6 +32,7 @@ func main() {
 	flag.StringVar(&cfg.CredentialsDir, "credentials-dir", "", "optional <clusterID>/userID and userKey files for calls without secrets (ListVolumes, GetCapacity)")
 	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/csi-ceph", "node: staging records and mapping work dirs")
 	flag.Int64Var(&cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "node: volumes the node may hold (0: no limit)")
+	flag.StringVar(&cfg.MapperCgroup, "mapper-cgroup", "/csi-ceph-mappers", "node: cgroup (in every hierarchy) the rbd-nbd and rbd-fuse daemons run in, outside the plugin's container; \"\": the plugin's own")
 	flag.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	lvl, err := logging.ParseLevel(level)

@@ -34,7 +34,7 @@ const (
 // cephFlags are csi-ceph's flags (csi-ceph/main.go); it takes no others.
 var cephFlags = map[string]bool{
 	"endpoint": true, "nodeid": true, "type": true, "mode": true, "cluster-config": true,
-	"credentials-dir": true, "state-dir": true, "max-volumes-per-node": true, "log-level": true,
+	"credentials-dir": true, "state-dir": true, "max-volumes-per-node": true, "mapper-cgroup": true, "log-level": true,
 }
 
 // cephDriverNames maps csi-ceph's --type to its CSI driver name.
@@ -318,6 +318,29 @@ func checkCephNode(t *testing.T, w workload, c *corev1.Container, driver, sockVo
 	}
 	if m, _, ok := mountFor(c, stateDir); !ok || hostPathOf(m) == "" {
 		t.Errorf("%s: --state-dir %s must be on a host path (staging records outlive the container)", o, stateDir)
+	}
+
+	// The mapper daemons outlive the container: a cgroup of their own at
+	// the root of the host's hierarchies, which the container must see
+	// whole. Only then may updates roll: a rolling update stops the
+	// plugin on every node in turn.
+	cg, ok := flag1(f, "mapper-cgroup")
+	if !ok {
+		cg = "/csi-ceph-mappers" // csi-ceph's default
+	}
+	if cg == "" || !path.IsAbs(cg) || path.Clean(cg) != cg || cg == "/" {
+		t.Errorf("%s: --mapper-cgroup %q: the mapper daemons must run in a cgroup of their own (an absolute cgroup path)", o, cg)
+	}
+	if m := mountAt("/sys/fs/cgroup"); m == nil || hostPathOf(m) != "/sys/fs/cgroup" || m.ReadOnly {
+		t.Errorf("%s: csi-ceph must mount the host's /sys/fs/cgroup read-write at /sys/fs/cgroup (--mapper-cgroup is made there)", o)
+	}
+	if w.o.kind == "DaemonSet" {
+		ds := w.o.obj.(*appsv1.DaemonSet)
+		us := ds.Spec.UpdateStrategy
+		if us.Type != appsv1.RollingUpdateDaemonSetStrategyType || us.RollingUpdate == nil || us.RollingUpdate.MaxUnavailable == nil ||
+			us.RollingUpdate.MaxUnavailable.IntValue() != 1 || (us.RollingUpdate.MaxSurge != nil && us.RollingUpdate.MaxSurge.IntValue() != 0) {
+			t.Errorf("%s: updateStrategy %+v: want RollingUpdate, one node at a time (see the manifest's comment)", o, us)
+		}
 	}
 
 	// The socket's place on the host is where the registrar tells the

@@ -18,6 +18,8 @@ import (
 	snapshotv1 "github.com/kubernetes-csi/external-snapshotter/client/v8/apis/volumesnapshot/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+
+	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
 )
 
 // secretParams are the CSI secret parameters the sidecars and the kubelet
@@ -116,13 +118,25 @@ func TestCSIDriverAndClasses(t *testing.T) {
 		if sc.Provisioner != cephDriverName {
 			return
 		}
-		// What csi-ceph's CreateVolume accepts.
-		for k := range sc.Parameters {
+		// What csi-ceph's CreateVolume accepts (ceph-csi's names).
+		for k, v := range sc.Parameters {
 			switch k {
 			case "clusterID", "pool", "imageFeatures", "mounter":
+			case "dataPool":
+				if v == "" {
+					t.Errorf("%s: dataPool is empty", o)
+				}
+			case "mapOptions", "unmapOptions":
+				if _, err := mapper.ParseMapOptions(v, k == "unmapOptions"); err != nil {
+					t.Errorf("%s: %v", o, err)
+				}
+			case "mkfsOptions":
+				if strings.ContainsAny(v, "/'\"\\") {
+					t.Errorf("%s: mkfsOptions %q: csi-ceph refuses paths and quotes", o, v)
+				}
 			default:
 				if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
-					t.Errorf("%s: csi-ceph refuses parameter %q (clusterID, pool, imageFeatures, mounter)", o, k)
+					t.Errorf("%s: csi-ceph refuses parameter %q (clusterID, pool, dataPool, imageFeatures, mounter, mapOptions, unmapOptions, mkfsOptions)", o, k)
 				}
 			}
 		}

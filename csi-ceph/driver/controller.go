@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -64,44 +62,12 @@ func checkCapabilities(caps []*csi.VolumeCapability) error {
 			return fmt.Errorf("access mode %v is not supported: %w", m, errdefs.ErrInvalidArgument)
 		}
 		if mnt := c.GetMount(); mnt != nil {
-			switch mnt.GetFsType() {
-			case "", "ext4", "xfs":
-			default:
-				return fmt.Errorf("fsType %q is not supported (ext4, xfs): %w", mnt.GetFsType(), errdefs.ErrInvalidArgument)
+			if err := checkFsType(mnt.GetFsType()); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
-}
-
-// volumeParams are a StorageClass's parameters.
-type volumeParams struct {
-	ClusterID, Pool, Features, Mounter string
-}
-
-func parseParams(p map[string]string) (volumeParams, error) {
-	v := volumeParams{ClusterID: p["clusterID"], Pool: p["pool"], Features: p["imageFeatures"], Mounter: p["mounter"]}
-	for k := range p {
-		switch k {
-		case "clusterID", "pool", "imageFeatures", "mounter":
-		default:
-			if !strings.HasPrefix(k, "csi.storage.k8s.io/") {
-				return v, fmt.Errorf("unknown parameter %q (clusterID, pool, imageFeatures, mounter): %w", k, errdefs.ErrInvalidArgument)
-			}
-		}
-	}
-	if v.ClusterID == "" || v.Pool == "" {
-		return v, fmt.Errorf("parameters clusterID and pool are required: %w", errdefs.ErrInvalidArgument)
-	}
-	switch v.Mounter {
-	case "", mapper.KRBD, mapper.RBDNBD, mapper.Fuse:
-	default:
-		return v, fmt.Errorf("mounter %q: want %s, %s or %s: %w", v.Mounter, mapper.KRBD, mapper.RBDNBD, mapper.Fuse, errdefs.ErrInvalidArgument)
-	}
-	if _, err := rbd.ParseFeatures(v.Features); err != nil {
-		return v, err
-	}
-	return v, nil
 }
 
 func sizeFrom(r *csi.CapacityRange) (uint64, error) {
@@ -155,10 +121,11 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	defer unlock()
-	c, err := d.conn(ctx, params.ClusterID, creds)
+	c, release, err := d.conn(ctx, params.ClusterID, creds)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	poolID, err := c.PoolID(params.Pool)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", params.Pool, params.ClusterID, errdefs.ErrInvalidArgument)
@@ -166,7 +133,14 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if err != nil {
 		return nil, err
 	}
-	spec := rbd.VolumeSpec{Name: req.GetName(), Pool: params.Pool, SizeBytes: size, Features: params.Features}
+	if params.DataPool != "" {
+		if _, err := c.PoolID(params.DataPool); errors.Is(err, errdefs.ErrNotFound) {
+			return nil, fmt.Errorf("data pool %q does not exist in cluster %q: %w", params.DataPool, params.ClusterID, errdefs.ErrInvalidArgument)
+		} else if err != nil {
+			return nil, err
+		}
+	}
+	spec := rbd.VolumeSpec{Name: req.GetName(), Pool: params.Pool, SizeBytes: size, Features: params.Features, DataPool: params.DataPool}
 	var vol rbd.Volume
 	var created bool
 	if src := req.GetVolumeContentSource(); src != nil {
@@ -187,12 +161,8 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 	if created {
 		d.log.Info("volume created", "name", req.GetName(), "id", id.String(), "pool", vol.Pool, "image", vol.Image, "bytes", vol.SizeBytes)
 	}
-	vctx := map[string]string{"clusterID": params.ClusterID, "pool": params.Pool, "imageName": vol.Image}
-	if params.Mounter != "" {
-		vctx["mounter"] = params.Mounter
-	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
-		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: vctx,
+		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: params.volumeContext(vol.Image),
 		ContentSource: req.GetVolumeContentSource(),
 	}}, nil
 }
@@ -225,10 +195,11 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return err
 	}
 	defer unlock()
-	c, err := d.conn(ctx, id.ClusterID, creds)
+	c, release, err := d.conn(ctx, id.ClusterID, creds)
 	if err != nil {
 		return err
 	}
+	defer release()
 	pool, err := c.PoolName(id.PoolID)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
@@ -249,19 +220,11 @@ func (d *Driver) lookupVolume(ctx context.Context, volumeID string, secrets map[
 	if err != nil {
 		return rbd.Volume{}, err
 	}
-	var c *rbd.Conn
-	if len(secrets) > 0 {
-		creds, err := credsFrom(secrets)
-		if err != nil {
-			return rbd.Volume{}, err
-		}
-		c, err = d.conn(ctx, id.ClusterID, creds)
-		if err != nil {
-			return rbd.Volume{}, err
-		}
-	} else if c, err = d.connNoSecrets(ctx, id.ClusterID); err != nil {
+	c, release, err := d.connFor(ctx, id.ClusterID, secrets)
+	if err != nil {
 		return rbd.Volume{}, err
 	}
+	defer release()
 	pool, err := c.PoolName(id.PoolID)
 	if err != nil {
 		return rbd.Volume{}, err
@@ -357,10 +320,11 @@ func (d *Driver) getCapacity(ctx context.Context, req *csi.GetCapacityRequest) (
 	if err != nil {
 		return nil, err
 	}
-	c, err := d.connNoSecrets(ctx, p.ClusterID)
+	c, release, err := d.connNoSecrets(ctx, p.ClusterID)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	st, err := c.PoolStats(ctx, p.Pool)
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil, fmt.Errorf("pool %q does not exist in cluster %q: %w", p.Pool, p.ClusterID, errdefs.ErrInvalidArgument)
@@ -394,10 +358,11 @@ func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpand
 		return nil, err
 	}
 	defer unlock()
-	c, id, pool, err := d.volumeRef(ctx, req.GetVolumeId(), req.GetSecrets())
+	c, release, id, pool, err := d.volumeRef(ctx, req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	got, err := c.ExpandVolume(ctx, pool, id.image(), size)
 	if err != nil {
 		return nil, err
@@ -424,32 +389,30 @@ func page[T any](entries []T, id func(T) string, token string, max int32) ([]T, 
 // credentials.
 func (d *Driver) eachPool(ctx context.Context, secrets map[string]string, fn func(clusterID string, c *rbd.Conn, pool string, poolID int64) error) error {
 	for clusterID := range d.clusters {
-		var c *rbd.Conn
-		var err error
-		if len(secrets) > 0 {
-			creds, cerr := credsFrom(secrets)
-			if cerr != nil {
-				return cerr
-			}
-			c, err = d.conn(ctx, clusterID, creds)
-		} else {
-			c, err = d.connNoSecrets(ctx, clusterID)
+		if err := d.eachPoolOf(ctx, clusterID, secrets, fn); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+func (d *Driver) eachPoolOf(ctx context.Context, clusterID string, secrets map[string]string, fn func(clusterID string, c *rbd.Conn, pool string, poolID int64) error) error {
+	c, release, err := d.connFor(ctx, clusterID, secrets)
+	if err != nil {
+		return err
+	}
+	defer release()
+	pools, err := c.Pools()
+	if err != nil {
+		return err
+	}
+	for _, pool := range pools {
+		poolID, err := c.PoolID(pool)
 		if err != nil {
 			return err
 		}
-		pools, err := c.Pools()
-		if err != nil {
+		if err := fn(clusterID, c, pool, poolID); err != nil {
 			return err
-		}
-		for _, pool := range pools {
-			poolID, err := c.PoolID(pool)
-			if err != nil {
-				return err
-			}
-			if err := fn(clusterID, c, pool, poolID); err != nil {
-				return err
-			}
 		}
 	}
 	return nil

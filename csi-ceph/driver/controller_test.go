@@ -99,6 +99,16 @@ func TestIdentity(t *testing.T) {
 	if p, err := bad.Probe(ctx, &csi.ProbeRequest{}); err != nil || p.GetReady().GetValue() {
 		t.Fatalf("Probe of an unreachable cluster = %v, %v", p, err)
 	}
+	// One unreachable cluster among reachable ones: ready (it serves the
+	// others), and the unreachable one is named.
+	mixed := serve(t, fmt.Sprintf(`[{"clusterID": %q, "monitors": [%q]}, {"clusterID": "gone", "monitors": ["127.0.0.1:1"]}]`,
+		c.cluster.ClusterID, c.cluster.Monitors[0]))
+	if p, err := mixed.Probe(ctx, &csi.ProbeRequest{}); err != nil || !p.GetReady().GetValue() {
+		t.Fatalf("Probe with one unreachable cluster of two = %v, %v", p, err)
+	}
+	if info, err := mixed.GetPluginInfo(ctx, &csi.GetPluginInfoRequest{}); err != nil || info.GetManifest()["unreachableClusters"] != "gone" {
+		t.Fatalf("GetPluginInfo after the probe = %v, %v", info, err)
+	}
 }
 
 func TestCreateDeleteVolume(t *testing.T) {

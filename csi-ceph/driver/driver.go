@@ -1,19 +1,21 @@
 // Package driver is csi-ceph's CSI layer: a gRPC adapter over package rbd
 // (Ceph operations) and package mapper (block devices on the node). It
 // serves the identity (identity.go), controller (controller.go: volumes,
-// capacity, expansion; snapshots.go: snapshots, and volumes made from a
-// snapshot or a volume) and node (node.go) services, the node keeping a
-// staging record per staged volume (staging.go) and making filesystems on
-// first use (format.go). Volume and snapshot IDs are in ids.go, the
-// cluster config in clusters.go. Each handler validates its request, calls
-// the domain, and converts the error to a gRPC status once, with toStatus
-// (errors.go).
+// capacity, expansion; params.go: StorageClass parameters; snapshots.go:
+// snapshots, and volumes made from a snapshot or a volume) and node
+// (node.go: stage and unstage; publish.go: publish, unpublish and
+// expansion; health.go: what a staging record still holds, healing,
+// stats and volume health) services. The node keeps a staging record per
+// staged volume (staging.go) and makes filesystems on first use
+// (format.go). Connections are shared per cluster and user and closed
+// when idle (conns.go). Volume and snapshot IDs are in ids.go, the
+// cluster config in clusters.go. Each handler validates its request,
+// calls the domain, and converts the error to a gRPC status once, with
+// toStatus (errors.go).
 package driver
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +23,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -58,7 +59,14 @@ type Config struct {
 	StateDir string
 	// MaxVolumesPerNode is reported by NodeGetInfo (0: no limit).
 	MaxVolumesPerNode int64
-	Version           string
+	// MapperCgroup is the cgroup (in every hierarchy) the node's mapper
+	// daemons run in, outside the plugin's container so that they outlive
+	// it; "" leaves them in the plugin's own cgroup.
+	MapperCgroup string
+	// ConnIdle is how long a cached cluster connection may go unused
+	// before it is closed (0: DefaultConnIdle).
+	ConnIdle time.Duration
+	Version  string
 }
 
 // Validate checks the configuration.
@@ -79,6 +87,9 @@ func (c Config) Validate() error {
 	}
 	if c.ClusterConfig == "" {
 		return errors.New("--cluster-config is required")
+	}
+	if c.ConnIdle < 0 {
+		return fmt.Errorf("connection idle time %v is negative", c.ConnIdle)
 	}
 	return nil
 }
@@ -106,10 +117,8 @@ type Driver struct {
 	log      *slog.Logger
 	locks    *locks
 	node     *node
-
-	mu    sync.Mutex
-	conns map[string]*rbd.Conn // by cluster, user and key hash
-	creds map[string]rbd.Credentials
+	conns    *connCache[*rbd.Conn]
+	probes   *probeLog
 }
 
 // New builds a driver from cfg.
@@ -122,12 +131,14 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 		return nil, err
 	}
 	d := &Driver{cfg: cfg, clusters: clusters, log: log, locks: newLocks(),
-		conns: map[string]*rbd.Conn{}, creds: map[string]rbd.Credentials{}}
+		conns: newConnCache(cfg.ConnIdle, rbd.Connect), probes: newProbeLog()}
 	if cfg.Mode != ModeController {
 		if !filepath.IsAbs(cfg.StateDir) {
 			return nil, fmt.Errorf("--state-dir %q must be an absolute path", cfg.StateDir)
 		}
-		d.node = newNode(cfg.StateDir)
+		if d.node, err = newNode(cfg.StateDir, cfg.MapperCgroup, log); err != nil {
+			return nil, err
+		}
 	}
 	return d, nil
 }
@@ -157,6 +168,9 @@ func (d *Driver) Run(ctx context.Context) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- g.Serve(lis) }()
+	reapCtx, stopReap := context.WithCancel(ctx)
+	defer stopReap()
+	go d.conns.reapIdle(reapCtx)
 	d.log.Info("csi-ceph serving", "endpoint", d.cfg.Endpoint, "mode", d.cfg.Mode, "clusters", len(d.clusters))
 	select {
 	case <-ctx.Done():
@@ -164,7 +178,7 @@ func (d *Driver) Run(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	}
-	d.closeConns()
+	d.conns.closeAll()
 	return nil
 }
 
@@ -178,78 +192,6 @@ func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerIn
 		d.log.Debug("CSI call", "method", info.FullMethod, "duration", time.Since(start))
 	}
 	return resp, err
-}
-
-// credsFrom reads userID and userKey from CSI secrets.
-func credsFrom(secrets map[string]string) (rbd.Credentials, error) {
-	c := rbd.Credentials{ID: secrets["userID"], Key: secrets["userKey"]}
-	if c.ID == "" || c.Key == "" {
-		return c, fmt.Errorf("secrets must carry userID and userKey: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := c.Validate(); err != nil {
-		return c, fmt.Errorf("%v: %w", err, errdefs.ErrInvalidArgument)
-	}
-	return c, nil
-}
-
-// conn returns a (cached) connection to a cluster as creds.
-func (d *Driver) conn(ctx context.Context, clusterID string, creds rbd.Credentials) (*rbd.Conn, error) {
-	cl, err := d.clusters.Get(clusterID)
-	if err != nil {
-		return nil, err
-	}
-	sum := sha256.Sum256([]byte(creds.Key))
-	k := clusterID + "\x00" + creds.ID + "\x00" + hex.EncodeToString(sum[:8])
-	d.mu.Lock()
-	c, ok := d.conns[k]
-	d.mu.Unlock()
-	if ok {
-		return c, nil
-	}
-	c, err = rbd.Connect(ctx, cl.Monitors, creds)
-	if err != nil {
-		return nil, fmt.Errorf("%v: %w", err, errdefs.ErrUnavailable)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if other, ok := d.conns[k]; ok {
-		c.Close()
-		return other, nil
-	}
-	d.conns[k] = c
-	d.creds[clusterID] = creds
-	return c, nil
-}
-
-// connNoSecrets connects for a call that carries no secrets: with the
-// credentials from CredentialsDir, else the last ones a request used.
-func (d *Driver) connNoSecrets(ctx context.Context, clusterID string) (*rbd.Conn, error) {
-	if d.cfg.CredentialsDir != "" {
-		id, err1 := os.ReadFile(filepath.Join(d.cfg.CredentialsDir, clusterID, "userID"))
-		key, err2 := os.ReadFile(filepath.Join(d.cfg.CredentialsDir, clusterID, "userKey"))
-		if err1 == nil && err2 == nil {
-			return d.conn(ctx, clusterID, rbd.Credentials{ID: strings.TrimSpace(string(id)), Key: strings.TrimSpace(string(key))})
-		}
-	}
-	d.mu.Lock()
-	creds, ok := d.creds[clusterID]
-	d.mu.Unlock()
-	if !ok {
-		if _, err := d.clusters.Get(clusterID); err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("no credentials for cluster %q yet (set --credentials-dir): %w", clusterID, errdefs.ErrFailedPrecondition)
-	}
-	return d.conn(ctx, clusterID, creds)
-}
-
-func (d *Driver) closeConns() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for k, c := range d.conns {
-		c.Close()
-		delete(d.conns, k)
-	}
 }
 
 // locks hands out per-ID locks; a busy ID means the call is Aborted, as

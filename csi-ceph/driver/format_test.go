@@ -3,6 +3,7 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -35,5 +36,28 @@ func TestIsBlank(t *testing.T) {
 	}
 	if _, err := isBlank(filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("missing device accepted")
+	}
+}
+
+func TestMkfsAndMountOptions(t *testing.T) {
+	if got := mkfsOptions("ext4", nil); !slices.Equal(got, []string{"-b", "4096", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"}) {
+		t.Errorf("ext4 defaults: %v", got)
+	}
+	if got := mkfsOptions("xfs", nil); !slices.Equal(got, []string{"-K"}) {
+		t.Errorf("xfs defaults: %v", got)
+	}
+	// A StorageClass's mkfsOptions replace the defaults.
+	if got := mkfsOptions("ext4", []string{"-m0", "-Enodiscard"}); !slices.Equal(got, []string{"-m0", "-Enodiscard"}) {
+		t.Errorf("custom: %v", got)
+	}
+	// xfs is mounted nouuid, so that a clone mounts beside its source.
+	if got := mountOptions("xfs", []string{"noatime"}, true); !slices.Equal(got, []string{"noatime", "ro", "nouuid"}) {
+		t.Errorf("xfs: %v", got)
+	}
+	if got := mountOptions("xfs", []string{"nouuid"}, false); !slices.Equal(got, []string{"nouuid"}) {
+		t.Errorf("xfs with nouuid given: %v", got)
+	}
+	if got := mountOptions("ext4", nil, false); len(got) != 0 {
+		t.Errorf("ext4: %v", got)
 	}
 }

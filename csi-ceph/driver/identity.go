@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -13,7 +17,13 @@ import (
 
 // GetPluginInfo implements csi.IdentityServer.
 func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: Name, VendorVersion: d.cfg.Version}, nil
+	resp := &csi.GetPluginInfoResponse{Name: Name, VendorVersion: d.cfg.Version}
+	if down := d.probes.unreachable(); len(down) > 0 {
+		// No metrics endpoint yet: the clusters the last probe could not
+		// reach show here (and in the log).
+		resp.Manifest = map[string]string{"unreachableClusters": strings.Join(down, ",")}
+	}
+	return resp, nil
 }
 
 // GetPluginCapabilities implements csi.IdentityServer.
@@ -23,20 +33,67 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 	}}, nil
 }
 
-// Probe implements csi.IdentityServer. In controller mode it checks that a
-// monitor of every configured cluster answers with a Ceph banner (Probe
-// carries no secrets, so it cannot log in).
+// Probe implements csi.IdentityServer. In controller mode the driver is
+// ready when it can serve at least one configured cluster: a monitor of
+// it answers with a Ceph banner (Probe carries no secrets, so it cannot
+// log in). One unreachable cluster must not restart a controller that
+// serves the others: unreachable clusters are logged when they go down
+// and come back.
 func (d *Driver) Probe(ctx context.Context, _ *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	if d.cfg.Mode == ModeNode {
 		return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 	}
-	for id, c := range d.clusters {
-		if err := monitorAnswers(ctx, c.Monitors); err != nil {
-			d.log.Warn("probe: cluster unreachable", "cluster", id, "error", err)
-			return &csi.ProbeResponse{Ready: wrapperspb.Bool(false)}, nil
-		}
+	type result struct {
+		id  string
+		err error
 	}
-	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
+	results := make(chan result, len(d.clusters))
+	for id, c := range d.clusters {
+		go func() { results <- result{id, monitorAnswers(ctx, c.Monitors)} }()
+	}
+	reachable := 0
+	for range d.clusters {
+		r := <-results
+		if r.err == nil {
+			reachable++
+		}
+		d.probes.note(d.log, r.id, r.err)
+	}
+	return &csi.ProbeResponse{Ready: wrapperspb.Bool(reachable > 0)}, nil
+}
+
+// probeLog remembers which clusters the last probe could not reach, to
+// log a change once rather than every probe.
+type probeLog struct {
+	mu   sync.Mutex
+	down map[string]bool
+}
+
+func newProbeLog() *probeLog { return &probeLog{down: map[string]bool{}} }
+
+func (p *probeLog) note(log *slog.Logger, cluster string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case err != nil && !p.down[cluster]:
+		p.down[cluster] = true
+		log.Warn("probe: cluster unreachable", "cluster", cluster, "error", err)
+	case err == nil && p.down[cluster]:
+		delete(p.down, cluster)
+		log.Info("probe: cluster reachable again", "cluster", cluster)
+	}
+}
+
+// unreachable lists the clusters the last probe could not reach.
+func (p *probeLog) unreachable() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for c := range p.down {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // monitorAnswers succeeds when one of the monitors sends a Ceph messenger

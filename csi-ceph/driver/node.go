@@ -1,62 +1,69 @@
 package driver
 
 import (
+	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/mounts"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// node is the node service's state: how it maps and mounts, and where it
-// records what it staged.
+// bootIDPath holds an ID the kernel picks at every boot.
+const bootIDPath = "/proc/sys/kernel/random/boot_id"
+
+// node is the node service's state: how it maps and mounts, where it
+// records what it staged, and which boot this is.
 type node struct {
 	host     mapper.Host
 	mappers  map[string]mapper.Mapper
 	mounter  *mount.SafeFormatAndMount
 	stateDir string
+	bootID   string
+	log      *slog.Logger
 }
 
-func newNode(stateDir string) *node {
+// newNode sets up the node service: the state dir (its real path: the
+// kernel names loop devices' backing files by it), the mapper daemons'
+// cgroup (mapperCgroup, "" for none) and the boot ID.
+func newNode(stateDir, mapperCgroup string, log *slog.Logger) (*node, error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create state dir: %w", err)
+	}
+	real, err := filepath.EvalSymlinks(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("resolve state dir: %w", err)
+	}
+	boot, err := os.ReadFile(bootIDPath)
+	if err != nil {
+		return nil, fmt.Errorf("read boot ID: %w", err)
+	}
+	daemons, err := mapper.NewDaemons(mapperCgroup)
+	if err != nil {
+		return nil, err
+	}
 	return &node{
 		host: mapper.Host{SysRoot: "/sys", DevRoot: "/dev", LookPath: exec.LookPath},
 		mappers: map[string]mapper.Mapper{
 			mapper.KRBD:   mapper.Krbd{SysRoot: "/sys", DevRoot: "/dev"},
-			mapper.RBDNBD: mapper.NBD{Bin: "rbd-nbd"},
-			mapper.Fuse:   mapper.FuseLoop{Bin: "rbd-fuse", Losetup: "losetup"},
+			mapper.RBDNBD: mapper.NBD{Bin: "rbd-nbd", Daemons: daemons},
+			mapper.Fuse:   mapper.FuseLoop{Bin: "rbd-fuse", Losetup: "losetup", Daemons: daemons},
 		},
 		mounter:  mount.NewSafeFormatAndMount(mount.New(""), utilexec.New()),
-		stateDir: stateDir,
-	}
-}
-
-// release unmounts the staging path if it is mounted, unmaps the image
-// (loop device, FUSE process, map, keyring) and removes the record.
-func (n *node) release(ctx context.Context, s staged) error {
-	if !s.Block {
-		if err := mount.CleanupMountPoint(s.StagingPath, n.mounter, true); err != nil {
-			return fmt.Errorf("unmount staging path: %w", err)
-		}
-	}
-	mp, found := n.mappers[s.Mapping.Mapper]
-	if !found {
-		return fmt.Errorf("staging record names unknown mapper %q", s.Mapping.Mapper)
-	}
-	if err := mp.Unmap(ctx, s.Mapping); err != nil {
-		return err
-	}
-	return n.remove(s.VolumeID)
+		stateDir: real,
+		bootID:   string(bytes.TrimSpace(boot)),
+		log:      log,
+	}, nil
 }
 
 // NodeGetInfo implements csi.NodeServer.
@@ -64,13 +71,18 @@ func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.Nod
 	return &csi.NodeGetInfoResponse{NodeId: d.cfg.NodeID, MaxVolumesPerNode: d.cfg.MaxVolumesPerNode}, nil
 }
 
-// NodeGetCapabilities implements csi.NodeServer.
+// NodeGetCapabilities implements csi.NodeServer. Volume health is
+// advertised both ways: GET_VOLUME_HEALTH (NodeGetVolumeHealth, CSI 1.13)
+// and VOLUME_CONDITION (a condition in NodeGetVolumeStats, what kubelets
+// built on CSI 1.12 and earlier read; health.go).
 func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
 	var caps []*csi.NodeServiceCapability
 	for _, c := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		nodeCapVolumeCondition,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
 	}
@@ -105,29 +117,20 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err != nil {
 		return err
 	}
+	params, err := stageParams(req.GetVolumeContext())
+	if err != nil {
+		return err
+	}
 	unlock, err := d.locks.tryLock(req.GetVolumeId())
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	n := d.node
-	block := req.GetVolumeCapability().GetBlock() != nil
-	if s, ok, err := n.load(req.GetVolumeId()); err != nil {
+	if old, found, err := n.load(req.GetVolumeId()); err != nil {
 		return err
-	} else if ok {
-		if s.StagingPath != req.GetStagingTargetPath() {
-			return fmt.Errorf("volume is staged at %s already: %w", s.StagingPath, errdefs.ErrFailedPrecondition)
-		}
-		if block {
-			return nil
-		}
-		if notMnt, err := n.mounter.IsLikelyNotMountPoint(s.StagingPath); err == nil && !notMnt {
-			return nil
-		}
-		// The record is there but the mount is not (an earlier stage
-		// failed halfway, or the mount was lost): release what the record
-		// holds, so that mapping again below cannot leave a second map.
-		if err := n.release(ctx, s); err != nil {
+	} else if found {
+		if done, err := n.restage(ctx, old, req.GetStagingTargetPath()); err != nil || done {
 			return err
 		}
 	}
@@ -139,30 +142,48 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	if err != nil {
 		return err
 	}
-	c, err := d.conn(ctx, id.ClusterID, creds)
+	c, release, err := d.conn(ctx, id.ClusterID, creds)
 	if err != nil {
 		return err
 	}
+	defer release()
 	pool, err := c.PoolName(id.PoolID)
 	if err != nil {
 		return err
 	}
-	// No image lookup first: mapping a missing image fails by itself, and
-	// an image open costs header reads and a watch.
-	vol := struct{ Pool, Image string }{pool, id.image()}
-	which, err := n.host.Choose(req.GetVolumeContext()["mounter"])
-	if err != nil {
-		return fmt.Errorf("%v: %w", err, errdefs.ErrFailedPrecondition)
-	}
-	ro := readOnlyMode(req.GetVolumeCapability())
-	m, err := n.mappers[which].Map(ctx, mapper.Target{Monitors: cl.Monitors, User: creds.ID, Key: creds.Key,
-		Pool: vol.Pool, Image: vol.Image, ReadOnly: ro}, n.workDir(req.GetVolumeId()))
+	// The image's ID names it for good (a name can come back after a
+	// delete): the record keeps it, and krbd's sysfs shows it.
+	imageID, err := c.ImageID(ctx, pool, id.image())
 	if err != nil {
 		return err
 	}
-	s := staged{VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), Block: block, Mapping: m}
+	which, err := n.host.Choose(params.Mounter)
+	if err != nil {
+		return fmt.Errorf("%v: %w", err, errdefs.ErrFailedPrecondition)
+	}
+	vc := req.GetVolumeCapability()
+	block := vc.GetBlock() != nil
+	ro := readOnlyMode(vc)
+	fsType := vc.GetMount().GetFsType()
+	if fsType == "" {
+		fsType = params.FsType
+	}
+	if fsType == "" && !block {
+		fsType = "ext4"
+	}
+	t := mapper.Target{Monitors: cl.Monitors, User: creds.ID, Key: creds.Key, Pool: pool, PoolID: id.PoolID,
+		Image: id.image(), ImageID: imageID, ReadOnly: ro, Options: params.Map.For(which), UnmapOptions: params.Unmap.For(which)}
+	work := n.workDir(req.GetVolumeId())
+	if which == mapper.KRBD {
+		t.MonAddrs = monAddrs(ctx, c, d.log)
+		work = "" // the kernel needs no work dir
+	}
+	s := staged{Version: recordVersion, VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), Block: block,
+		ClusterID: id.ClusterID, BootID: n.bootID, FsType: fsType, MountFlags: vc.GetMount().GetMountFlags(), ReadOnly: ro,
+		Mapping: mapper.Mapping{Mapper: which, Dir: work, Pool: pool, PoolID: id.PoolID, Image: t.Image, ImageID: imageID, User: creds.ID}}
+	// The record before the map: a crash in between leaves a record that
+	// names the image, whose mapping the next stage or unstage finds.
 	if err := n.save(s); err != nil {
-		_ = n.mappers[which].Unmap(context.Background(), m)
 		return err
 	}
 	ok := false
@@ -173,34 +194,106 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 			}
 		}
 	}()
-	if block {
-		ok = true
-		d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which)
-		return nil
+	m, err := n.mappers[which].Map(ctx, t, work)
+	if err != nil {
+		return err
 	}
-	if err := os.MkdirAll(req.GetStagingTargetPath(), 0o750); err != nil {
-		return fmt.Errorf("create staging path: %w", err)
+	s.Mapping = m
+	if err := n.save(s); err != nil {
+		return err
 	}
-	mnt := req.GetVolumeCapability().GetMount()
-	fsType := mnt.GetFsType()
-	if fsType == "" {
-		fsType = "ext4"
-	}
-	opts := append([]string{}, mnt.GetMountFlags()...)
-	if ro {
-		opts = append(opts, "ro")
-	}
-	if err := n.formatAndMount(m.Device, req.GetStagingTargetPath(), fsType, opts, ro); err != nil {
-		return fmt.Errorf("mount %s at %s: %w", m.Device, req.GetStagingTargetPath(), err)
+	if !block {
+		if err := n.mountStaging(s, params.Mkfs); err != nil {
+			return err
+		}
 	}
 	ok = true
 	d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which, "fsType", fsType)
 	return nil
 }
 
+// monAddrs returns the monitors' addresses from the cluster's monitor map
+// for the kernel client; when the map cannot be read, none (krbd then
+// reads the cluster config's monitors).
+func monAddrs(ctx context.Context, c *rbd.Conn, log *slog.Logger) []mapper.MonAddr {
+	mons, err := c.MonitorAddrs(ctx)
+	if err != nil {
+		log.Warn("read the monitor map (krbd falls back to the configured monitors)", "error", err)
+		return nil
+	}
+	out := make([]mapper.MonAddr, len(mons))
+	for i, m := range mons {
+		out[i] = mapper.MonAddr{V2: m.V2, V1: m.V1}
+	}
+	return out
+}
+
+// mountStaging makes the filesystem of s on first use and mounts it at
+// its staging path.
+func (n *node) mountStaging(s staged, mkfs []string) error {
+	if err := os.MkdirAll(s.StagingPath, 0o750); err != nil {
+		return fmt.Errorf("create staging path: %w", err)
+	}
+	opts := mountOptions(s.FsType, s.MountFlags, s.ReadOnly)
+	if err := n.formatAndMount(s.Mapping.Device, s.StagingPath, s.FsType, opts, s.ReadOnly, mkfs); err != nil {
+		return fmt.Errorf("mount %s at %s: %w", s.Mapping.Device, s.StagingPath, err)
+	}
+	return nil
+}
+
+// restage handles a stage of a volume that has a record already. done
+// means the volume is staged (healthy, or healed); otherwise what the
+// record held is released and the caller maps again.
+func (n *node) restage(ctx context.Context, s staged, path string) (done bool, err error) {
+	h, err := n.inspect(ctx, s)
+	if err != nil {
+		return false, err
+	}
+	if h.state != stale && s.StagingPath != path {
+		return false, fmt.Errorf("volume is staged at %s already: %w", s.StagingPath, errdefs.ErrFailedPrecondition)
+	}
+	switch h.state {
+	case healthy:
+		return true, nil
+	case broken:
+		_, err := n.heal(ctx, s, h)
+		if err == nil {
+			return true, nil
+		}
+		n.log.Warn("heal a broken staging failed: mapping again", "id", s.VolumeID, "broken", h.reason, "error", err)
+	case stale:
+		// The record's device is not the volume's: release only what is
+		// found to be the volume's, and map again.
+		n.log.Warn("stale staging record: mapping again", "id", s.VolumeID, "device", s.Mapping.Device, "reason", h.reason)
+	}
+	if err := n.release(ctx, s); err != nil {
+		return false, err
+	}
+	return false, nil
+}
+
+// release unmounts the staging path, unmaps what the mapper finds to be
+// the volume's (the recorded device only when it still is), removes the
+// map's work dir (with the keyring) and the record.
+func (n *node) release(ctx context.Context, s staged) error {
+	if s.StagingPath != "" {
+		if err := mounts.Unmount(s.StagingPath); err != nil {
+			return fmt.Errorf("unmount staging path: %w", err)
+		}
+	}
+	mp, found := n.mappers[s.Mapping.Mapper]
+	if !found {
+		return fmt.Errorf("staging record names unknown mapper %q", s.Mapping.Mapper)
+	}
+	if err := mp.Unmap(ctx, s.Mapping); err != nil {
+		return err
+	}
+	return n.remove(s.VolumeID)
+}
+
 // NodeUnstageVolume implements csi.NodeServer: unmount the staging path
 // and release the mapping (loop device, FUSE process, map, keyring), also
-// when the mount is already gone.
+// when the mount is already gone or broken, or the record stale.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
 }
@@ -218,173 +311,28 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	}
 	defer unlock()
 	n := d.node
-	if err := mount.CleanupMountPoint(req.GetStagingTargetPath(), n.mounter, true); err != nil {
+	s, found, err := n.load(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	if found {
+		if h, err := n.inspect(ctx, s); err == nil && h.state != healthy {
+			d.log.Info("unstaging a volume that is not healthy", "id", req.GetVolumeId(), "state", h.state.String(), "reason", h.reason)
+		}
+	}
+	if err := mounts.Unmount(req.GetStagingTargetPath()); err != nil {
 		return fmt.Errorf("unmount staging path: %w", err)
 	}
-	s, ok, err := n.load(req.GetVolumeId())
-	if err != nil || !ok {
-		return err
-	}
-	if err := n.release(ctx, s); err != nil {
-		return err
-	}
-	d.log.Info("volume unstaged", "id", req.GetVolumeId())
-	return nil
-}
-
-// NodePublishVolume implements csi.NodeServer: bind-mount the staged
-// filesystem, or the mapped device for a block volume, at the target.
-func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	return &csi.NodePublishVolumeResponse{}, toStatus(d.nodePublish(ctx, req))
-}
-
-func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetStagingTargetPath() == "":
-		return fmt.Errorf("staging target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetTargetPath() == "" || !filepath.IsAbs(req.GetTargetPath()):
-		return fmt.Errorf("an absolute target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
-		return err
-	}
-	n := d.node
-	s, ok, err := n.load(req.GetVolumeId())
-	if err != nil {
-		return err
-	}
-	if !ok {
-		if _, err := ParseVolumeID(req.GetVolumeId()); err != nil {
+	if found {
+		if err := n.release(ctx, s); err != nil {
 			return err
 		}
-		return fmt.Errorf("volume is not staged on this node: %w", errdefs.ErrNotFound)
 	}
-	if s.StagingPath != req.GetStagingTargetPath() {
-		return fmt.Errorf("volume is staged at %s, not %s: %w", s.StagingPath, req.GetStagingTargetPath(), errdefs.ErrFailedPrecondition)
+	if err := mounts.Cleanup(req.GetStagingTargetPath()); err != nil {
+		return err
 	}
-	block := req.GetVolumeCapability().GetBlock() != nil
-	target := req.GetTargetPath()
-	source := s.StagingPath
-	if block {
-		source = s.Mapping.Device
-		if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-			return fmt.Errorf("create target dir: %w", err)
-		}
-		f, err := os.OpenFile(target, os.O_CREATE, 0o640)
-		if err != nil {
-			return fmt.Errorf("create target file: %w", err)
-		}
-		f.Close()
-	} else if err := os.MkdirAll(target, 0o750); err != nil {
-		return fmt.Errorf("create target dir: %w", err)
-	}
-	if notMnt, err := n.mounter.IsLikelyNotMountPoint(target); err == nil && !notMnt {
-		return nil // published already
-	}
-	// A bind mount by syscall: no mount(8) process per publish.
-	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s at %s: %w", source, target, err)
-	}
-	if req.GetReadonly() {
-		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-			_ = unix.Unmount(target, 0)
-			return fmt.Errorf("make %s read-only: %w", target, err)
-		}
+	if found {
+		d.log.Info("volume unstaged", "id", req.GetVolumeId())
 	}
 	return nil
-}
-
-// NodeUnpublishVolume implements csi.NodeServer.
-func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(req))
-}
-
-func (d *Driver) nodeUnpublish(req *csi.NodeUnpublishVolumeRequest) error {
-	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
-		return fmt.Errorf("volume ID and target path are required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := mount.CleanupMountPoint(req.GetTargetPath(), d.node.mounter, true); err != nil {
-		return fmt.Errorf("unmount %s: %w", req.GetTargetPath(), err)
-	}
-	return nil
-}
-
-// NodeGetVolumeStats implements csi.NodeServer.
-func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	resp, err := nodeVolumeStats(req)
-	return resp, toStatus(err)
-}
-
-func nodeVolumeStats(req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" || req.GetVolumePath() == "" {
-		return nil, fmt.Errorf("volume ID and volume path are required: %w", errdefs.ErrInvalidArgument)
-	}
-	st, err := os.Stat(req.GetVolumePath())
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errdefs.ErrNotFound)
-	}
-	if err != nil {
-		return nil, err
-	}
-	if !st.IsDir() {
-		f, err := os.Open(req.GetVolumePath())
-		if err != nil {
-			return nil, err
-		}
-		defer f.Close()
-		size, err := f.Seek(0, io.SeekEnd) // a block device's size
-		if err != nil {
-			return nil, fmt.Errorf("size of %s: %w", req.GetVolumePath(), err)
-		}
-		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
-	}
-	var sfs unix.Statfs_t
-	if err := unix.Statfs(req.GetVolumePath(), &sfs); err != nil {
-		return nil, fmt.Errorf("statfs %s: %w", req.GetVolumePath(), err)
-	}
-	bs := int64(sfs.Bsize)
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: int64(sfs.Blocks) * bs, Available: int64(sfs.Bavail) * bs, Used: int64(sfs.Blocks-sfs.Bfree) * bs},
-		{Unit: csi.VolumeUsage_INODES, Total: int64(sfs.Files), Available: int64(sfs.Ffree), Used: int64(sfs.Files - sfs.Ffree)},
-	}}, nil
-}
-
-// NodeExpandVolume implements csi.NodeServer: make the mapped device show
-// the image's new size, then grow the filesystem (online).
-func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	resp, err := d.nodeExpand(ctx, req)
-	return resp, toStatus(err)
-}
-
-func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" || req.GetVolumePath() == "" {
-		return nil, fmt.Errorf("volume ID and volume path are required: %w", errdefs.ErrInvalidArgument)
-	}
-	if _, err := os.Stat(req.GetVolumePath()); err != nil {
-		return nil, fmt.Errorf("volume path %s: %w", req.GetVolumePath(), errdefs.ErrNotFound)
-	}
-	s, ok, err := d.node.load(req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("volume %s is not staged on this node: %w", req.GetVolumeId(), errdefs.ErrNotFound)
-	}
-	want := uint64(req.GetCapacityRange().GetRequiredBytes())
-	size, err := mapper.WaitForSize(ctx, s.Mapping, want, "losetup")
-	if err != nil {
-		return nil, err
-	}
-	block := s.Block || req.GetVolumeCapability().GetBlock() != nil
-	if !block {
-		if _, err := mount.NewResizeFs(utilexec.New()).Resize(s.Mapping.Device, req.GetVolumePath()); err != nil {
-			return nil, fmt.Errorf("grow the filesystem on %s: %w", s.Mapping.Device, err)
-		}
-	}
-	d.log.Info("volume expanded on the node", "id", req.GetVolumeId(), "bytes", size)
-	return &csi.NodeExpandVolumeResponse{CapacityBytes: int64(size)}, nil
 }

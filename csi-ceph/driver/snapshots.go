@@ -12,25 +12,27 @@ import (
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
-// volumeRef resolves a volume ID to its connection, pool and image.
-func (d *Driver) volumeRef(ctx context.Context, volumeID string, secrets map[string]string) (*rbd.Conn, VolumeID, string, error) {
+// volumeRef resolves a volume ID to its connection (release it when
+// done), pool and image.
+func (d *Driver) volumeRef(ctx context.Context, volumeID string, secrets map[string]string) (*rbd.Conn, func(), VolumeID, string, error) {
 	id, err := ParseVolumeID(volumeID)
 	if err != nil {
-		return nil, id, "", err
+		return nil, nil, id, "", err
 	}
 	creds, err := credsFrom(secrets)
 	if err != nil {
-		return nil, id, "", err
+		return nil, nil, id, "", err
 	}
-	c, err := d.conn(ctx, id.ClusterID, creds)
+	c, release, err := d.conn(ctx, id.ClusterID, creds)
 	if err != nil {
-		return nil, id, "", err
+		return nil, nil, id, "", err
 	}
 	pool, err := c.PoolName(id.PoolID)
 	if err != nil {
-		return nil, id, "", err
+		release()
+		return nil, nil, id, "", err
 	}
-	return c, id, pool, nil
+	return c, release, id, pool, nil
 }
 
 func snapshotToCSI(id SnapshotID, s rbd.Snapshot) *csi.Snapshot {
@@ -58,10 +60,11 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer unlock()
-	c, vid, pool, err := d.volumeRef(ctx, req.GetSourceVolumeId(), req.GetSecrets())
+	c, release, vid, pool, err := d.volumeRef(ctx, req.GetSourceVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	s, created, err := c.CreateSnapshot(ctx, rbd.SnapshotSpec{Name: req.GetName(), Pool: pool, SourceImage: vid.image()})
 	if err != nil {
 		return nil, err
@@ -98,13 +101,14 @@ func (d *Driver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return err
 	}
 	defer unlock()
-	c, vid, pool, err := d.volumeRef(ctx, sid.VolumeID.String(), req.GetSecrets())
+	c, release, vid, pool, err := d.volumeRef(ctx, sid.VolumeID.String(), req.GetSecrets())
 	if errors.Is(err, errdefs.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
+	defer release()
 	return c.DeleteSnapshot(ctx, pool, vid.image(), sid.snap())
 }
 

@@ -18,17 +18,36 @@ import (
 // volume ID, which may hold any character):
 //
 //	staged/<hash>.json   the staging record
-//	maps/<hash>/         the mapper's work dir (rbd-fuse mount, keyring)
+//	maps/<hash>/         the mapper's work dir (key, rbd-fuse mount)
+
+// recordVersion is the version of the records this driver writes. Version
+// 0 (no "version" field) were written before a record named its image and
+// boot: they are stale, and released only by what the mapper finds
+// mapping the volume's image.
+const recordVersion = 2
 
 // staged is the record of a staged volume, kept in the state dir so that
 // unstage can release the mapping after a restart, or when the mount is
-// already gone. It is replaced atomically and fsynced: after a crash it
-// is either the old record or the new one.
+// already gone. It names what it staged (cluster, pool, image name and
+// ID, mapper, device) and the boot it was staged in: a device name is
+// trusted only while the device still maps that image in this boot
+// (health.go). It is replaced atomically and fsynced: after a crash it is
+// either the old record or the new one. It is written before the map
+// (without a device) and again after it, so that a crash in between
+// leaves a record whose image the next stage or unstage can find.
 type staged struct {
-	VolumeID    string         `json:"volumeID"`
-	StagingPath string         `json:"stagingPath"`
-	Block       bool           `json:"block"`
-	Mapping     mapper.Mapping `json:"mapping"`
+	Version     int    `json:"version,omitempty"`
+	VolumeID    string `json:"volumeID"`
+	StagingPath string `json:"stagingPath"`
+	Block       bool   `json:"block"`
+	ClusterID   string `json:"clusterID,omitempty"`
+	// BootID is /proc/sys/kernel/random/boot_id when it was staged.
+	BootID string `json:"bootID,omitempty"`
+	// How the filesystem was mounted, to mount it again when healing.
+	FsType     string         `json:"fsType,omitempty"`
+	MountFlags []string       `json:"mountFlags,omitempty"`
+	ReadOnly   bool           `json:"readOnly,omitempty"`
+	Mapping    mapper.Mapping `json:"mapping"`
 }
 
 func stateName(volumeID string) string {
@@ -45,6 +64,8 @@ func (n *node) workDir(volumeID string) string {
 }
 
 // load reads the record of volumeID; found is false when there is none.
+// A record of an earlier version gets what its volume ID tells about its
+// image (pool ID and image name), so that its mapping can be found.
 func (n *node) load(volumeID string) (s staged, found bool, err error) {
 	b, err := os.ReadFile(n.recordPath(volumeID))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -55,6 +76,14 @@ func (n *node) load(volumeID string) (s staged, found bool, err error) {
 	}
 	if err := json.Unmarshal(b, &s); err != nil {
 		return staged{}, false, fmt.Errorf("decode staging record: %w", err)
+	}
+	if s.Version < recordVersion {
+		if id, err := ParseVolumeID(s.VolumeID); err == nil && s.Mapping.Image == "" {
+			s.Mapping.PoolID, s.Mapping.Image = id.PoolID, id.image()
+		}
+		if s.Mapping.Dir == "" && s.Mapping.Mapper == mapper.Fuse {
+			s.Mapping.Dir = n.workDir(volumeID)
+		}
 	}
 	return s, true, nil
 }

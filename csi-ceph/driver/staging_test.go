@@ -3,6 +3,7 @@ package driver
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -15,12 +16,14 @@ func TestStagingRecord(t *testing.T) {
 	if _, found, err := n.load(id); err != nil || found {
 		t.Fatalf("load before save = %v, %v", found, err)
 	}
-	s := staged{VolumeID: id, StagingPath: "/var/lib/kubelet/staging/x", Block: true,
-		Mapping: mapper.Mapping{Mapper: mapper.Fuse, Device: "/dev/loop7", Dir: "/var/lib/csi-ceph/maps/x"}}
+	s := staged{Version: recordVersion, VolumeID: id, StagingPath: "/var/lib/kubelet/staging/x", Block: true,
+		ClusterID: "ceph-1", BootID: "b0b1", FsType: "xfs", MountFlags: []string{"noatime"},
+		Mapping: mapper.Mapping{Mapper: mapper.Fuse, Device: "/dev/loop7", Dir: "/var/lib/csi-ceph/maps/x",
+			Pool: "rbd", PoolID: 2, Image: "csi-vol-" + uuidA, ImageID: "10af3c9d", User: "kube"}}
 	if err := n.save(s); err != nil {
 		t.Fatal(err)
 	}
-	if got, found, err := n.load(id); err != nil || !found || got != s {
+	if got, found, err := n.load(id); err != nil || !found || !reflect.DeepEqual(got, s) {
 		t.Fatalf("load = %+v, %v, %v; want %+v", got, found, err, s)
 	}
 	// Saved again (a restage): replaced, and no temporary file is left.
@@ -28,7 +31,7 @@ func TestStagingRecord(t *testing.T) {
 	if err := n.save(s); err != nil {
 		t.Fatal(err)
 	}
-	if got, _, err := n.load(id); err != nil || got != s {
+	if got, _, err := n.load(id); err != nil || !reflect.DeepEqual(got, s) {
 		t.Fatalf("load after a second save = %+v, %v", got, err)
 	}
 	entries, err := os.ReadDir(filepath.Dir(n.recordPath(id)))
@@ -70,5 +73,36 @@ func TestStatePaths(t *testing.T) {
 	}
 	if p := n.recordPath("../../etc/passwd"); !strings.HasPrefix(p, "/var/lib/csi-ceph/staged/") {
 		t.Errorf("recordPath escapes the state dir: %q", p)
+	}
+}
+
+// A record written before records named their image and boot loads with
+// what its volume ID tells (pool ID, image name; the fuse work dir), so
+// that the mapper can find the volume's mapping; it is stale.
+func TestStagingRecordOfAnEarlierVersion(t *testing.T) {
+	n := &node{stateDir: t.TempDir(), bootID: "now"}
+	id := VolumeID{ClusterID: "ceph-1", PoolID: 2, UUID: uuidA}.String()
+	if err := os.MkdirAll(filepath.Dir(n.recordPath(id)), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old := `{"volumeID":"` + id + `","stagingPath":"/s","block":false,"mapping":{"mapper":"fuse","device":"/dev/loop3"}}`
+	if err := os.WriteFile(n.recordPath(id), []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, found, err := n.load(id)
+	if err != nil || !found {
+		t.Fatalf("load = %v, %v", found, err)
+	}
+	if s.Version != 0 || s.Mapping.PoolID != 2 || s.Mapping.Image != "csi-vol-"+uuidA || s.Mapping.Dir != n.workDir(id) || s.Mapping.Device != "/dev/loop3" {
+		t.Fatalf("old record loaded as %+v", s)
+	}
+	h, err := n.inspect(t.Context(), s)
+	if err != nil || h.state != stale {
+		t.Fatalf("inspect of an old record = %+v, %v; want stale", h, err)
+	}
+	// From an earlier boot: stale too, whatever its device holds.
+	s.Version, s.BootID = recordVersion, "earlier"
+	if h, err := n.inspect(t.Context(), s); err != nil || h.state != stale || !strings.Contains(h.reason, "before the node restarted") {
+		t.Fatalf("inspect of a record of an earlier boot = %+v, %v", h, err)
 	}
 }

@@ -161,11 +161,16 @@ func TestNBD(t *testing.T) {
 	if s := string(b); !strings.Contains(s, "map --id kube --keyfile") || !strings.Contains(s, "-m a:1,b:2 --read-only rbd/img") || strings.Contains(s, "SECRET") {
 		t.Fatalf("rbd-nbd called with %q", s)
 	}
-	if _, err := os.Stat(filepath.Join(work, "key")); !errors.Is(err, os.ErrNotExist) {
-		t.Fatal("key file left behind")
+	// The key stays (root only) while the mapping lives, so that a new
+	// daemon can be attached without the stage secrets; Unmap removes it.
+	if st, err := os.Stat(filepath.Join(work, "key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v", st, err)
 	}
 	if err := n.Unmap(ctx, m); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(work, "key")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("key file left behind")
 	}
 	if err := n.Unmap(ctx, Mapping{Mapper: RBDNBD, Device: "/dev/nbd9"}); err != nil {
 		t.Fatalf("unmapping a gone device: %v", err)

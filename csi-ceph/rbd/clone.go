@@ -147,11 +147,11 @@ func (c *Conn) createClone(ctx context.Context, spec VolumeSpec, srcPool, srcIma
 			return Volume{}, false, fmt.Errorf("snapshot source %s: %w", source, err)
 		}
 	}
-	opts := librbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err := opts.SetUint64(librbd.ImageOptionFeatures, uint64(fs)); err != nil {
-		return Volume{}, false, fmt.Errorf("image options: %w", err)
+	opts, err := imageOptions(fs, spec.DataPool)
+	if err != nil {
+		return Volume{}, false, err
 	}
+	defer opts.Destroy()
 	if err := opts.SetUint64(librbd.ImageOptionCloneFormat, 2); err != nil {
 		return Volume{}, false, fmt.Errorf("image options: %w", err)
 	}
@@ -224,6 +224,9 @@ func (c *Conn) finishClone(ctx context.Context, io, srcIO *rados.IOContext, img 
 	if have&uint64(fs) != uint64(fs) {
 		return Volume{}, fmt.Errorf("volume %q exists as %s/%s with features %v: %w",
 			spec.Name, pool, image, featureNames(have), errdefs.ErrAlreadyExists)
+	}
+	if err := c.checkDataPool(img, spec); err != nil {
+		return Volume{}, err
 	}
 	cur, err := img.GetSize()
 	if err != nil {

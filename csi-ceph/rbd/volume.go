@@ -31,6 +31,9 @@ type VolumeSpec struct {
 	Pool      string
 	SizeBytes uint64
 	Features  string // comma-separated image features; "" means DefaultFeatures
+	// DataPool is where the image's data objects go (an erasure-coded
+	// pool, say); "" keeps them in Pool with the image's metadata.
+	DataPool string
 }
 
 // Volume is a volume that exists.
@@ -111,6 +114,9 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 				return Volume{}, false, fmt.Errorf("volume %q exists as %s/%s with %d bytes and features %v: %w",
 					spec.Name, spec.Pool, image, size, featureNames(have), errdefs.ErrAlreadyExists)
 			}
+			if err := c.checkDataPool(img, spec); err != nil {
+				return Volume{}, false, err
+			}
 			return Volume{Name: spec.Name, Pool: spec.Pool, Image: image, SizeBytes: size}, false, nil
 		}
 		if !errors.Is(err, librbd.ErrNotFound) {
@@ -123,11 +129,11 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 			return Volume{}, false, err
 		}
 	}
-	opts := librbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err := opts.SetUint64(librbd.ImageOptionFeatures, uint64(fs)); err != nil {
-		return Volume{}, false, fmt.Errorf("image options: %w", err)
+	opts, err := imageOptions(fs, spec.DataPool)
+	if err != nil {
+		return Volume{}, false, err
 	}
+	defer opts.Destroy()
 	if err := librbd.CreateImage(io, image, spec.SizeBytes, opts); err != nil {
 		return Volume{}, false, fmt.Errorf("create image %s/%s: %w", spec.Pool, image, err)
 	}
@@ -185,6 +191,46 @@ func (c *Conn) GetVolume(ctx context.Context, pool, image string) (Volume, error
 		name, _ = img.GetMetadata(imageNameMeta)
 	}
 	return Volume{Name: name, Pool: pool, Image: image, SizeBytes: size}, nil
+}
+
+// imageOptions are the options of a new image: its features and, when
+// dataPool is set, its data pool. The caller destroys them.
+func imageOptions(fs librbd.FeatureSet, dataPool string) (*librbd.ImageOptions, error) {
+	opts := librbd.NewRbdImageOptions()
+	if err := opts.SetUint64(librbd.ImageOptionFeatures, uint64(fs)); err != nil {
+		opts.Destroy()
+		return nil, fmt.Errorf("set image features: %w", err)
+	}
+	if dataPool != "" {
+		if err := opts.SetString(librbd.ImageOptionDataPool, dataPool); err != nil {
+			opts.Destroy()
+			return nil, fmt.Errorf("set data pool: %w", err)
+		}
+	}
+	return opts, nil
+}
+
+// checkDataPool refuses an existing image whose data pool is not the one
+// spec names (the same name asked for with another data pool). A spec
+// without a data pool takes the image as it is.
+func (c *Conn) checkDataPool(img *librbd.Image, spec VolumeSpec) error {
+	if spec.DataPool == "" {
+		return nil
+	}
+	have, err := img.GetDataPoolID()
+	if err != nil {
+		return fmt.Errorf("data pool of %s: %w", img.GetName(), err)
+	}
+	want := spec.DataPool
+	wantID, err := c.PoolID(want)
+	if err != nil {
+		return err
+	}
+	if have != wantID {
+		return fmt.Errorf("volume %q exists as %s/%s with another data pool than %s: %w",
+			spec.Name, spec.Pool, img.GetName(), want, errdefs.ErrAlreadyExists)
+	}
+	return nil
 }
 
 func featureNames(f uint64) []string {

@@ -57,9 +57,10 @@ func TestCSISanity(t *testing.T) {
 	write(filepath.Join("creds", cl.ClusterID, "userKey"), cl.AdminKey)
 	sock := filepath.Join(dir, "csi.sock")
 	var driverLog bytes.Buffer
+	mappers := newCgroup(t, "sanity-mappers", true) // removed after the driver
 	drv := exec.Command(driverBin, "--endpoint", "unix://"+sock, "--nodeid", "sanity-node", "--mode", "all",
 		"--cluster-config", config, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info",
-		"--credentials-dir", filepath.Join(dir, "creds"))
+		"--credentials-dir", filepath.Join(dir, "creds"), "--mapper-cgroup", mappers.path)
 	drv.Stdout, drv.Stderr = &driverLog, &driverLog
 	if err := drv.Start(); err != nil {
 		t.Fatal(err)
@@ -97,13 +98,8 @@ func TestCSISanity(t *testing.T) {
 		})
 	}
 	// Nothing is left mapped: no loop device on an rbd-fuse file, no FUSE mount.
-	out, _ := exec.Command("losetup", "-a").Output()
-	if strings.Contains(string(out), filepath.Join(dir, "state")) {
-		t.Errorf("loop devices left:\n%s", out)
-	}
-	mounts, _ := os.ReadFile("/proc/self/mounts")
-	if strings.Contains(string(mounts), dir) {
-		t.Errorf("mounts left under %s", dir)
+	if left := leftovers(dir); len(left) > 0 {
+		t.Errorf("left under %s: %v", dir, left)
 	}
 }
 
