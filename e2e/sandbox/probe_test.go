@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/nodeinfra/nodeinfra/e2e/fabric"
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 )
 
@@ -50,9 +51,12 @@ func routes(n ns.NetNS, addr string) bool {
 }
 
 // The kubelet's probes of a pod whose sandbox took its network over reach
-// the guest, where the pod's address now lives: the agent's socket in the
-// pod's namespace needs a path to it through the tap, and back. Once the
-// sandbox is gone, eth0 has the address again and probes see that.
+// the guest, where the pod's address now lives, through the agent's probe
+// endpoint and its Probe RPC: the agent's socket in the pod's namespace
+// goes out through the tap from the prober's link-local address, and the
+// guest's answers come back to it. The pod's namespace still has no route
+// to the node. Once the sandbox is gone, eth0 has the address again and
+// probes see that.
 func TestProbeReachesTheGuest(t *testing.T) {
 	e := newEnv(t)
 	v := e.VPC("vpc-pr", "10.67.0.1/24")
@@ -61,14 +65,10 @@ func TestProbeReachesTheGuest(t *testing.T) {
 	e.create(&apiv1.SandboxSpec{Id: "vm-probe", Vcpus: 1, MemoryMib: 128, Netns: p.NS.Path()})
 	e.sh("vm-probe", "mkdir -p /tmp/www && echo ok >/tmp/www/healthz && httpd -p 8080 -h /tmp/www")
 	if !routes(p.NS, "10.67.0.11") {
-		// The path is podnet's and the guest's to plumb: a link-local
-		// prober address on the tap, a /32 route to the pod's address
-		// through the tap from it, tap ingress filters that hand frames
-		// for that address (IPv4, and ARP) to the pod namespace's stack
-		// ahead of the redirect to eth0, and an on-link route to it in
-		// the guest.
-		t.Skip("the pod's namespace has no route to its address once the sandbox took it over: " +
-			"podnet does not plumb the prober's path to the guest yet (issue 10, part 5)")
+		t.Fatal("the pod's namespace has no route to its address once the sandbox took it over")
+	}
+	if routes(p.NS, fabric.NodeAddr.Addr().String()) {
+		t.Errorf("the pod's namespace has a route to the node's %s", fabric.NodeAddr.Addr())
 	}
 	for path, want := range map[string]int{
 		"/probe/tenant/probed/tcp/8080":               http.StatusOK,
@@ -78,6 +78,23 @@ func TestProbeReachesTheGuest(t *testing.T) {
 	} {
 		if got := e.probeCode(path); got != want {
 			t.Errorf("GET %s = %d, want %d", path, got, want)
+		}
+	}
+	for _, tc := range []struct {
+		port    uint32
+		path    string
+		success bool
+		status  int32
+	}{
+		{8080, "", true, 0},
+		{8080, "/healthz", true, http.StatusOK},
+		{8080, "/nothing", false, http.StatusNotFound},
+		{8081, "", false, 0},
+	} {
+		r, err := e.cl.Probe(e.ctx, &apiv1.ProbeRequest{PodNamespace: "tenant", PodName: "probed",
+			Port: tc.port, HttpPath: tc.path, TimeoutMs: 2000})
+		if err != nil || r.Success != tc.success || r.HttpStatus != tc.status {
+			t.Errorf("Probe RPC of %d%s = %v, %v; want success %v, HTTP status %d", tc.port, tc.path, r, err, tc.success, tc.status)
 		}
 	}
 	e.deleteSandbox("vm-probe")

@@ -6,7 +6,11 @@
 // every frame that arrives on eth0 out through the tap, to QEMU, and every
 // frame QEMU writes into the tap out through eth0. The host side keeps no
 // address and no route, so the pod namespace's own stack never answers for
-// the pod's addresses; eth0 stays up.
+// the pod's addresses; eth0 stays up. The one exception is the node's
+// prober, which probes the pod from its namespace: the tap holds a
+// link-local address for it, routes to the pod's IPv4 addresses through
+// the tap, and filters ahead of the redirect that hand the stack the
+// frames for that address (see prober.go; ProberRoute is the guest's half).
 //
 // The Config that Inspect and Setup return is the only record of what eth0
 // had, since eth0 loses it: the caller keeps it and gives it back to Resume
@@ -96,8 +100,10 @@ func Inspect(netnsPath, ifname, tapName string) (Config, error) {
 
 // Resume brings the network namespace at netnsPath to the plugged state cfg
 // describes, doing what is not done yet: the tap (cfg.MTU, up, no IPv6),
-// ingress qdiscs and redirect filters on both links, and no global
-// address and no route left on cfg.Interface. It may be repeated. On a
+// ingress qdiscs and redirect filters on both links, the prober's path on
+// the tap, and no global address and no route left on cfg.Interface. It
+// may be repeated, also on a link plugged by an older agent (it moves the
+// tap's redirect behind the prober's filters and adds them). On a
 // failure it leaves the namespace unplugged, as Teardown does. The error
 // wraps errdefs.ErrNotFound when the namespace or the link with cfg.MAC is
 // missing (nothing is changed then) and errdefs.ErrFailedPrecondition when
@@ -116,7 +122,8 @@ func Resume(netnsPath string, cfg Config) error {
 
 // Teardown undoes Setup in the network namespace at netnsPath: it removes
 // the redirect filters (and ingress qdisc) from cfg.Interface, deletes the
-// tap, and gives cfg.Interface its addresses and routes back. It may be
+// tap (and with it the prober's address, routes, neighbours and filters),
+// and gives cfg.Interface its addresses and routes back. It may be
 // repeated, also after a Setup or Teardown cut short. A namespace that is
 // gone, or a cfg.Interface that has left it, is no error.
 func Teardown(netnsPath string, cfg Config) error {
@@ -161,10 +168,13 @@ func plug(cfg Config, p plan) (err error) {
 		return fmt.Errorf("set %s up: %w", cfg.Interface, err)
 	}
 	// The tap's side first: once eth0 redirects, the path is whole.
-	if err := ensureRedirect(tap, l); err != nil {
+	if err := ensureRedirect(tap, l, tapRedirectPriority); err != nil {
 		return err
 	}
-	if err := ensureRedirect(l, tap); err != nil {
+	if err := ensureProber(tap, cfg, p); err != nil {
+		return err
+	}
+	if err := ensureRedirect(l, tap, linkRedirectPriority); err != nil {
 		return err
 	}
 	return strip(l)

@@ -227,6 +227,7 @@ func checkPlugged(t *testing.T, p pod) {
 		}
 		return nil
 	})
+	checkProber(t, p)
 }
 
 // checkUnplugged fails t unless p is as newPod left it.
@@ -572,7 +573,7 @@ func TestResumeAndTeardownHalfway(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		return ensureRedirect(tap, eth0)
+		return ensureRedirect(tap, eth0, tapRedirectPriority)
 	})
 	if err := Teardown(p.pod.Path(), cfg); err != nil {
 		t.Fatal(err)

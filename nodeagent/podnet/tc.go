@@ -9,10 +9,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// redirectPriority is the priority of the u32 filters that redirect every
-// frame arriving on one link to the other. A u32 filter at this priority on
-// an ingress qdisc whose action is a mirred egress redirect is ours.
-const redirectPriority = 1
+// Priorities of the u32 filters that redirect every frame arriving on one
+// link to the other. A u32 filter at either on an ingress qdisc whose
+// action is a mirred egress redirect is ours.
+const (
+	// linkRedirectPriority is the pod link's (eth0's): where it has always
+	// been, so that an older agent's Teardown still finds it.
+	linkRedirectPriority = 1
+	// tapRedirectPriority is the tap's: after the prober's filters
+	// (proberIPPriority, proberARPPriority), which see a frame first. An
+	// older agent put it at linkRedirectPriority: Resume moves it there,
+	// Teardown deletes it with the tap.
+	tapRedirectPriority = 3
+)
 
 // ingressHandle is the handle of a link's ingress qdisc (tc's "ffff:"),
 // which is also the parent of its filters.
@@ -61,7 +70,7 @@ func ingressFilters(l netlink.Link) ([]netlink.Filter, error) {
 // filters, redirects to; ok is false when f is not ours.
 func redirectTarget(f netlink.Filter) (index int, ok bool) {
 	u, isU32 := f.(*netlink.U32)
-	if !isU32 || u.Priority != redirectPriority || len(u.Actions) != 1 {
+	if !isU32 || (u.Priority != linkRedirectPriority && u.Priority != tapRedirectPriority) || len(u.Actions) != 1 {
 		return 0, false
 	}
 	m, isMirred := u.Actions[0].(*netlink.MirredAction)
@@ -87,8 +96,10 @@ func redirects(l netlink.Link) ([]netlink.Filter, error) {
 }
 
 // ensureRedirect makes every frame that arrives on from leave through to,
-// replacing a redirect of ours to another link.
-func ensureRedirect(from, to netlink.Link) error {
+// by a filter at prio, replacing a redirect of ours to another link or at
+// another priority. The new filter comes before the old ones go, so no
+// frame slips through to the namespace's stack in between.
+func ensureRedirect(from, to netlink.Link, prio uint16) error {
 	if err := ensureIngress(from); err != nil {
 		return err
 	}
@@ -97,18 +108,24 @@ func ensureRedirect(from, to netlink.Link) error {
 		return err
 	}
 	if len(fs) == 1 {
-		if idx, _ := redirectTarget(fs[0]); idx == to.Attrs().Index {
+		if idx, _ := redirectTarget(fs[0]); idx == to.Attrs().Index && fs[0].Attrs().Priority == prio {
 			return nil
 		}
 	}
-	if err := deleteFilters(from, fs); err != nil {
-		return err
+	if err := netlink.FilterAdd(redirectFilter(from, to, prio)); err != nil {
+		return fmt.Errorf("add filter redirecting %s to %s: %w", from.Attrs().Name, to.Attrs().Name, err)
 	}
-	u := &netlink.U32{
+	return deleteFilters(from, fs)
+}
+
+// redirectFilter is the filter at prio on from's ingress that redirects
+// every frame out through to.
+func redirectFilter(from, to netlink.Link, prio uint16) *netlink.U32 {
+	return &netlink.U32{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: from.Attrs().Index,
 			Parent:    ingressHandle,
-			Priority:  redirectPriority,
+			Priority:  prio,
 			Protocol:  unix.ETH_P_ALL,
 		},
 		// No selector: u32 matches every frame.
@@ -118,15 +135,15 @@ func ensureRedirect(from, to netlink.Link) error {
 			Ifindex:      to.Attrs().Index,
 		}},
 	}
-	if err := netlink.FilterAdd(u); err != nil {
-		return fmt.Errorf("add filter redirecting %s to %s: %w", from.Attrs().Name, to.Attrs().Name, err)
-	}
-	return nil
 }
 
-// deleteFilters deletes fs, filters of l; the kernel drops a filter's
-// priority when its last filter goes.
+// deleteFilters deletes fs, filters on l's ingress, and then each of their
+// priorities that has no filter left: while a qdisc has u32 filters at
+// other priorities (they share their hash tables' bookkeeping), the kernel
+// keeps a priority whose last filter went, empty but still holding its
+// protocol, which a filter of another protocol then cannot take.
 func deleteFilters(l netlink.Link, fs []netlink.Filter) error {
+	emptied := map[uint16]bool{}
 	for _, f := range fs {
 		a := f.Attrs()
 		// A bare filter: a listed U32 carries its actions and would send them again.
@@ -134,6 +151,33 @@ func deleteFilters(l netlink.Link, fs []netlink.Filter) error {
 		if err := netlink.FilterDel(del); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("delete filter %x of %s: %w", a.Handle, l.Attrs().Name, err)
 		}
+		emptied[a.Priority] = true
+	}
+	if len(emptied) == 0 {
+		return nil
+	}
+	rest, err := ingressFilters(l)
+	if err != nil {
+		return err
+	}
+	for _, f := range rest {
+		delete(emptied, f.Attrs().Priority)
+	}
+	for prio := range emptied {
+		if err := deletePriority(l, prio); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deletePriority deletes the filter priority prio from l's ingress, with
+// whatever filters it holds.
+func deletePriority(l netlink.Link, prio uint16) error {
+	// No handle and no protocol: the whole priority, of any protocol.
+	del := &netlink.U32{FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: ingressHandle, Priority: prio}}
+	if err := netlink.FilterDel(del); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete filter priority %d of %s: %w", prio, l.Attrs().Name, err)
 	}
 	return nil
 }
