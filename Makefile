@@ -14,7 +14,7 @@ CSI_SANITY_VERSION := v5.6.0
 # The peer measured by `make bench`.
 HOST_DEVICE_VERSION := v1.9.1
 
-.PHONY: all build test bench demo proto lint prereqs tools guest-kernel clean
+.PHONY: all build test bench soak demo proto lint prereqs tools guest-kernel clean
 
 all: build
 
@@ -79,6 +79,14 @@ bench: prereqs build
 		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
 	$(GO) run ./e2e/bench/csi --bin $(BIN)
 	$(GO) run ./e2e/bench/sandbox --bin $(BIN)
+
+# Soak (not part of `make test`; about 10 minutes): 1000 CNI ADD/DEL, 200
+# sandbox create/exec/delete and 200 CSI stage/unstage cycles on one node,
+# failing if links, taps, qdiscs, cgroups, fds, threads, goroutines, loop
+# devices, mounts, state files or QEMU processes grew. Smaller:
+# make soak SOAK_FLAGS="--cni 50 --sandboxes 6 --csi 6"
+soak: prereqs build
+	$(GO) run ./e2e/soak --bin $(BIN) $(SOAK_FLAGS)
 
 demo: prereqs build
 	./e2e/demo/demo.sh $(BIN)
