@@ -222,6 +222,36 @@ func (f *fakeAgent) Exec(stream apiv1.SandboxService_ExecServer) error {
 	return stream.Send(&apiv1.ExecResponse{Kind: &apiv1.ExecResponse_Exit{Exit: &apiv1.ExitStatus{Code: 3}}})
 }
 
+// fakeConsole is the console log of the fake's sandbox "box"; QEMU's log
+// is "qemu: ok\n". With follow, "followed\n" comes after the log.
+const fakeConsole = "[    0.000000] Linux version 6.1\nnodeinfra-agent: ready\n"
+
+func (f *fakeAgent) SandboxLogs(req *apiv1.SandboxLogsRequest, stream apiv1.SandboxService_SandboxLogsServer) error {
+	if err := f.got("SandboxLogs", req); err != nil {
+		return err
+	}
+	if req.GetId() != "box" {
+		return status.Errorf(codes.NotFound, "sandbox %q: not found", req.GetId())
+	}
+	data := fakeConsole
+	if req.GetSource() == apiv1.SandboxLogsRequest_QEMU {
+		data = "qemu: ok\n"
+	}
+	if n := req.GetTailBytes(); n > 0 && n < uint64(len(data)) {
+		data = data[uint64(len(data))-n:]
+	}
+	// In two chunks, as a log larger than one comes.
+	for _, chunk := range []string{data[:len(data)/2], data[len(data)/2:]} {
+		if err := stream.Send(&apiv1.SandboxLogChunk{Data: []byte(chunk)}); err != nil {
+			return err
+		}
+	}
+	if req.GetFollow() {
+		return stream.Send(&apiv1.SandboxLogChunk{Data: []byte("followed\n")})
+	}
+	return nil
+}
+
 // runCaptured runs the CLI in-process with stdin and returns its exit
 // status, stdout and stderr.
 func runCaptured(t *testing.T, stdin string, args ...string) (int, string, string) {

@@ -27,7 +27,7 @@ as disks. Its ID is lower-case letters, digits and '-'; the agent checks
 the IDs, sizes and disks it is given and answers InvalidArgument.`,
 	}, "verb")
 	cmd.AddCommand(a.sandboxCreateCmd(), a.sandboxListCmd(), a.sandboxGetCmd(), a.sandboxStopCmd(), a.sandboxDeleteCmd(),
-		a.sandboxExecCmd(), a.sandboxAttachCmd(), a.sandboxDetachCmd(), a.sandboxEventsCmd())
+		a.sandboxExecCmd(), a.sandboxAttachCmd(), a.sandboxDetachCmd(), a.sandboxEventsCmd(), a.sandboxLogsCmd())
 	return cmd
 }
 

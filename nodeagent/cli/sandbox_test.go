@@ -184,6 +184,11 @@ func TestSandboxUsageErrors(t *testing.T) {
 		{"sandbox", "detach", "a", "d", "e"},
 		{"sandbox", "events", "a"},
 		{"sandbox", "events", "-o", "xml"},
+		{"sandbox", "logs"},
+		{"sandbox", "logs", "a", "b"},
+		{"sandbox", "logs", "a", "--source", "dmesg"},
+		{"sandbox", "logs", "a", "--tail-bytes", "-1"},
+		{"sandbox", "logs", "a", "--tail-bytes", "lots"},
 	} {
 		// --socket goes before the verb's own arguments: after "--" it
 		// would be part of exec's command.
@@ -225,7 +230,7 @@ func TestSandboxHelpListsVerbs(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("sandbox --help: exit %d", code)
 	}
-	for _, verb := range []string{"create", "list", "get", "stop", "delete", "exec", "attach", "detach", "events"} {
+	for _, verb := range []string{"create", "list", "get", "stop", "delete", "exec", "attach", "detach", "events", "logs"} {
 		if !strings.Contains(out, "\n  "+verb+" ") {
 			t.Errorf("sandbox --help lacks %s:\n%s", verb, out)
 		}
@@ -349,5 +354,37 @@ func TestSandboxCLI(t *testing.T) {
 	code, _, _ = runCaptured(t, "", "sandbox", "detach", "box", "disk1", "-o", "json")
 	if got := fake.request("DetachDisk"); code != 0 || !proto.Equal(got, &apiv1.DetachDiskRequest{SandboxId: "box", DiskId: "disk1"}) {
 		t.Errorf("detach: exit %d, sent %v", code, got)
+	}
+}
+
+// logs prints the log as it comes, asks for what its flags say, and fails
+// like any verb for an unknown sandbox.
+func TestSandboxLogsCLI(t *testing.T) {
+	fake := &fakeAgent{}
+	serveFake(t, fake)
+	for _, tc := range []struct {
+		args []string
+		req  *apiv1.SandboxLogsRequest
+		out  string
+	}{
+		{[]string{"box"}, &apiv1.SandboxLogsRequest{Id: "box", Source: apiv1.SandboxLogsRequest_CONSOLE}, fakeConsole},
+		{[]string{"box", "--tail-bytes", "23"}, &apiv1.SandboxLogsRequest{Id: "box", Source: apiv1.SandboxLogsRequest_CONSOLE, TailBytes: 23},
+			"nodeinfra-agent: ready\n"},
+		{[]string{"--source", "qemu", "box", "-f"}, &apiv1.SandboxLogsRequest{Id: "box", Source: apiv1.SandboxLogsRequest_QEMU, Follow: true},
+			"qemu: ok\nfollowed\n"},
+		{[]string{"box", "--follow", "--source=console"}, &apiv1.SandboxLogsRequest{Id: "box", Source: apiv1.SandboxLogsRequest_CONSOLE, Follow: true},
+			fakeConsole + "followed\n"},
+	} {
+		code, out, errOut := runCaptured(t, "", append([]string{"sandbox", "logs"}, tc.args...)...)
+		if code != 0 || out != tc.out {
+			t.Errorf("logs %q: exit %d, stdout %q, stderr %q; want %q", tc.args, code, out, errOut, tc.out)
+		}
+		if got := fake.request("SandboxLogs"); !proto.Equal(got, tc.req) {
+			t.Errorf("logs %q sent %v, want %v", tc.args, got, tc.req)
+		}
+	}
+	code, out, errOut := runCaptured(t, "", "sandbox", "logs", "nope")
+	if code != 1 || out != "" || errOut != "nodeagent sandbox logs: sandbox \"nope\": not found (NotFound)\n" {
+		t.Errorf("logs of an unknown sandbox: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }

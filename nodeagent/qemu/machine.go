@@ -13,12 +13,10 @@ import (
 const (
 	QMPSocket   = "qmp.sock"
 	AgentSocket = "agent.sock"
-	// ConsoleSocket is the guest's serial console (ttyS0). QEMU serves it
-	// and the node agent connects, as to QMP; while nobody is connected
-	// QEMU drops what the guest writes, so the console never fills a disk
-	// or waits for a reader. The agent keeps it in ConsoleLog, rotated.
-	ConsoleSocket = "ttyS0.sock"
-	ConsoleLog    = "console.log"
+	// ConsoleFIFO carries the guest's serial console (ttyS0) from QEMU to
+	// the node agent, which keeps it in ConsoleLog, rotated (see Console).
+	ConsoleFIFO = "console.fifo"
+	ConsoleLog  = "console.log"
 	// LogFile is where QEMU's own stdout and stderr go.
 	LogFile = "qemu.log"
 	PIDFile = "qemu.pid"
@@ -48,6 +46,9 @@ type Machine struct {
 	NIC *NIC
 	// Disks are attached at boot as virtio-blk devices.
 	Disks []BlockDevice
+	// Console, when set, takes the guest's serial console; nil discards
+	// it.
+	Console *Console
 	// Paused starts the VM stopped (-S): the caller puts QEMU in its
 	// cgroup, then sends "cont".
 	Paused bool
@@ -76,6 +77,30 @@ func (c Confinement) args(dir string) []string {
 		"-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
 		"-runas", strconv.Itoa(c.UID) + ":" + strconv.Itoa(c.GID),
 		"-chroot", dir,
+	}
+}
+
+// Console is where the guest's serial console goes: the write end of a
+// FIFO (ConsoleFIFO), which the launcher passes as descriptor FD. QEMU
+// makes it non-blocking and writes a byte at a time: while the FIFO is
+// full the serial port waits, as a real UART would (QEMU's main loop
+// never does); while nobody reads it (the agent is down) writes fail
+// with EPIPE, which QEMU ignores, and the output is dropped. A pipe, not
+// a socket: a pipe gathers one-byte writes into pages, so the reader
+// pays per read, where a socket costs it per byte.
+type Console struct {
+	FD int
+}
+
+// consoleFDSet is the fd set holding the console's descriptor (QEMU opens
+// /dev/fdset/N; sets added later over QMP take other numbers).
+const consoleFDSet = 1
+
+func (c *Console) args() []string {
+	return []string{
+		"-add-fd", fmt.Sprintf("fd=%d,set=%d,opaque=console", c.FD, consoleFDSet),
+		"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on", consoleFDSet),
+		"-serial", "chardev:console",
 	}
 }
 
@@ -208,9 +233,6 @@ func (m Machine) Args() ([]string, error) {
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-kernel", m.Kernel, "-initrd", m.Initrd, "-append", strings.Join(kargs, " "),
 		"-nographic", "-nodefaults", "-no-user-config", "-no-reboot",
-		// Before QMP's: once QMP answers, the console socket exists.
-		"-chardev", "socket,id=console,path=" + filepath.Join(m.Dir, ConsoleSocket) + ",server=on,wait=off",
-		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,path=" + filepath.Join(m.Dir, QMPSocket) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-device", "virtio-serial-pci,id=vser0",
@@ -220,6 +242,11 @@ func (m Machine) Args() ([]string, error) {
 	}
 	if strings.ContainsAny(m.Dir, ",") {
 		return nil, fmt.Errorf("machine %s: dir %q must not contain a comma", m.Name, m.Dir)
+	}
+	if m.Console != nil {
+		a = append(a, m.Console.args()...)
+	} else {
+		a = append(a, "-serial", "null")
 	}
 	if m.NIC != nil {
 		// With fd=, QEMU reads the vnet header setting off the tap itself.

@@ -18,7 +18,7 @@ func TestMachineArgs(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := Machine{Name: "pod-a", Dir: dir, Accel: AccelTCG, VCPUs: 2, MemoryMiB: 256, Kernel: "/k", Initrd: "/i",
-		NIC: &NIC{MAC: "02:00:00:00:00:01"}, Paused: true,
+		NIC: &NIC{MAC: "02:00:00:00:00:01"}, Console: &Console{FD: 4}, Paused: true,
 		Disks: []BlockDevice{{ID: "vol,1", Path: disk}, {ID: "db", RBD: &RBD{Pool: "rbd", Image: "img", Conf: "/c", User: "admin", KeyFile: "/k.key"}, ReadOnly: true}}}
 	args, err := m.Args()
 	if err != nil {
@@ -27,7 +27,8 @@ func TestMachineArgs(t *testing.T) {
 	line := strings.Join(args, " ")
 	for _, want := range []string{"-name sandbox-pod-a", "-smp 2", "-m 256M", "memory-backend-memfd,id=mem,size=256M,share=on",
 		"-accel tcg,tb-size=12", "nodeinfra.id=pod-a", "fd=3", "mac=02:00:00:00:00:01", "-S",
-		"path=" + filepath.Join(dir, QMPSocket), "name=" + AgentPortName, "serial=db"} {
+		"path=" + filepath.Join(dir, QMPSocket), "name=" + AgentPortName, "serial=db",
+		"-add-fd fd=4,set=1,opaque=console -chardev file,id=console,path=/dev/fdset/1,append=on -serial chardev:console"} {
 		if !strings.Contains(line, want) {
 			t.Errorf("args lack %q:\n%s", want, line)
 		}
@@ -55,10 +56,11 @@ func TestMachineArgs(t *testing.T) {
 		t.Errorf("no secret object for the RBD key:\n%s", line)
 	}
 	one := m
-	one.VCPUs, one.Accel, one.NIC, one.Disks, one.Paused = 1, AccelKVM, nil, nil, false
+	one.VCPUs, one.Accel, one.NIC, one.Disks, one.Paused, one.Console = 1, AccelKVM, nil, nil, false, nil
 	args, _ = one.Args()
 	line = strings.Join(args, " ")
-	if !strings.Contains(line, "noapictimer") || !strings.Contains(line, "-accel kvm -cpu host") || strings.Contains(line, "-S") || strings.Contains(line, "netdev") {
+	if !strings.Contains(line, "noapictimer") || !strings.Contains(line, "-accel kvm -cpu host") || strings.Contains(line, "-S") || strings.Contains(line, "netdev") ||
+		!strings.Contains(line, "-serial null") || strings.Contains(line, "add-fd") {
 		t.Errorf("1 vCPU under KVM:\n%s", line)
 	}
 	for _, bad := range []Machine{{}, {Name: "x", Dir: "/a,b", Kernel: "/k", Initrd: "/i", VCPUs: 1, MemoryMiB: 64}, {Name: "x", Dir: "/d", Kernel: "/k", Initrd: "/i"}} {

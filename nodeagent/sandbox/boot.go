@@ -137,6 +137,7 @@ func (m *Manager) bootSteps() []step {
 		{"pod network", m.stepPodNetwork},
 		{"disks", m.stepDisks},
 		{"cgroup", m.stepCgroup},
+		{"console", m.stepConsole},
 		{"qemu", m.stepStartQEMU},
 		{"connect", m.stepConnect},
 		{"configure guest", m.stepConfigureGuest},
@@ -148,6 +149,7 @@ func (m *Manager) bootSteps() []step {
 func (m *Manager) readoptSteps() []step {
 	return []step{
 		{"cgroup", m.stepAdoptCgroup},
+		{"console", m.stepConsole},
 		{"connect", m.stepConnect},
 		{"disks", m.stepReconcileDisks},
 		{"configure guest", m.stepConfigureGuest},
@@ -392,9 +394,7 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 		}
 		return fmt.Errorf("guest agent: %w", err)
 	}
-	r.mu.Lock()
-	r.agent = agent
-	r.mu.Unlock()
+	m.setAgent(b, r, agent)
 	return nil
 }
 

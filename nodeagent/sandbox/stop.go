@@ -227,11 +227,11 @@ func deleteGroup(g cgroup.Group) error {
 }
 
 // removeRunFiles removes what a run leaves in the sandbox dir: everything
-// but the record.
+// but the record and the logs.
 func removeRunFiles(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if e.Name() != recordFile {
+		if e.Name() != recordFile && !isLogFile(e.Name()) {
 			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}

@@ -149,4 +149,6 @@ type Service interface {
 	// it. Both are idempotent by disk ID.
 	AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, error)
 	DetachDisk(ctx context.Context, id, diskID string) (Sandbox, error)
+	// Logs writes a sandbox's console or QEMU log to w (logs.go).
+	Logs(ctx context.Context, id string, req LogRequest, w io.Writer) error
 }

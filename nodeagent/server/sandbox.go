@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -36,8 +37,8 @@ func NewSandboxServer(svc sandbox.Service) *SandboxServer {
 	return &SandboxServer{Svc: svc}
 }
 
-// execChunk bounds the stdout and stderr messages of Exec, well below
-// gRPC's default 4 MiB message limit.
+// execChunk bounds the stdout and stderr messages of Exec and the chunks
+// of SandboxLogs, well below gRPC's default 4 MiB message limit.
 const execChunk = 32 << 10
 
 var errNoSandboxes = fmt.Errorf("sandboxes are not enabled on this node: %w", errdefs.ErrFailedPrecondition)
@@ -302,6 +303,48 @@ func (w execWriter) Write(p []byte) (int, error) {
 			m.Kind = &apiv1.ExecResponse_Stderr{Stderr: chunk}
 		}
 		if err := w.out.send(m); err != nil {
+			return n, err
+		}
+		n += len(chunk)
+		p = p[len(chunk):]
+	}
+	return n, nil
+}
+
+// logSources maps the API's log sources to the domain's; a value not here
+// goes through as an unknown source, which the domain refuses.
+var logSources = map[apiv1.SandboxLogsRequest_Source]sandbox.LogSource{
+	apiv1.SandboxLogsRequest_SOURCE_UNSPECIFIED: sandbox.LogConsole,
+	apiv1.SandboxLogsRequest_CONSOLE:            sandbox.LogConsole,
+	apiv1.SandboxLogsRequest_QEMU:               sandbox.LogQEMU,
+}
+
+// SandboxLogs implements apiv1.SandboxServiceServer: the log goes out in
+// chunks of at most execChunk bytes.
+func (s *SandboxServer) SandboxLogs(req *apiv1.SandboxLogsRequest, stream apiv1.SandboxService_SandboxLogsServer) error {
+	svc, err := s.service()
+	if err != nil {
+		return err
+	}
+	src, ok := logSources[req.GetSource()]
+	if !ok {
+		src = sandbox.LogSource(req.GetSource().String())
+	}
+	tail := int64(min(req.GetTailBytes(), math.MaxInt64))
+	return svc.Logs(stream.Context(), req.GetId(), sandbox.LogRequest{Source: src, TailBytes: tail, Follow: req.GetFollow()},
+		logWriter{stream})
+}
+
+type logWriter struct {
+	stream apiv1.SandboxService_SandboxLogsServer
+}
+
+func (w logWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		// gRPC may use a message after Send returns: give it its own bytes.
+		chunk := bytes.Clone(p[:min(len(p), execChunk)])
+		if err := w.stream.Send(&apiv1.SandboxLogChunk{Data: chunk}); err != nil {
 			return n, err
 		}
 		n += len(chunk)

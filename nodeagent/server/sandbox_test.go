@@ -393,6 +393,9 @@ func TestSandboxesDisabled(t *testing.T) {
 	if _, err := st.Recv(); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("exec: %v, want FailedPrecondition", err)
 	}
+	if _, err := readLogs(ctx, cl, &apiv1.SandboxLogsRequest{Id: "a"}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("logs: %v, want FailedPrecondition", err)
+	}
 }
 
 // execResult is what the client of an Exec call got.

@@ -152,6 +152,58 @@ func (SandboxEvent_Type) EnumDescriptor() ([]byte, []int) {
 	return file_sandbox_proto_rawDescGZIP(), []int{4, 0}
 }
 
+type SandboxLogsRequest_Source int32
+
+const (
+	// The console.
+	SandboxLogsRequest_SOURCE_UNSPECIFIED SandboxLogsRequest_Source = 0
+	// The guest's serial console.
+	SandboxLogsRequest_CONSOLE SandboxLogsRequest_Source = 1
+	// QEMU's own stdout and stderr.
+	SandboxLogsRequest_QEMU SandboxLogsRequest_Source = 2
+)
+
+// Enum value maps for SandboxLogsRequest_Source.
+var (
+	SandboxLogsRequest_Source_name = map[int32]string{
+		0: "SOURCE_UNSPECIFIED",
+		1: "CONSOLE",
+		2: "QEMU",
+	}
+	SandboxLogsRequest_Source_value = map[string]int32{
+		"SOURCE_UNSPECIFIED": 0,
+		"CONSOLE":            1,
+		"QEMU":               2,
+	}
+)
+
+func (x SandboxLogsRequest_Source) Enum() *SandboxLogsRequest_Source {
+	p := new(SandboxLogsRequest_Source)
+	*p = x
+	return p
+}
+
+func (x SandboxLogsRequest_Source) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SandboxLogsRequest_Source) Descriptor() protoreflect.EnumDescriptor {
+	return file_sandbox_proto_enumTypes[2].Descriptor()
+}
+
+func (SandboxLogsRequest_Source) Type() protoreflect.EnumType {
+	return &file_sandbox_proto_enumTypes[2]
+}
+
+func (x SandboxLogsRequest_Source) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SandboxLogsRequest_Source.Descriptor instead.
+func (SandboxLogsRequest_Source) EnumDescriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{19, 0}
+}
+
 // SandboxSpec is what the caller asks for.
 type SandboxSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -397,7 +449,11 @@ type Sandbox struct {
 	// The spec, with defaults applied.
 	Spec  *SandboxSpec  `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	State Sandbox_State `protobuf:"varint,2,opt,name=state,proto3,enum=nodeinfra.nodeagent.v1.Sandbox_State" json:"state,omitempty"`
-	// Why the sandbox is FAILED or STOPPED; empty otherwise.
+	// Why the sandbox is FAILED or STOPPED; empty otherwise. A guest whose
+	// agent breaks the wire protocol (a hostile or broken guest: frames
+	// beyond the flow-control window it was given, garbage, output for
+	// more exec IDs than the agent ever started) is FAILED with a reason
+	// starting "guest agent protocol violation: ", and its QEMU killed.
 	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// QEMU's process ID while it runs.
 	Pid int32 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -1368,6 +1424,122 @@ func (x *DetachDiskRequest) GetDiskId() string {
 	return ""
 }
 
+type SandboxLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Keep streaming what the log gains until the sandbox's QEMU is gone.
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Start this many bytes before the end of the log; 0 means all of it.
+	TailBytes     uint64                    `protobuf:"varint,3,opt,name=tail_bytes,json=tailBytes,proto3" json:"tail_bytes,omitempty"`
+	Source        SandboxLogsRequest_Source `protobuf:"varint,4,opt,name=source,proto3,enum=nodeinfra.nodeagent.v1.SandboxLogsRequest_Source" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxLogsRequest) Reset() {
+	*x = SandboxLogsRequest{}
+	mi := &file_sandbox_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxLogsRequest) ProtoMessage() {}
+
+func (x *SandboxLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxLogsRequest.ProtoReflect.Descriptor instead.
+func (*SandboxLogsRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *SandboxLogsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SandboxLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *SandboxLogsRequest) GetTailBytes() uint64 {
+	if x != nil {
+		return x.TailBytes
+	}
+	return 0
+}
+
+func (x *SandboxLogsRequest) GetSource() SandboxLogsRequest_Source {
+	if x != nil {
+		return x.Source
+	}
+	return SandboxLogsRequest_SOURCE_UNSPECIFIED
+}
+
+// SandboxLogChunk is the next piece of a log, at most 32 KiB; a line may
+// span chunks.
+type SandboxLogChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SandboxLogChunk) Reset() {
+	*x = SandboxLogChunk{}
+	mi := &file_sandbox_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SandboxLogChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SandboxLogChunk) ProtoMessage() {}
+
+func (x *SandboxLogChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SandboxLogChunk.ProtoReflect.Descriptor instead.
+func (*SandboxLogChunk) Descriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SandboxLogChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_sandbox_proto protoreflect.FileDescriptor
 
 const file_sandbox_proto_rawDesc = "" +
@@ -1465,7 +1637,19 @@ const file_sandbox_proto_rawDesc = "" +
 	"\x11DetachDiskRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x17\n" +
-	"\adisk_id\x18\x02 \x01(\tR\x06diskId2\xf0\x06\n" +
+	"\adisk_id\x18\x02 \x01(\tR\x06diskId\"\xdf\x01\n" +
+	"\x12SandboxLogsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1d\n" +
+	"\n" +
+	"tail_bytes\x18\x03 \x01(\x04R\ttailBytes\x12I\n" +
+	"\x06source\x18\x04 \x01(\x0e21.nodeinfra.nodeagent.v1.SandboxLogsRequest.SourceR\x06source\"7\n" +
+	"\x06Source\x12\x16\n" +
+	"\x12SOURCE_UNSPECIFIED\x10\x00\x12\v\n" +
+	"\aCONSOLE\x10\x01\x12\b\n" +
+	"\x04QEMU\x10\x02\"%\n" +
+	"\x0fSandboxLogChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xd6\a\n" +
 	"\x0eSandboxService\x12^\n" +
 	"\rCreateSandbox\x12,.nodeinfra.nodeagent.v1.CreateSandboxRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12Z\n" +
 	"\vStopSandbox\x12*.nodeinfra.nodeagent.v1.StopSandboxRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12l\n" +
@@ -1478,7 +1662,8 @@ const file_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"AttachDisk\x12).nodeinfra.nodeagent.v1.AttachDiskRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12X\n" +
 	"\n" +
-	"DetachDisk\x12).nodeinfra.nodeagent.v1.DetachDiskRequest\x1a\x1f.nodeinfra.nodeagent.v1.SandboxB7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
+	"DetachDisk\x12).nodeinfra.nodeagent.v1.DetachDiskRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12d\n" +
+	"\vSandboxLogs\x12*.nodeinfra.nodeagent.v1.SandboxLogsRequest\x1a'.nodeinfra.nodeagent.v1.SandboxLogChunk0\x01B7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
 
 var (
 	file_sandbox_proto_rawDescOnce sync.Once
@@ -1492,72 +1677,78 @@ func file_sandbox_proto_rawDescGZIP() []byte {
 	return file_sandbox_proto_rawDescData
 }
 
-var file_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_sandbox_proto_goTypes = []any{
-	(Sandbox_State)(0),            // 0: nodeinfra.nodeagent.v1.Sandbox.State
-	(SandboxEvent_Type)(0),        // 1: nodeinfra.nodeagent.v1.SandboxEvent.Type
-	(*SandboxSpec)(nil),           // 2: nodeinfra.nodeagent.v1.SandboxSpec
-	(*Disk)(nil),                  // 3: nodeinfra.nodeagent.v1.Disk
-	(*RBDImage)(nil),              // 4: nodeinfra.nodeagent.v1.RBDImage
-	(*Sandbox)(nil),               // 5: nodeinfra.nodeagent.v1.Sandbox
-	(*SandboxEvent)(nil),          // 6: nodeinfra.nodeagent.v1.SandboxEvent
-	(*CreateSandboxRequest)(nil),  // 7: nodeinfra.nodeagent.v1.CreateSandboxRequest
-	(*StopSandboxRequest)(nil),    // 8: nodeinfra.nodeagent.v1.StopSandboxRequest
-	(*DeleteSandboxRequest)(nil),  // 9: nodeinfra.nodeagent.v1.DeleteSandboxRequest
-	(*DeleteSandboxResponse)(nil), // 10: nodeinfra.nodeagent.v1.DeleteSandboxResponse
-	(*GetSandboxRequest)(nil),     // 11: nodeinfra.nodeagent.v1.GetSandboxRequest
-	(*ListSandboxesRequest)(nil),  // 12: nodeinfra.nodeagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil), // 13: nodeinfra.nodeagent.v1.ListSandboxesResponse
-	(*WatchEventsRequest)(nil),    // 14: nodeinfra.nodeagent.v1.WatchEventsRequest
-	(*ExecStart)(nil),             // 15: nodeinfra.nodeagent.v1.ExecStart
-	(*ExecRequest)(nil),           // 16: nodeinfra.nodeagent.v1.ExecRequest
-	(*ExecResponse)(nil),          // 17: nodeinfra.nodeagent.v1.ExecResponse
-	(*ExitStatus)(nil),            // 18: nodeinfra.nodeagent.v1.ExitStatus
-	(*AttachDiskRequest)(nil),     // 19: nodeinfra.nodeagent.v1.AttachDiskRequest
-	(*DetachDiskRequest)(nil),     // 20: nodeinfra.nodeagent.v1.DetachDiskRequest
-	(*timestamppb.Timestamp)(nil), // 21: google.protobuf.Timestamp
+	(Sandbox_State)(0),             // 0: nodeinfra.nodeagent.v1.Sandbox.State
+	(SandboxEvent_Type)(0),         // 1: nodeinfra.nodeagent.v1.SandboxEvent.Type
+	(SandboxLogsRequest_Source)(0), // 2: nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
+	(*SandboxSpec)(nil),            // 3: nodeinfra.nodeagent.v1.SandboxSpec
+	(*Disk)(nil),                   // 4: nodeinfra.nodeagent.v1.Disk
+	(*RBDImage)(nil),               // 5: nodeinfra.nodeagent.v1.RBDImage
+	(*Sandbox)(nil),                // 6: nodeinfra.nodeagent.v1.Sandbox
+	(*SandboxEvent)(nil),           // 7: nodeinfra.nodeagent.v1.SandboxEvent
+	(*CreateSandboxRequest)(nil),   // 8: nodeinfra.nodeagent.v1.CreateSandboxRequest
+	(*StopSandboxRequest)(nil),     // 9: nodeinfra.nodeagent.v1.StopSandboxRequest
+	(*DeleteSandboxRequest)(nil),   // 10: nodeinfra.nodeagent.v1.DeleteSandboxRequest
+	(*DeleteSandboxResponse)(nil),  // 11: nodeinfra.nodeagent.v1.DeleteSandboxResponse
+	(*GetSandboxRequest)(nil),      // 12: nodeinfra.nodeagent.v1.GetSandboxRequest
+	(*ListSandboxesRequest)(nil),   // 13: nodeinfra.nodeagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),  // 14: nodeinfra.nodeagent.v1.ListSandboxesResponse
+	(*WatchEventsRequest)(nil),     // 15: nodeinfra.nodeagent.v1.WatchEventsRequest
+	(*ExecStart)(nil),              // 16: nodeinfra.nodeagent.v1.ExecStart
+	(*ExecRequest)(nil),            // 17: nodeinfra.nodeagent.v1.ExecRequest
+	(*ExecResponse)(nil),           // 18: nodeinfra.nodeagent.v1.ExecResponse
+	(*ExitStatus)(nil),             // 19: nodeinfra.nodeagent.v1.ExitStatus
+	(*AttachDiskRequest)(nil),      // 20: nodeinfra.nodeagent.v1.AttachDiskRequest
+	(*DetachDiskRequest)(nil),      // 21: nodeinfra.nodeagent.v1.DetachDiskRequest
+	(*SandboxLogsRequest)(nil),     // 22: nodeinfra.nodeagent.v1.SandboxLogsRequest
+	(*SandboxLogChunk)(nil),        // 23: nodeinfra.nodeagent.v1.SandboxLogChunk
+	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
 }
 var file_sandbox_proto_depIdxs = []int32{
-	3,  // 0: nodeinfra.nodeagent.v1.SandboxSpec.disks:type_name -> nodeinfra.nodeagent.v1.Disk
-	4,  // 1: nodeinfra.nodeagent.v1.Disk.rbd:type_name -> nodeinfra.nodeagent.v1.RBDImage
-	2,  // 2: nodeinfra.nodeagent.v1.Sandbox.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
+	4,  // 0: nodeinfra.nodeagent.v1.SandboxSpec.disks:type_name -> nodeinfra.nodeagent.v1.Disk
+	5,  // 1: nodeinfra.nodeagent.v1.Disk.rbd:type_name -> nodeinfra.nodeagent.v1.RBDImage
+	3,  // 2: nodeinfra.nodeagent.v1.Sandbox.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
 	0,  // 3: nodeinfra.nodeagent.v1.Sandbox.state:type_name -> nodeinfra.nodeagent.v1.Sandbox.State
-	3,  // 4: nodeinfra.nodeagent.v1.Sandbox.disks:type_name -> nodeinfra.nodeagent.v1.Disk
-	21, // 5: nodeinfra.nodeagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	21, // 6: nodeinfra.nodeagent.v1.Sandbox.ready_at:type_name -> google.protobuf.Timestamp
-	21, // 7: nodeinfra.nodeagent.v1.SandboxEvent.time:type_name -> google.protobuf.Timestamp
+	4,  // 4: nodeinfra.nodeagent.v1.Sandbox.disks:type_name -> nodeinfra.nodeagent.v1.Disk
+	24, // 5: nodeinfra.nodeagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	24, // 6: nodeinfra.nodeagent.v1.Sandbox.ready_at:type_name -> google.protobuf.Timestamp
+	24, // 7: nodeinfra.nodeagent.v1.SandboxEvent.time:type_name -> google.protobuf.Timestamp
 	1,  // 8: nodeinfra.nodeagent.v1.SandboxEvent.type:type_name -> nodeinfra.nodeagent.v1.SandboxEvent.Type
-	5,  // 9: nodeinfra.nodeagent.v1.SandboxEvent.sandbox:type_name -> nodeinfra.nodeagent.v1.Sandbox
-	3,  // 10: nodeinfra.nodeagent.v1.SandboxEvent.disk:type_name -> nodeinfra.nodeagent.v1.Disk
-	2,  // 11: nodeinfra.nodeagent.v1.CreateSandboxRequest.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
-	5,  // 12: nodeinfra.nodeagent.v1.ListSandboxesResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.Sandbox
-	15, // 13: nodeinfra.nodeagent.v1.ExecRequest.start:type_name -> nodeinfra.nodeagent.v1.ExecStart
-	18, // 14: nodeinfra.nodeagent.v1.ExecResponse.exit:type_name -> nodeinfra.nodeagent.v1.ExitStatus
-	3,  // 15: nodeinfra.nodeagent.v1.AttachDiskRequest.disk:type_name -> nodeinfra.nodeagent.v1.Disk
-	7,  // 16: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:input_type -> nodeinfra.nodeagent.v1.CreateSandboxRequest
-	8,  // 17: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:input_type -> nodeinfra.nodeagent.v1.StopSandboxRequest
-	9,  // 18: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:input_type -> nodeinfra.nodeagent.v1.DeleteSandboxRequest
-	11, // 19: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:input_type -> nodeinfra.nodeagent.v1.GetSandboxRequest
-	12, // 20: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:input_type -> nodeinfra.nodeagent.v1.ListSandboxesRequest
-	14, // 21: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:input_type -> nodeinfra.nodeagent.v1.WatchEventsRequest
-	16, // 22: nodeinfra.nodeagent.v1.SandboxService.Exec:input_type -> nodeinfra.nodeagent.v1.ExecRequest
-	19, // 23: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:input_type -> nodeinfra.nodeagent.v1.AttachDiskRequest
-	20, // 24: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:input_type -> nodeinfra.nodeagent.v1.DetachDiskRequest
-	5,  // 25: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	5,  // 26: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	10, // 27: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:output_type -> nodeinfra.nodeagent.v1.DeleteSandboxResponse
-	5,  // 28: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	13, // 29: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:output_type -> nodeinfra.nodeagent.v1.ListSandboxesResponse
-	6,  // 30: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:output_type -> nodeinfra.nodeagent.v1.SandboxEvent
-	17, // 31: nodeinfra.nodeagent.v1.SandboxService.Exec:output_type -> nodeinfra.nodeagent.v1.ExecResponse
-	5,  // 32: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	5,  // 33: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	6,  // 9: nodeinfra.nodeagent.v1.SandboxEvent.sandbox:type_name -> nodeinfra.nodeagent.v1.Sandbox
+	4,  // 10: nodeinfra.nodeagent.v1.SandboxEvent.disk:type_name -> nodeinfra.nodeagent.v1.Disk
+	3,  // 11: nodeinfra.nodeagent.v1.CreateSandboxRequest.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
+	6,  // 12: nodeinfra.nodeagent.v1.ListSandboxesResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.Sandbox
+	16, // 13: nodeinfra.nodeagent.v1.ExecRequest.start:type_name -> nodeinfra.nodeagent.v1.ExecStart
+	19, // 14: nodeinfra.nodeagent.v1.ExecResponse.exit:type_name -> nodeinfra.nodeagent.v1.ExitStatus
+	4,  // 15: nodeinfra.nodeagent.v1.AttachDiskRequest.disk:type_name -> nodeinfra.nodeagent.v1.Disk
+	2,  // 16: nodeinfra.nodeagent.v1.SandboxLogsRequest.source:type_name -> nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
+	8,  // 17: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:input_type -> nodeinfra.nodeagent.v1.CreateSandboxRequest
+	9,  // 18: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:input_type -> nodeinfra.nodeagent.v1.StopSandboxRequest
+	10, // 19: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:input_type -> nodeinfra.nodeagent.v1.DeleteSandboxRequest
+	12, // 20: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:input_type -> nodeinfra.nodeagent.v1.GetSandboxRequest
+	13, // 21: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:input_type -> nodeinfra.nodeagent.v1.ListSandboxesRequest
+	15, // 22: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:input_type -> nodeinfra.nodeagent.v1.WatchEventsRequest
+	17, // 23: nodeinfra.nodeagent.v1.SandboxService.Exec:input_type -> nodeinfra.nodeagent.v1.ExecRequest
+	20, // 24: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:input_type -> nodeinfra.nodeagent.v1.AttachDiskRequest
+	21, // 25: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:input_type -> nodeinfra.nodeagent.v1.DetachDiskRequest
+	22, // 26: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:input_type -> nodeinfra.nodeagent.v1.SandboxLogsRequest
+	6,  // 27: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	6,  // 28: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	11, // 29: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:output_type -> nodeinfra.nodeagent.v1.DeleteSandboxResponse
+	6,  // 30: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	14, // 31: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:output_type -> nodeinfra.nodeagent.v1.ListSandboxesResponse
+	7,  // 32: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:output_type -> nodeinfra.nodeagent.v1.SandboxEvent
+	18, // 33: nodeinfra.nodeagent.v1.SandboxService.Exec:output_type -> nodeinfra.nodeagent.v1.ExecResponse
+	6,  // 34: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	6,  // 35: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	23, // 36: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:output_type -> nodeinfra.nodeagent.v1.SandboxLogChunk
+	27, // [27:37] is the sub-list for method output_type
+	17, // [17:27] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_sandbox_proto_init() }
@@ -1584,8 +1775,8 @@ func file_sandbox_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandbox_proto_rawDesc), len(file_sandbox_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   19,
+			NumEnums:      3,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

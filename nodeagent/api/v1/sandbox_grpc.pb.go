@@ -39,6 +39,7 @@ const (
 	SandboxService_Exec_FullMethodName          = "/nodeinfra.nodeagent.v1.SandboxService/Exec"
 	SandboxService_AttachDisk_FullMethodName    = "/nodeinfra.nodeagent.v1.SandboxService/AttachDisk"
 	SandboxService_DetachDisk_FullMethodName    = "/nodeinfra.nodeagent.v1.SandboxService/DetachDisk"
+	SandboxService_SandboxLogs_FullMethodName   = "/nodeinfra.nodeagent.v1.SandboxService/SandboxLogs"
 )
 
 // SandboxServiceClient is the client API for SandboxService service.
@@ -87,6 +88,14 @@ type SandboxServiceClient interface {
 	// DetachDisk unplugs a disk. Idempotent: a disk that is not attached is
 	// not an error.
 	DetachDisk(ctx context.Context, in *DetachDiskRequest, opts ...grpc.CallOption) (*Sandbox, error)
+	// SandboxLogs streams one of a sandbox's logs: the guest's serial
+	// console (the kernel, the guest agent, whatever the guest writes to
+	// /dev/ttyS0), which the agent keeps rotated in at most 2 MiB, or
+	// QEMU's own output. With follow it then streams what the log gains
+	// until the sandbox's QEMU is gone or the client cancels. The logs stay
+	// after the sandbox stops or fails, until it is deleted. NotFound for an
+	// unknown sandbox; InvalidArgument for an unknown source.
+	SandboxLogs(ctx context.Context, in *SandboxLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SandboxLogChunk], error)
 }
 
 type sandboxServiceClient struct {
@@ -199,6 +208,25 @@ func (c *sandboxServiceClient) DetachDisk(ctx context.Context, in *DetachDiskReq
 	return out, nil
 }
 
+func (c *sandboxServiceClient) SandboxLogs(ctx context.Context, in *SandboxLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SandboxLogChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SandboxService_ServiceDesc.Streams[2], SandboxService_SandboxLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SandboxLogsRequest, SandboxLogChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxService_SandboxLogsClient = grpc.ServerStreamingClient[SandboxLogChunk]
+
 // SandboxServiceServer is the server API for SandboxService service.
 // All implementations must embed UnimplementedSandboxServiceServer
 // for forward compatibility.
@@ -245,6 +273,14 @@ type SandboxServiceServer interface {
 	// DetachDisk unplugs a disk. Idempotent: a disk that is not attached is
 	// not an error.
 	DetachDisk(context.Context, *DetachDiskRequest) (*Sandbox, error)
+	// SandboxLogs streams one of a sandbox's logs: the guest's serial
+	// console (the kernel, the guest agent, whatever the guest writes to
+	// /dev/ttyS0), which the agent keeps rotated in at most 2 MiB, or
+	// QEMU's own output. With follow it then streams what the log gains
+	// until the sandbox's QEMU is gone or the client cancels. The logs stay
+	// after the sandbox stops or fails, until it is deleted. NotFound for an
+	// unknown sandbox; InvalidArgument for an unknown source.
+	SandboxLogs(*SandboxLogsRequest, grpc.ServerStreamingServer[SandboxLogChunk]) error
 	mustEmbedUnimplementedSandboxServiceServer()
 }
 
@@ -281,6 +317,9 @@ func (UnimplementedSandboxServiceServer) AttachDisk(context.Context, *AttachDisk
 }
 func (UnimplementedSandboxServiceServer) DetachDisk(context.Context, *DetachDiskRequest) (*Sandbox, error) {
 	return nil, status.Error(codes.Unimplemented, "method DetachDisk not implemented")
+}
+func (UnimplementedSandboxServiceServer) SandboxLogs(*SandboxLogsRequest, grpc.ServerStreamingServer[SandboxLogChunk]) error {
+	return status.Error(codes.Unimplemented, "method SandboxLogs not implemented")
 }
 func (UnimplementedSandboxServiceServer) mustEmbedUnimplementedSandboxServiceServer() {}
 func (UnimplementedSandboxServiceServer) testEmbeddedByValue()                        {}
@@ -447,6 +486,17 @@ func _SandboxService_DetachDisk_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SandboxService_SandboxLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SandboxLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SandboxServiceServer).SandboxLogs(m, &grpc.GenericServerStream[SandboxLogsRequest, SandboxLogChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SandboxService_SandboxLogsServer = grpc.ServerStreamingServer[SandboxLogChunk]
+
 // SandboxService_ServiceDesc is the grpc.ServiceDesc for SandboxService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -494,6 +544,11 @@ var SandboxService_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _SandboxService_Exec_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "SandboxLogs",
+			Handler:       _SandboxService_SandboxLogs_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "sandbox.proto",

@@ -23,6 +23,11 @@
 // have at most Window bytes of stdio payload that the receiver has not given
 // back with Credit frames. Within one protocol version the frame types and
 // their meaning are fixed; a change needs a new version.
+//
+// Receivers hold senders to these rules: the host takes a stdio frame over
+// MaxChunk or beyond the window it gave, stdio after an Exit, a frame type
+// only the host sends, or bytes that are no frame, as a protocol violation
+// and ends the connection (nodeagent/guest/client).
 package agentproto
 
 import (

@@ -2,6 +2,27 @@
 // (agentproto): it connects to the unix socket of QEMU's virtio-serial
 // chardev and calls the guest agent. Calls may overlap from many
 // goroutines; each has its own deadline through its context.
+//
+// The guest is not trusted: a pod may own it, agent and all. Whatever it
+// sends, a connection costs the host no more than these (read.go holds
+// the code that keeps them):
+//
+//   - Goroutines: two per connection, the reader and the releaser, plus
+//     one per running Exec (its stdin feeder). Calls and execs are started
+//     by the host only; no frame from the guest starts a goroutine.
+//   - Memory: a 64 KiB read buffer and a MaxChunk scratch buffer per
+//     connection; per running Exec at most agentproto.Window (256 KiB) of
+//     output not yet written to its caller, as the host never gives more
+//     credit than that; per outstanding call one answer of at most
+//     agentproto.MaxPayload (1 MiB); and the ids of the last MaxOrphans
+//     execs released.
+//   - Output of execs nobody here waits for (left by an earlier
+//     connection, or by an Exec that gave up) is discarded unread, and
+//     each such exec is killed once, by the releaser.
+//
+// A guest that breaks the protocol ends the connection with ErrProtocol
+// (see read.go for what counts); nothing after that can be trusted, and
+// the caller decides the sandbox's fate (nodeagent/sandbox kills it).
 package client
 
 import (
@@ -22,8 +43,14 @@ import (
 )
 
 // ErrClosed means the connection to the guest agent is gone: Close was
-// called, QEMU exited, or the stream broke.
+// called, QEMU exited, or the stream broke. Err says why.
 var ErrClosed = fmt.Errorf("guest agent connection closed: %w", errdefs.ErrUnavailable)
+
+// ErrProtocol is why a connection ended when the guest broke the protocol.
+var ErrProtocol = errors.New("guest agent protocol violation")
+
+// ErrHostClosed is why a connection ended when Close ended it.
+var ErrHostClosed = errors.New("closed by the host")
 
 // Info describes the guest agent.
 type Info struct {
@@ -70,13 +97,21 @@ type Client struct {
 	nextID uint32
 	calls  map[uint32]chan agentproto.Response
 	execs  map[uint32]*execState
-	err    error // why the connection ended
+	cause  error // why the connection ended
+	err    error // ErrClosed with the cause
 	info   Info
-	// orphans are exec ids seen without an Exec waiting for them.
-	orphans map[uint32]bool
+	// released are the last exec ids handed to the releaser; orphans
+	// counts the ones the guest sent output for unasked.
+	released idRing
+	orphans  int
+	relq     chan uint32
 
-	done       chan struct{} // closed when the reader stops
-	readerDone chan struct{}
+	// scratch holds one stdio or small control payload; the reader's own.
+	scratch []byte
+
+	done         chan struct{} // closed when the connection ends
+	readerDone   chan struct{}
+	releaserDone chan struct{}
 }
 
 // Dial connects to the guest agent behind QEMU's chardev socket and waits
@@ -90,18 +125,40 @@ func Dial(ctx context.Context, socket string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guest agent: connect to %s: %w", socket, err)
 	}
-	c := &Client{
-		conn: conn, wsem: make(chan struct{}, 1),
-		nextID: rand.Uint32(), calls: map[uint32]chan agentproto.Response{}, execs: map[uint32]*execState{},
-		done: make(chan struct{}), readerDone: make(chan struct{}),
-	}
-	br := bufio.NewReaderSize(conn, 64<<10)
-	if err := c.handshake(ctx, br); err != nil {
-		conn.Close()
+	c, err := open(ctx, conn)
+	if err != nil {
 		return nil, fmt.Errorf("guest agent: %s: %w", socket, err)
 	}
-	go c.read(br)
 	return c, nil
+}
+
+// open runs the handshake on conn and starts the connection's goroutines;
+// on failure it closes conn.
+func open(ctx context.Context, conn net.Conn) (*Client, error) {
+	c := newClient(conn)
+	br := bufio.NewReaderSize(conn, readBuffer)
+	if err := c.handshake(ctx, br); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	c.start(br)
+	return c, nil
+}
+
+func newClient(conn net.Conn) *Client {
+	return &Client{
+		conn: conn, wsem: make(chan struct{}, 1),
+		nextID: rand.Uint32(), calls: map[uint32]chan agentproto.Response{}, execs: map[uint32]*execState{},
+		released: newIDRing(MaxOrphans), relq: make(chan uint32, releaseQueue),
+		scratch: make([]byte, agentproto.MaxChunk),
+		done:    make(chan struct{}), readerDone: make(chan struct{}), releaserDone: make(chan struct{}),
+	}
+}
+
+// start runs the connection's two goroutines.
+func (c *Client) start(br *bufio.Reader) {
+	go c.read(br)
+	go c.releaser()
 }
 
 func dialRetry(ctx context.Context, socket string) (net.Conn, error) {
@@ -279,64 +336,6 @@ func (c *Client) write(ctx context.Context, f agentproto.Frame) error {
 	return nil
 }
 
-// read dispatches the guest's frames until the connection ends.
-func (c *Client) read(br *bufio.Reader) {
-	defer close(c.readerDone)
-	for {
-		f, err := agentproto.ReadFrame(br)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		switch f.Type {
-		case agentproto.FrameResponse:
-			var resp agentproto.Response
-			if err := f.DecodeJSON(&resp); err != nil {
-				resp = agentproto.Response{Error: err.Error(), Code: agentproto.CodeInternal}
-			}
-			c.mu.Lock()
-			ch := c.calls[f.ID]
-			delete(c.calls, f.ID)
-			c.mu.Unlock()
-			if ch != nil {
-				ch <- resp
-			}
-		case agentproto.FrameStdout, agentproto.FrameStderr, agentproto.FrameExit, agentproto.FrameCredit:
-			c.mu.Lock()
-			e := c.execs[f.ID]
-			orphan := e == nil && (f.Type == agentproto.FrameStdout || f.Type == agentproto.FrameStderr) && c.orphan(f.ID)
-			c.mu.Unlock()
-			if e != nil {
-				e.deliver(f)
-			}
-			if orphan {
-				// A process nobody here waits for: one that an
-				// earlier connection started and the guest kept
-				// (it had not seen that connection end).
-				go c.release(f.ID)
-			}
-		case agentproto.FrameHello:
-			// The guest started a new session: it lost ours, and with it
-			// our calls and processes.
-			c.fail(errors.New("the guest agent restarted its session"))
-			return
-		}
-	}
-}
-
-// orphan records id as an orphan exec and says whether it is new. c.mu
-// is held.
-func (c *Client) orphan(id uint32) bool {
-	if c.orphans[id] {
-		return false
-	}
-	if c.orphans == nil || len(c.orphans) > 1024 {
-		c.orphans = map[uint32]bool{}
-	}
-	c.orphans[id] = true
-	return true
-}
-
 // fail ends the connection: every call and exec waiting gets ErrClosed.
 func (c *Client) fail(cause error) {
 	c.mu.Lock()
@@ -344,7 +343,8 @@ func (c *Client) fail(cause error) {
 		c.mu.Unlock()
 		return
 	}
-	c.err = fmt.Errorf("%w: %v", ErrClosed, cause)
+	c.cause = cause
+	c.err = fmt.Errorf("%w: %w", ErrClosed, cause)
 	calls, execs := c.calls, c.execs
 	c.calls, c.execs = map[uint32]chan agentproto.Response{}, map[uint32]*execState{}
 	c.mu.Unlock()
@@ -356,6 +356,15 @@ func (c *Client) fail(cause error) {
 	for _, e := range execs {
 		e.fail()
 	}
+}
+
+// Err returns why the connection ended (wrapping ErrProtocol when the
+// guest broke the protocol, ErrHostClosed after Close), or nil while it
+// is open.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
 }
 
 func (c *Client) closedErr() error {
@@ -520,7 +529,8 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 // Close ends the connection; calls in progress fail with ErrClosed. The
 // guest kills the processes that Execs of this connection started.
 func (c *Client) Close() error {
-	c.fail(errors.New("closed by the host"))
+	c.fail(ErrHostClosed)
 	<-c.readerDone
+	<-c.releaserDone
 	return nil
 }

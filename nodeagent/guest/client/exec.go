@@ -19,8 +19,15 @@ const killWait = 5 * time.Second
 type execState struct {
 	id uint32
 
-	mu       sync.Mutex
-	out      []agentproto.Frame // stdout and stderr, in order
+	mu sync.Mutex
+	// stdout and stderr are output not yet written to the caller. Their
+	// relative order is not kept: the guest reads the two pipes
+	// independently, so it has none to keep.
+	stdout, stderr []byte
+	// unacked is output received and not yet given back as credit: the
+	// guest may not send more than agentproto.Window of it, so the two
+	// buffers never hold more than that.
+	unacked  int
 	exit     *agentproto.ExitStatus
 	lost     bool  // the connection ended
 	credit   int64 // stdin window left
@@ -39,30 +46,47 @@ func kick(ch chan struct{}) {
 	}
 }
 
-// deliver takes one of the exec's frames from the reader. It never
-// blocks: the guest sends at most a window of output ahead of Credit.
-func (e *execState) deliver(f agentproto.Frame) {
+// deliver takes output from the reader (b is the reader's: it is copied).
+// It never blocks; output beyond the window, or after the exit, is a
+// protocol violation.
+func (e *execState) deliver(t agentproto.FrameType, b []byte) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	switch f.Type {
-	case agentproto.FrameStdout, agentproto.FrameStderr:
-		if e.exit == nil {
-			e.out = append(e.out, f)
-		}
-		kick(e.outKick)
-	case agentproto.FrameExit:
-		var st agentproto.ExitStatus
-		if err := f.DecodeJSON(&st); err != nil {
-			st = agentproto.ExitStatus{Code: -1}
-		}
-		e.exit = &st
-		kick(e.outKick)
-	case agentproto.FrameCredit:
-		if n, err := f.Credit(); err == nil {
-			e.credit += int64(n)
-			kick(e.credKick)
-		}
+	if e.exit != nil {
+		return violation("exec %d: %s after its exit", e.id, t)
 	}
+	if e.unacked+len(b) > agentproto.Window {
+		return violation("exec %d: %d bytes of output beyond the %d-byte window", e.id, e.unacked+len(b)-agentproto.Window, agentproto.Window)
+	}
+	e.unacked += len(b)
+	if t == agentproto.FrameStderr {
+		e.stderr = append(e.stderr, b...)
+	} else {
+		e.stdout = append(e.stdout, b...)
+	}
+	kick(e.outKick)
+	return nil
+}
+
+// exited records the exit; a second one is a protocol violation.
+func (e *execState) exited(st agentproto.ExitStatus) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.exit != nil {
+		return violation("exec %d: a second exit", e.id)
+	}
+	e.exit = &st
+	kick(e.outKick)
+	return nil
+}
+
+// addCredit takes stdin window back from the guest. A guest that gives
+// back more than it got gains nothing: the window stays at most Window.
+func (e *execState) addCredit(n uint32) {
+	e.mu.Lock()
+	e.credit = min(e.credit+int64(n), agentproto.Window)
+	e.mu.Unlock()
+	kick(e.credKick)
 }
 
 func (e *execState) fail() {
@@ -75,12 +99,29 @@ func (e *execState) fail() {
 
 // take returns the output received so far, the exit status once it came
 // and whether the connection is lost.
-func (e *execState) take() ([]agentproto.Frame, *agentproto.ExitStatus, bool) {
+func (e *execState) take() (stdout, stderr []byte, exit *agentproto.ExitStatus, lost bool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := e.out
-	e.out = nil
-	return out, e.exit, e.lost
+	stdout, stderr = e.stdout, e.stderr
+	e.stdout, e.stderr = nil, nil
+	return stdout, stderr, e.exit, e.lost
+}
+
+// status returns the exit status once it came and whether the connection
+// is lost.
+func (e *execState) status() (*agentproto.ExitStatus, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.exit, e.lost
+}
+
+// acked gives n bytes of output window back; the caller then sends the
+// Credit. It is counted first, so the host never thinks the guest has
+// less outstanding than it has.
+func (e *execState) acked(n int) {
+	e.mu.Lock()
+	e.unacked -= n
+	e.mu.Unlock()
 }
 
 // reserve waits for stdin window and takes up to max bytes of it; 0 means
@@ -133,11 +174,11 @@ func (c *Client) Exec(ctx context.Context, spec agentproto.ExecSpec, stdin io.Re
 	mayRun := true // the process may be running in the guest
 	defer func() {
 		c.forget(id)
-		if _, exit, lost := e.take(); mayRun && exit == nil && !lost {
+		if exit, lost := e.status(); mayRun && exit == nil && !lost {
 			// Returning without the exit (the kill was not confirmed
 			// in time, or not even the start): let the guest send the
 			// rest without waiting for Credit that will not come.
-			go c.release(id)
+			c.release(id)
 		}
 	}()
 	w := &outWriter{stdout: stdout, stderr: stderr}
@@ -172,8 +213,8 @@ func (c *Client) Exec(ctx context.Context, spec agentproto.ExecSpec, stdin io.Re
 	defer close(stop)
 	go c.feedStdin(ctx, e, stdin, stop)
 	for {
-		out, exit, lost := e.take()
-		c.writeOut(id, w, out)
+		stdout, stderr, exit, lost := e.take()
+		c.writeOut(e, w, stdout, stderr)
 		switch {
 		case exit != nil && w.err != nil:
 			return *exit, fmt.Errorf("guest agent: exec: %w", w.err)
@@ -195,8 +236,8 @@ func (c *Client) Exec(ctx context.Context, spec agentproto.ExecSpec, stdin io.Re
 // end, or timeout, and returns ctx's error.
 func (c *Client) killed(ctx context.Context, e *execState, w *outWriter, timeout <-chan time.Time) (agentproto.ExitStatus, error) {
 	for {
-		out, exit, lost := e.take()
-		c.writeOut(e.id, w, out)
+		stdout, stderr, exit, lost := e.take()
+		c.writeOut(e, w, stdout, stderr)
 		if exit != nil {
 			return *exit, fmt.Errorf("guest agent: exec: %w", ctx.Err())
 		}
@@ -218,25 +259,27 @@ type outWriter struct {
 	err            error
 }
 
-func (c *Client) writeOut(id uint32, w *outWriter, frames []agentproto.Frame) {
-	n := 0
-	for _, f := range frames {
-		dst := w.stdout
-		name := "stdout"
-		if f.Type == agentproto.FrameStderr {
-			dst, name = w.stderr, "stderr"
-		}
-		if dst != nil && w.err == nil {
-			if _, err := dst.Write(f.Payload); err != nil {
-				w.err = fmt.Errorf("write %s: %w", name, err)
-			}
-		}
-		n += len(f.Payload)
-	}
-	if n > 0 {
+// writeOut writes an exec's output to the caller's writers, then gives
+// the window back.
+func (c *Client) writeOut(e *execState, w *outWriter, stdout, stderr []byte) {
+	w.write(w.stdout, "stdout", stdout)
+	w.write(w.stderr, "stderr", stderr)
+	if n := len(stdout) + len(stderr); n > 0 {
+		e.acked(n)
 		// Credit is best effort: if it cannot go out, the connection
 		// is failing and the exec with it.
-		c.writeBestEffort(agentproto.CreditFrame(id, uint32(n)))
+		c.writeBestEffort(agentproto.CreditFrame(e.id, uint32(n)))
+	}
+}
+
+// write writes b in pieces of at most MaxChunk, as the guest sent it.
+func (w *outWriter) write(dst io.Writer, name string, b []byte) {
+	for dst != nil && w.err == nil && len(b) > 0 {
+		n := min(len(b), agentproto.MaxChunk)
+		if _, err := dst.Write(b[:n]); err != nil {
+			w.err = fmt.Errorf("write %s: %w", name, err)
+		}
+		b = b[n:]
 	}
 }
 
@@ -274,18 +317,6 @@ func (c *Client) signal(id uint32, sig string) {
 	if err == nil {
 		c.writeBestEffort(f)
 	}
-}
-
-// unlimitedCredit is the window given to an exec whose output nobody
-// reads any more.
-const unlimitedCredit = 1 << 30
-
-// release kills an exec that no caller waits for (any more) and frees its
-// output from flow control, so that the guest ends it and sends its exit
-// (which is dropped).
-func (c *Client) release(id uint32) {
-	c.signal(id, "SIGKILL")
-	c.writeBestEffort(agentproto.CreditFrame(id, unlimitedCredit))
 }
 
 // writeBestEffort sends a frame whose loss only the connection's failure

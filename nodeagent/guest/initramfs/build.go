@@ -24,6 +24,9 @@ type Spec struct {
 	// Applets are the names linked to busybox in /bin; nil means what
 	// `Busybox --list` prints (busybox runs on the build machine).
 	Applets []string
+	// Extra entries go in after the others (tests put a second program
+	// beside /init this way); their directories must exist by then.
+	Extra []Entry
 }
 
 // skippedApplets are not linked: /init is the guest's init, and a second
@@ -75,7 +78,8 @@ func Entries(ctx context.Context, spec Spec) ([]Entry, error) {
 		seen[a] = true
 		entries = append(entries, Symlink("bin/"+a, "busybox"))
 	}
-	return append(entries, File("init", 0o755, init)), nil
+	entries = append(entries, File("init", 0o755, init))
+	return append(entries, spec.Extra...), nil
 }
 
 // Build writes the initramfs for spec to w.

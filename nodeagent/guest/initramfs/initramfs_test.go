@@ -177,7 +177,8 @@ func TestEntriesOrder(t *testing.T) {
 	if _, err := os.Stat(bb); err != nil {
 		t.Skip("needs /bin/busybox (busybox-static)")
 	}
-	entries, err := Entries(context.Background(), Spec{Init: bb, Busybox: bb, Applets: []string{"sh", "sh", "init", "ls"}})
+	entries, err := Entries(context.Background(), Spec{Init: bb, Busybox: bb, Applets: []string{"sh", "sh", "init", "ls"},
+		Extra: []Entry{File("sbin/extra", 0o755, []byte("x"))}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,5 +197,8 @@ func TestEntriesOrder(t *testing.T) {
 	}
 	if fmt.Sprint(links) != "[bin/sh bin/ls]" {
 		t.Errorf("links %v", links)
+	}
+	if last := entries[len(entries)-1]; last.Name != "sbin/extra" || entries[len(entries)-2].Name != "init" {
+		t.Errorf("the extra entry is not last, after /init: %q", last.Name)
 	}
 }
