@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
@@ -41,6 +42,7 @@ func interruptible(ctx context.Context) (context.Context, context.CancelFunc) {
 func (a *app) sandboxCreateCmd() *cobra.Command {
 	spec := &apiv1.SandboxSpec{}
 	var disks []string
+	var ceph *cephFlags
 	var wait bool
 	cmd := &cobra.Command{
 		Use:   "create ID",
@@ -60,7 +62,7 @@ events).`,
 			}
 			spec.Disks = append(spec.Disks, d)
 		}
-		return nil
+		return ceph.apply(spec.Disks...)
 	})
 	out := addOutput(cmd)
 	f := cmd.Flags()
@@ -68,6 +70,7 @@ events).`,
 	f.Uint32Var(&spec.MemoryMib, "memory", 0, "guest memory in MiB (0: the agent's default)")
 	f.StringVar(&spec.Netns, "netns", "", "absolute path of the pod's network namespace (none: no network)")
 	f.StringArrayVar(&disks, "disk", nil, "disk attached at boot: PATH or rbd:POOL/IMAGE (repeatable; IDs disk0, disk1, ...)")
+	ceph = addCephFlags(f)
 	f.BoolVar(&wait, "wait", false, "return once the sandbox is Ready or Failed")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.call(cmd, func(ctx context.Context, cl *agentclient.Client) error {
@@ -185,18 +188,20 @@ func (a *app) sandboxAttachCmd() *cobra.Command {
 already, with the same mode, is a no-op.`,
 		Args: positional("ID"),
 	}
+	var ceph *cephFlags
 	cmd.PreRunE = a.preRun(func([]string) error {
 		var err error
 		if disk, err = parseDisk(source); err != nil {
 			return err
 		}
 		disk.Id, disk.ReadOnly = id, readOnly
-		return nil
+		return ceph.apply(disk)
 	})
 	out := addOutput(cmd)
 	cmd.Flags().StringVar(&source, "disk", "", "the disk: PATH or rbd:POOL/IMAGE")
 	cmd.Flags().StringVar(&id, "id", "", "the disk's ID in the sandbox (default: the ID it has if attached, else the first free disk<N>)")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "attach the disk read-only")
+	ceph = addCephFlags(cmd.Flags())
 	_ = cmd.MarkFlagRequired("disk")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		return a.call(cmd, func(ctx context.Context, cl *agentclient.Client) error {
@@ -328,4 +333,35 @@ func diskIDFor(attached []*apiv1.Disk, d *apiv1.Disk) string {
 			return id
 		}
 	}
+}
+
+// cephFlags name the cephx user an RBD disk is opened as.
+type cephFlags struct{ user, keyFile string }
+
+func addCephFlags(f *pflag.FlagSet) *cephFlags {
+	c := &cephFlags{}
+	f.StringVar(&c.user, "ceph-user", "", "cephx user (without client.) for the RBD disks given here (default: the agent's --ceph-user)")
+	f.StringVar(&c.keyFile, "ceph-key-file", "", "file holding --ceph-user's base64 key (as `ceph auth get-key` prints it), sent to the agent")
+	return c
+}
+
+// apply sets the user and key on the RBD disks.
+func (c *cephFlags) apply(disks ...*apiv1.Disk) error {
+	if c.keyFile != "" && c.user == "" {
+		return fmt.Errorf("--ceph-key-file needs --ceph-user")
+	}
+	key := ""
+	if c.keyFile != "" {
+		b, err := os.ReadFile(c.keyFile)
+		if err != nil {
+			return fmt.Errorf("--ceph-key-file: %w", err)
+		}
+		key = strings.TrimSpace(string(b))
+	}
+	for _, d := range disks {
+		if r := d.GetRbd(); r != nil {
+			r.User, r.Key = c.user, key
+		}
+	}
+	return nil
 }

@@ -37,7 +37,7 @@ func DiskFromProto(p *apiv1.Disk) sandbox.Disk {
 		d.Path = src.Path
 	case *apiv1.Disk_Rbd:
 		if src.Rbd != nil {
-			d.RBD = &sandbox.RBDImage{Pool: src.Rbd.GetPool(), Image: src.Rbd.GetImage()}
+			d.RBD = &sandbox.RBDImage{Pool: src.Rbd.GetPool(), Image: src.Rbd.GetImage(), User: src.Rbd.GetUser(), Key: src.Rbd.GetKey()}
 		}
 	}
 	return d
@@ -48,7 +48,8 @@ func DiskToProto(d sandbox.Disk) *apiv1.Disk {
 	p := &apiv1.Disk{Id: d.ID, ReadOnly: d.ReadOnly}
 	switch {
 	case d.RBD != nil:
-		p.Source = &apiv1.Disk_Rbd{Rbd: &apiv1.RBDImage{Pool: d.RBD.Pool, Image: d.RBD.Image}}
+		// Never the key.
+		p.Source = &apiv1.Disk_Rbd{Rbd: &apiv1.RBDImage{Pool: d.RBD.Pool, Image: d.RBD.Image, User: d.RBD.User}}
 	case d.Path != "":
 		p.Source = &apiv1.Disk_Path{Path: d.Path}
 	}

@@ -392,9 +392,15 @@ func (*Disk_Path) isDisk_Source() {}
 func (*Disk_Rbd) isDisk_Source() {}
 
 type RBDImage struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
-	Image         string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Image string                 `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// The cephx user QEMU opens the image as (without "client."); empty: the
+	// agent's --ceph-user. Give each tenant a least-privilege user.
+	User string `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	// user's base64 key; empty: from the agent's --ceph-keyring. Write-only:
+	// the agent never stores it and never returns it.
+	Key           string `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -439,6 +445,20 @@ func (x *RBDImage) GetPool() string {
 func (x *RBDImage) GetImage() string {
 	if x != nil {
 		return x.Image
+	}
+	return ""
+}
+
+func (x *RBDImage) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RBDImage) GetKey() string {
+	if x != nil {
+		return x.Key
 	}
 	return ""
 }
@@ -1557,10 +1577,12 @@ const file_sandbox_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\tH\x00R\x04path\x124\n" +
 	"\x03rbd\x18\x03 \x01(\v2 .nodeinfra.nodeagent.v1.RBDImageH\x00R\x03rbd\x12\x1b\n" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnlyB\b\n" +
-	"\x06source\"4\n" +
+	"\x06source\"Z\n" +
 	"\bRBDImage\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x14\n" +
-	"\x05image\x18\x02 \x01(\tR\x05image\"\xfe\x03\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\"\xfe\x03\n" +
 	"\aSandbox\x127\n" +
 	"\x04spec\x18\x01 \x01(\v2#.nodeinfra.nodeagent.v1.SandboxSpecR\x04spec\x12;\n" +
 	"\x05state\x18\x02 \x01(\x0e2%.nodeinfra.nodeagent.v1.Sandbox.StateR\x05state\x12\x16\n" +
