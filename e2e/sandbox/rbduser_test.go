@@ -30,7 +30,9 @@ func TestSandboxRBDLeastPrivilegeUser(t *testing.T) {
 	}
 	user := "sbx-" + randHex(4)
 	key := ceph("ceph", "auth", "get-or-create-key", "client."+user, "mon", "profile rbd", "osd", "profile rbd pool=rbd")
-	t.Cleanup(func() { exec.Command("ceph", "-c", cluster.Conf, "-k", cluster.Keyring, "auth", "del", "client."+user).Run() })
+	t.Cleanup(func() {
+		exec.Command("ceph", "-c", cluster.Conf, "-k", cluster.Keyring, "auth", "del", "client."+user).Run()
+	})
 	image := "sbx-lp-" + randHex(4)
 	ceph("rbd", "create", "--size", "64", "rbd/"+image)
 	t.Cleanup(func() { exec.Command("rbd", "-c", cluster.Conf, "-k", cluster.Keyring, "rm", "rbd/"+image).Run() })
