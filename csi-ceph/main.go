@@ -1,5 +1,6 @@
 // Command csi-ceph is a CSI driver for Ceph RBD (block and filesystem
-// volumes): the identity, controller (volumes, snapshots, clones,
+// volumes) and, with --type cephfs, for CephFS subvolumes (shared
+// filesystems): the identity, controller (volumes, snapshots, clones,
 // expansion, capacity) and node (stage, publish, stats, expansion)
 // services in one binary, --mode choosing which of them it serves. main
 // only reads the flags into a driver.Config and runs the driver until
@@ -13,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -26,13 +28,14 @@ func main() {
 	var level string
 	flag.StringVar(&cfg.Endpoint, "endpoint", "unix:///csi/csi.sock", "CSI endpoint (unix socket)")
 	flag.StringVar(&cfg.NodeID, "nodeid", "", "this node's name (node mode)")
-	flag.StringVar(&cfg.Type, "type", "rbd", "driver type: rbd")
+	flag.StringVar(&cfg.Type, "type", driver.TypeRBD, "driver type: rbd ("+driver.Name+") or cephfs ("+driver.FSName+")")
 	flag.StringVar(&cfg.Mode, "mode", "all", "all, controller or node")
 	flag.StringVar(&cfg.ClusterConfig, "cluster-config", "/etc/csi-ceph/config.json", "clusters, in ceph-csi's config.json shape")
 	flag.StringVar(&cfg.CredentialsDir, "credentials-dir", "", "optional <clusterID>/userID and userKey files for calls without secrets (ListVolumes, GetCapacity)")
 	flag.StringVar(&cfg.StateDir, "state-dir", "/var/lib/csi-ceph", "node: staging records and mapping work dirs")
 	flag.Int64Var(&cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "node: volumes the node may hold (0: no limit)")
-	flag.StringVar(&cfg.MapperCgroup, "mapper-cgroup", "/csi-ceph-mappers", "node: cgroup (in every hierarchy) the rbd-nbd and rbd-fuse daemons run in, outside the plugin's container; \"\": the plugin's own")
+	flag.StringVar(&cfg.MapperCgroup, "mapper-cgroup", "/csi-ceph-mappers", "node: cgroup (in every hierarchy) the rbd-nbd, rbd-fuse and ceph-fuse daemons run in, outside the plugin's container; \"\": the plugin's own")
+	flag.DurationVar(&cfg.CloneWait, "clone-wait", 5*time.Second, "cephfs controller: how long CreateVolume from a snapshot or volume waits for the clone before answering Aborted")
 	flag.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	lvl, err := logging.ParseLevel(level)
@@ -43,7 +46,12 @@ func main() {
 	log := logging.NewJSON(os.Stderr, lvl)
 	// mount-utils logs through klog: send it to the same JSON log.
 	klog.SetSlogLogger(log.With("source", "mount-utils"))
-	d, err := driver.New(cfg, log)
+	var d interface{ Run(context.Context) error }
+	if cfg.Type == driver.TypeCephFS {
+		d, err = driver.NewCephFS(cfg, log)
+	} else {
+		d, err = driver.New(cfg, log)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "csi-ceph:", err)
 		os.Exit(2)

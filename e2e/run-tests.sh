@@ -33,6 +33,11 @@ up_pid=$!
 NODEINFRA_GUEST_KERNEL=$(./nodeagent/guest/kernel/build.sh)
 export NODEINFRA_CEPH_DIR=$ceph_dir NODEINFRA_BIN=$bin NODEINFRA_GUEST_KERNEL
 # csi-sanity counts every volume and snapshot the driver can list, so it
-# runs after the other packages, which share the cluster's pools.
+# runs after the other packages, which share the cluster's pools. It runs
+# for RBD (mount and block) and for CephFS (csi-ceph --type cephfs, in a
+# subvolume group of its own), with the e2e tests of both.
 go test -count=1 -timeout 15m $(go list ./... | grep -v '/e2e/csi$')
-go test -count=1 -timeout 10m ./e2e/csi
+# The host side of the guest channel faces hostile guests: its tests (a
+# stateful fuzz seed corpus, a real VM) run again under the race detector.
+go test -count=1 -race -timeout 5m ./nodeagent/guest/client
+go test -count=1 -timeout 15m ./e2e/csi

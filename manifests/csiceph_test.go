@@ -35,10 +35,11 @@ const (
 var cephFlags = map[string]bool{
 	"endpoint": true, "nodeid": true, "type": true, "mode": true, "cluster-config": true,
 	"credentials-dir": true, "state-dir": true, "max-volumes-per-node": true, "mapper-cgroup": true, "log-level": true,
+	"clone-wait": true,
 }
 
 // cephDriverNames maps csi-ceph's --type to its CSI driver name.
-var cephDriverNames = map[string]string{"rbd": cephDriverName}
+var cephDriverNames = map[string]string{"rbd": cephDriverName, "cephfs": cephFSDriverName}
 
 // leaderElected are the sidecars that must elect a leader when the
 // controller has more than one replica.

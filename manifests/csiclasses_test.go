@@ -243,6 +243,18 @@ func parseCephConfig(b []byte) ([]string, error) {
 		if slices.Contains(ids, id) {
 			return nil, fmt.Errorf("clusterID %q appears twice", id)
 		}
+		if raw, ok := c["cephFS"]; ok {
+			var fs map[string]json.RawMessage
+			var group string
+			if err := json.Unmarshal(raw, &fs); err != nil {
+				return nil, fmt.Errorf("cluster %q: cephFS must be an object", id)
+			}
+			for k, v := range fs {
+				if k != "subvolumeGroup" || json.Unmarshal(v, &group) != nil || group == "" || strings.ContainsAny(group, "/ ") {
+					return nil, fmt.Errorf("cluster %q: cephFS takes subvolumeGroup, a name (got %s: %s)", id, k, v)
+				}
+			}
+		}
 		if err := json.Unmarshal(c["monitors"], &mons); err != nil || len(mons) == 0 {
 			return nil, fmt.Errorf("cluster %q: monitors must be a non-empty list of \"host:port\" strings", id)
 		}
@@ -349,12 +361,13 @@ func TestCephClusterConfig(t *testing.T) {
 	// The parser itself refuses what csi-ceph refuses.
 	for _, bad := range []string{`[]`, `{}`, `[{"clusterID": "a"}]`, `[{"clusterID": "a", "monitors": []}]`,
 		`[{"clusterid": "a", "monitors": ["h:1"]}]`, `[{"clusterID": "a b", "monitors": ["h:1"]}]`,
-		`[{"clusterID": "a", "monitors": ["h"]}]`, `[{"clusterID": "a", "monitors": ["h:1"]}, {"clusterID": "a", "monitors": ["h:1"]}]`} {
+		`[{"clusterID": "a", "monitors": ["h"]}]`, `[{"clusterID": "a", "monitors": ["h:1"]}, {"clusterID": "a", "monitors": ["h:1"]}]`,
+		`[{"clusterID": "a", "monitors": ["h:1"], "cephFS": {"subVolumeGroup": "csi"}}]`, `[{"clusterID": "a", "monitors": ["h:1"], "cephFS": {"subvolumeGroup": ""}}]`} {
 		if _, err := parseCephConfig([]byte(bad)); err == nil {
 			t.Errorf("parseCephConfig accepted %s", bad)
 		}
 	}
-	if _, err := parseCephConfig([]byte(`[{"clusterID": "c.1", "monitors": ["v2:[fd00::1]:3300", "mon-a:6789"], "cephFS": {}}]`)); err != nil {
+	if _, err := parseCephConfig([]byte(`[{"clusterID": "c.1", "monitors": ["v2:[fd00::1]:3300", "mon-a:6789"], "cephFS": {"subvolumeGroup": "k8s"}}]`)); err != nil {
 		t.Errorf("parseCephConfig refused a valid config: %v", err)
 	}
 }

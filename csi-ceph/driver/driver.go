@@ -19,12 +19,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/url"
-	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -37,6 +34,12 @@ import (
 // Name is the CSI driver name of the RBD driver.
 const Name = "rbd.csi.nodeinfra.dev"
 
+// Driver types (--type): one binary serves either.
+const (
+	TypeRBD    = "rbd"
+	TypeCephFS = "cephfs"
+)
+
 // Modes.
 const (
 	ModeAll        = "all"
@@ -48,7 +51,7 @@ const (
 type Config struct {
 	Endpoint      string // unix:///path
 	NodeID        string
-	Type          string // rbd
+	Type          string // rbd or cephfs
 	Mode          string
 	ClusterConfig string
 	// CredentialsDir optionally holds <clusterID>/userID and
@@ -66,7 +69,11 @@ type Config struct {
 	// ConnIdle is how long a cached cluster connection may go unused
 	// before it is closed (0: DefaultConnIdle).
 	ConnIdle time.Duration
-	Version  string
+	// CloneWait is how long a CephFS CreateVolume from a source waits for
+	// Ceph to finish the clone before it answers Aborted (the CO asks
+	// again); 0 answers at once.
+	CloneWait time.Duration
+	Version   string
 }
 
 // Validate checks the configuration.
@@ -74,8 +81,8 @@ func (c Config) Validate() error {
 	if _, err := socketPath(c.Endpoint); err != nil {
 		return err
 	}
-	if c.Type != "rbd" {
-		return fmt.Errorf("--type %q: only rbd is implemented", c.Type)
+	if c.Type != TypeRBD && c.Type != TypeCephFS {
+		return fmt.Errorf("--type %q: want %s or %s", c.Type, TypeRBD, TypeCephFS)
 	}
 	switch c.Mode {
 	case ModeAll, ModeController, ModeNode:
@@ -87,6 +94,9 @@ func (c Config) Validate() error {
 	}
 	if c.ClusterConfig == "" {
 		return errors.New("--cluster-config is required")
+	}
+	if c.CloneWait < 0 {
+		return fmt.Errorf("clone wait %v is negative", c.CloneWait)
 	}
 	if c.ConnIdle < 0 {
 		return fmt.Errorf("connection idle time %v is negative", c.ConnIdle)
@@ -145,53 +155,16 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 
 // Run serves CSI on the endpoint until ctx ends.
 func (d *Driver) Run(ctx context.Context) error {
-	path, _ := socketPath(d.cfg.Endpoint)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create socket dir: %w", err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove old socket: %w", err)
-	}
-	old := syscall.Umask(0o077)
-	lis, err := net.Listen("unix", path)
-	syscall.Umask(old)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", path, err)
-	}
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(d.logCalls))
-	csi.RegisterIdentityServer(g, d)
-	if d.cfg.Mode != ModeNode {
-		csi.RegisterControllerServer(g, d)
-	}
-	if d.cfg.Mode != ModeController {
-		csi.RegisterNodeServer(g, d)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- g.Serve(lis) }()
-	reapCtx, stopReap := context.WithCancel(ctx)
-	defer stopReap()
-	go d.conns.reapIdle(reapCtx)
-	d.log.Info("csi-ceph serving", "endpoint", d.cfg.Endpoint, "mode", d.cfg.Mode, "clusters", len(d.clusters))
-	select {
-	case <-ctx.Done():
-		g.GracefulStop()
-	case err := <-errc:
-		return err
-	}
-	d.conns.closeAll()
-	return nil
-}
-
-// logCalls logs every call without its secrets.
-func (d *Driver) logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	start := time.Now()
-	resp, err := h(ctx, req)
-	if err != nil {
-		d.log.Warn("CSI call failed", "method", info.FullMethod, "error", err, "duration", time.Since(start))
-	} else {
-		d.log.Debug("CSI call", "method", info.FullMethod, "duration", time.Since(start))
-	}
-	return resp, err
+	d.log.Info("csi-ceph serving", "endpoint", d.cfg.Endpoint, "type", d.cfg.Type, "mode", d.cfg.Mode, "clusters", len(d.clusters))
+	return serveCSI(ctx, d.cfg.Endpoint, d.log, func(g *grpc.Server) {
+		csi.RegisterIdentityServer(g, d)
+		if d.cfg.Mode != ModeNode {
+			csi.RegisterControllerServer(g, d)
+		}
+		if d.cfg.Mode != ModeController {
+			csi.RegisterNodeServer(g, d)
+		}
+	}, d.conns.reapIdle, d.conns.closeAll)
 }
 
 // locks hands out per-ID locks; a busy ID means the call is Aborted, as

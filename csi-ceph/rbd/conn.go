@@ -108,6 +108,15 @@ func (c *Conn) Close() {
 	}
 }
 
+// Rados is the connection's librados handle, for the CephFS admin
+// commands (package cephfs) that share the session; nil once closed.
+func (c *Conn) Rados() *rados.Conn {
+	if c.closed.Load() {
+		return nil
+	}
+	return c.rados
+}
+
 // FSID returns the cluster's fsid: a cheap round trip to the monitors.
 func (c *Conn) FSID() (string, error) {
 	if c.closed.Load() {

@@ -9,6 +9,7 @@ package fakekrbd
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,7 +17,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Image is what a fake device maps.
@@ -54,41 +56,62 @@ func Start(t testing.TB, resolve func(pool, name string) (Image, bool)) *Kernel 
 			t.Fatal(err)
 		}
 	}
-	for _, f := range []string{"add_single_major", "remove_single_major"} {
-		if err := os.WriteFile(filepath.Join(k.SysRoot, "bus/rbd", f), nil, 0o644); err != nil {
+	// The control files are FIFOs: each write reaches the fake whole and
+	// exactly once, and the writer returns once the fake has read it, as a
+	// write to the real sysfs file returns once the kernel took it. (Plain
+	// files polled and truncated lose a write that lands between the read
+	// and the truncation.)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for name, handle := range map[string]func(string){"add_single_major": k.add, "remove_single_major": k.remove} {
+		path := filepath.Join(k.SysRoot, "bus/rbd", name)
+		if err := unix.Mkfifo(path, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				f, err := os.OpenFile(path, os.O_RDONLY, 0) // waits for a writer
+				if err != nil {
+					return
+				}
+				b, _ := io.ReadAll(f)
+				f.Close()
+				if ctx.Err() != nil {
+					return
+				}
+				if len(b) > 0 {
+					handle(string(b))
+				}
+			}
+		}()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ctx.Err() == nil {
-			k.serve()
-			time.Sleep(2 * time.Millisecond)
+	t.Cleanup(func() {
+		cancel()
+		// Wake the readers blocked in open.
+		for _, name := range []string{"add_single_major", "remove_single_major"} {
+			if f, err := os.OpenFile(filepath.Join(k.SysRoot, "bus/rbd", name), os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+				f.Close()
+			}
 		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+		wg.Wait()
+	})
 	return k
 }
 
 func (k *Kernel) devices() string { return filepath.Join(k.SysRoot, "bus/rbd/devices") }
 
-func (k *Kernel) serve() {
-	add := filepath.Join(k.SysRoot, "bus/rbd/add_single_major")
-	if b, _ := os.ReadFile(add); len(b) > 0 {
-		_ = os.WriteFile(add, nil, 0o644)
-		k.add(string(b))
+// remove handles "<id> [force]".
+func (k *Kernel) remove(line string) {
+	req := strings.TrimSpace(line)
+	if req == "" {
+		return
 	}
-	rm := filepath.Join(k.SysRoot, "bus/rbd/remove_single_major")
-	if b, _ := os.ReadFile(rm); len(b) > 0 {
-		_ = os.WriteFile(rm, nil, 0o644)
-		req := strings.TrimSpace(string(b))
-		k.mu.Lock()
-		k.removed = append(k.removed, req)
-		k.mu.Unlock()
-		k.Remove(strings.Fields(req)[0])
-	}
+	k.mu.Lock()
+	k.removed = append(k.removed, req)
+	k.mu.Unlock()
+	k.Remove(strings.Fields(req)[0])
 }
 
 // add handles "<mons> <options> <pool> <image> <snap>".

@@ -2,7 +2,8 @@
 // measures csi-ceph's CreateVolume and NodeStage + NodePublish latency
 // against the bare steps (a go-ceph image create; an rbd-fuse map, loop
 // device, mkfs and mount by hand) in one run, on a Ceph cluster it starts
-// with e2e/setup/ceph-up.sh. It prints a markdown table.
+// with e2e/setup/ceph-up.sh (or --ceph-dir, one already running). It
+// prints a markdown table; then the same for CephFS (cephfs.go).
 package main
 
 import (
@@ -22,7 +23,6 @@ import (
 	librbd "github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
 	"github.com/nodeinfra/nodeinfra/pkg/testutil"
 )
 
@@ -32,12 +32,16 @@ func main() {
 	bin := flag.String("bin", "bin", "directory with csi-ceph")
 	seq := flag.Int("seq", 50, "volumes one after another")
 	conc := flag.Int("conc", 16, "volumes at once")
+	typ := flag.String("type", "all", "rbd, cephfs or all")
+	cephDir := flag.String("ceph-dir", "", "a running cluster of e2e/setup/ceph-up.sh to use (default: start one)")
+	fsSeq := flag.Int("cephfs-seq", 30, "CephFS volumes one after another")
+	fsConc := flag.Int("cephfs-conc", 8, "CephFS volumes at once")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "csibench: needs root (mounts, loop devices)")
 		os.Exit(2)
 	}
-	if err := run(*bin, *seq, *conc); err != nil {
+	if err := run(*bin, *cephDir, *typ, *seq, *conc, *fsSeq, *fsConc); err != nil {
 		fmt.Fprintln(os.Stderr, "csibench:", err)
 		os.Exit(1)
 	}
@@ -51,19 +55,38 @@ func sh(name string, args ...string) error {
 	return nil
 }
 
-func run(bin string, seq, conc int) error {
+func run(bin, cephDir, typ string, seq, conc, fsSeq, fsConc int) error {
 	tmp, err := os.MkdirTemp("", "csibench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	cdir := filepath.Join(tmp, "ceph")
-	fmt.Fprintln(os.Stderr, "csibench: starting a Ceph cluster")
-	cl, err := testutil.StartCeph(cdir)
-	if err != nil {
-		return err
+	var cl *testutil.CephCluster
+	if cephDir != "" {
+		c, err := testutil.LoadCeph(cephDir)
+		if err != nil {
+			return err
+		}
+		cl = &c
+	} else {
+		fmt.Fprintln(os.Stderr, "csibench: starting a Ceph cluster")
+		if cl, err = testutil.StartCeph(filepath.Join(tmp, "ceph")); err != nil {
+			return err
+		}
+		defer cl.Stop()
 	}
-	defer cl.Stop()
+	if typ == "all" || typ == "rbd" {
+		if err := runRBD(bin, tmp, cl, seq, conc); err != nil {
+			return err
+		}
+	}
+	if typ == "all" || typ == "cephfs" {
+		return runCephFS(bin, tmp, cl, fsSeq, fsConc)
+	}
+	return nil
+}
+
+func runRBD(bin, tmp string, cl *testutil.CephCluster, seq, conc int) error {
 	key, mons := cl.AdminKey, cl.Monitors
 	drv, err := testutil.StartCSICeph(bin, tmp, cl)
 	if err != nil {
@@ -178,11 +201,29 @@ func run(bin string, seq, conc int) error {
 			_ = librbd.RemoveImage(ioctx, image)
 		}, nil
 	}
-	type contestant struct {
-		name string
-		f    func(string, int, *sample, *sync.Mutex) (func(), error)
-	}
 	cs := []contestant{{"csi-ceph (gRPC, rbd-fuse)", ours}, {"bare steps (go-ceph; rbd-fuse, losetup, mkfs, mount)", bare}}
+	results, err := measure(cs, seq, conc, nil)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\nCreateVolume and NodeStage+NodePublish of 64 MiB ext4 volumes, measured %s on %s\n\n", time.Now().UTC().Format("2006-01-02"), hostname())
+	table(results, cs)
+	fmt.Println("\nTargets: create ≤ 1.5× the bare go-ceph create, stage+publish ≤ 1.2× the bare steps.")
+	return nil
+}
+
+// contestant is one way of making and mounting a volume: f makes volume i
+// of a run tagged tag, records its times in s and returns its undo.
+type contestant struct {
+	name string
+	f    func(tag string, i int, s *sample, mu *sync.Mutex) (func(), error)
+}
+
+// measure runs each contestant seq times one after another and conc
+// times at once, after two warm-up volumes, by scenario and contestant;
+// settle (if not nil) runs after each contestant's volumes are removed,
+// so that the next one does not pay for their clean-up.
+func measure(cs []contestant, seq, conc int, settle func()) (map[string]map[string]*sample, error) {
 	results := map[string]map[string]*sample{}
 	for _, sc := range []struct {
 		name string
@@ -197,7 +238,7 @@ func run(bin string, seq, conc int) error {
 			for w := 0; w < 2; w++ {
 				undo, err := c.f("warmup"+strings.ReplaceAll(sc.name, " ", ""), w, &sample{}, &wmu)
 				if err != nil {
-					return fmt.Errorf("%s warm-up: %w", c.name, err)
+					return nil, fmt.Errorf("%s warm-up: %w", c.name, err)
 				}
 				undo()
 			}
@@ -229,32 +270,25 @@ func run(bin string, seq, conc int) error {
 			for _, u := range cleanups {
 				u()
 			}
+			if settle != nil {
+				settle()
+			}
 			if firstErr != nil {
-				return fmt.Errorf("%s: %w", c.name, firstErr)
+				return nil, fmt.Errorf("%s: %w", c.name, firstErr)
 			}
 			results[sc.name][c.name] = s
 		}
 	}
-	fmt.Printf("\nCreateVolume and NodeStage+NodePublish of 64 MiB ext4 volumes, measured %s on %s\n\n", time.Now().UTC().Format("2006-01-02"), hostname())
-	fmt.Println("| scenario | path | create p50 | create p99 | stage+publish p50 | stage+publish p99 |")
-	fmt.Println("|---|---|---|---|---|---|")
+	return results, nil
+}
+
+func scenarioNames(results map[string]map[string]*sample) []string {
 	var names []string
 	for k := range results {
 		names = append(names, k)
 	}
 	sort.Sort(sort.Reverse(sort.StringSlice(names)))
-	for _, sc := range names {
-		for _, c := range cs {
-			s := results[sc][c.name]
-			fmt.Printf("| %s | %s | %s | %s | %s | %s |\n", sc, c.name, latency.Ms(latency.Percentile(s.create, .5)), latency.Ms(latency.Percentile(s.create, .99)), latency.Ms(latency.Percentile(s.stage, .5)), latency.Ms(latency.Percentile(s.stage, .99)))
-		}
-		o, b := results[sc][cs[0].name], results[sc][cs[1].name]
-		r := func(x, y time.Duration) string { return fmt.Sprintf("%.2f×", float64(x)/float64(y)) }
-		fmt.Printf("| %s | ratio | %s | %s | %s | %s |\n", sc, r(latency.Percentile(o.create, .5), latency.Percentile(b.create, .5)), r(latency.Percentile(o.create, .99), latency.Percentile(b.create, .99)),
-			r(latency.Percentile(o.stage, .5), latency.Percentile(b.stage, .5)), r(latency.Percentile(o.stage, .99), latency.Percentile(b.stage, .99)))
-	}
-	fmt.Println("\nTargets: create ≤ 1.5× the bare go-ceph create, stage+publish ≤ 1.2× the bare steps.")
-	return nil
+	return names
 }
 
 func hostname() string { h, _ := os.Hostname(); return h }

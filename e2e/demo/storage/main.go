@@ -1,7 +1,8 @@
 // Command storage is the storage part of `make demo` (csidemo): a Ceph
-// cluster on this machine, csi-ceph in front of it, and a database volume
+// cluster on this machine, csi-ceph in front of it, a database volume
 // that keeps its data across unstage and restage and comes back from a
-// snapshot.
+// snapshot, and a CephFS volume two pods share until its quota stops a
+// write (cephfs.go).
 //
 //	go run ./e2e/demo/storage --bin DIR
 package main
@@ -25,6 +26,7 @@ import (
 
 func main() {
 	bin := flag.String("bin", "bin", "directory with csi-ceph")
+	flag.StringVar(&cephDir, "ceph-dir", "", "a running cluster of e2e/setup/ceph-up.sh to use (default: start one)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "csidemo: run as root (it mounts volumes)")
@@ -38,6 +40,9 @@ func main() {
 	}
 }
 
+// cephDir is a running cluster to use instead of starting one.
+var cephDir string
+
 func step(format string, a ...any) { fmt.Printf("\n== "+format+"\n", a...) }
 
 func run(ctx context.Context, bin string) error {
@@ -49,11 +54,19 @@ func run(ctx context.Context, bin string) error {
 	cdir := filepath.Join(tmp, "ceph")
 	step("A single-node Ceph cluster on 127.0.0.1 (e2e/setup/ceph-up.sh)")
 	start := time.Now()
-	cl, err := testutil.StartCeph(cdir)
-	if err != nil {
-		return err
+	var cl *testutil.CephCluster
+	if cephDir != "" {
+		c, err := testutil.LoadCeph(cephDir)
+		if err != nil {
+			return err
+		}
+		cl = &c
+	} else {
+		if cl, err = testutil.StartCeph(cdir); err != nil {
+			return err
+		}
+		defer cl.Stop()
 	}
-	defer cl.Stop()
 	fmt.Printf("  up and healthy in %.1fs\n", time.Since(start).Seconds())
 
 	step("csi-ceph in mode all (controller and node), as the DaemonSet and Deployment run it")
@@ -156,6 +169,9 @@ func run(ctx context.Context, bin string) error {
 		return fmt.Errorf("restored %q: %v", got, err)
 	}
 	fmt.Println("  ✔ the restored volume has the 3 rows of the snapshot, not the 4th")
+	if err := runCephFS(ctx, bin, tmp, cl); err != nil {
+		return fmt.Errorf("cephfs: %w", err)
+	}
 	step("Teardown: unpublish, unstage, delete snapshot and volumes, stop Ceph")
 	return nil
 }
