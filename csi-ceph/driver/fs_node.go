@@ -146,15 +146,7 @@ func (d *FSDriver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolume
 }
 
 func (d *FSDriver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetStagingTargetPath() == "" || !filepath.IsAbs(req.GetStagingTargetPath()):
-		return fmt.Errorf("an absolute staging target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := checkFSCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := checkStage(req, checkFSCapabilities); err != nil {
 		return err
 	}
 	id, err := ParseVolumeID(req.GetVolumeId())
@@ -291,17 +283,7 @@ func (d *FSDriver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVo
 }
 
 func (d *FSDriver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetStagingTargetPath() == "":
-		return fmt.Errorf("staging target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetTargetPath() == "" || !filepath.IsAbs(req.GetTargetPath()):
-		return fmt.Errorf("an absolute target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := checkFSCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := checkPublish(req, checkFSCapabilities); err != nil {
 		return err
 	}
 	unlock, err := d.locks.tryLock(req.GetVolumeId())

@@ -102,15 +102,7 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 }
 
 func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetStagingTargetPath() == "" || !filepath.IsAbs(req.GetStagingTargetPath()):
-		return fmt.Errorf("an absolute staging target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := checkStage(req, checkCapabilities); err != nil {
 		return err
 	}
 	id, err := ParseVolumeID(req.GetVolumeId())

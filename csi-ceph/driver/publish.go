@@ -25,17 +25,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 }
 
 func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
-	switch {
-	case req.GetVolumeId() == "":
-		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetStagingTargetPath() == "":
-		return fmt.Errorf("staging target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetTargetPath() == "" || !filepath.IsAbs(req.GetTargetPath()):
-		return fmt.Errorf("an absolute target path is required: %w", errdefs.ErrInvalidArgument)
-	case req.GetVolumeCapability() == nil:
-		return fmt.Errorf("volume capability is required: %w", errdefs.ErrInvalidArgument)
-	}
-	if err := checkCapabilities([]*csi.VolumeCapability{req.GetVolumeCapability()}); err != nil {
+	if err := checkPublish(req, checkCapabilities); err != nil {
 		return err
 	}
 	unlock, err := d.locks.tryLock(req.GetVolumeId())

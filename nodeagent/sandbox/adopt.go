@@ -33,20 +33,24 @@ func (m *Manager) adopt(b *box) {
 		}
 		// A QEMU whose pid was never recorded (the agent died as it started
 		// it) still carries the sandbox's name: end it, it has no owner.
-		if orphans := findByName(qemu.ProcessName(id), b.dir); len(orphans) > 0 {
+		// In the background: the agent's start does not wait for it.
+		orphans := findByName(qemu.ProcessName(id), b.dir)
+		if len(orphans) > 0 {
 			r.failure = "qemu started by an agent that died before recording it; ended"
+		}
+		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "reason", r.failure, "error", err)
+		go func() {
 			for _, p := range orphans {
 				if o, err := adoptProcess(p, qemu.ProcessName(id)); err == nil {
 					o.signal(syscall.SIGKILL)
 					select {
 					case <-o.done:
-					case <-time.After(5 * time.Second):
+					case <-time.After(undoTimeout):
 					}
 				}
 			}
-		}
-		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "reason", r.failure, "error", err)
-		go m.finish(b, r, "")
+			m.finish(b, r, "")
+		}()
 		return
 	}
 	r.proc = proc
