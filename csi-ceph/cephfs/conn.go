@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ceph/go-ceph/cephfs"
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rados"
 
@@ -38,6 +39,8 @@ type Conn struct {
 	// (or when one is missing).
 	fss   []FS
 	fssAt time.Time
+
+	meta metaPaths // libcephfs clients reading subvolume paths
 }
 
 // fsCacheTTL is how long a listing of the file systems is used.
@@ -49,11 +52,16 @@ func Connect(ctx context.Context, monitors []string, creds rbd.Credentials) (*Co
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{rc: rc, fsa: admin.NewFromConn(rc.Rados()), groups: map[string]bool{}}, nil
+	c := &Conn{rc: rc, fsa: admin.NewFromConn(rc.Rados()), groups: map[string]bool{}}
+	c.meta.mounts, c.meta.failed = map[string]*cephfs.MountInfo{}, map[string]time.Time{}
+	return c, nil
 }
 
 // Close ends the session.
-func (c *Conn) Close() { c.rc.Close() }
+func (c *Conn) Close() {
+	c.closeMeta()
+	c.rc.Close()
+}
 
 // FS is a CephFS file system.
 type FS struct {

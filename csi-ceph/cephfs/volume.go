@@ -109,13 +109,17 @@ func (c *Conn) CreateVolume(ctx context.Context, spec VolumeSpec) (Volume, bool,
 }
 
 // ensureSubvolume creates the subvolume (a reservation whose subvolume
-// was not made yet, or is new) and returns it. Its path is asked with
-// getpath, the lightest of the mgr's commands: they queue behind each
-// other in the volumes module, so a create costs two, no more.
+// was not made yet, or is new) and returns it. Its path comes from the
+// listing of the subvolume's directory through the MDS (subvolpath.go): the mgr's volumes
+// commands queue behind each other, so a create costs one of them; only
+// where that cannot be read is the mgr asked (getpath).
 func (c *Conn) ensureSubvolume(spec VolumeSpec, sub string) (Volume, error) {
 	opts := &admin.SubVolumeOptions{Size: admin.ByteCount(spec.SizeBytes), PoolLayout: spec.Pool}
 	if err := c.fsa.CreateSubVolume(spec.FS.Name, spec.Group, sub, opts); err != nil {
 		return Volume{}, fmt.Errorf("create subvolume %s: %w", sub, classify(err))
+	}
+	if p, ok := c.pathFromListing(spec.FS.Name, spec.Group, sub); ok {
+		return Volume{Subvolume: sub, Path: p, SizeBytes: spec.SizeBytes}, nil
 	}
 	p, err := c.SubvolumePath(spec.FS.Name, spec.Group, sub)
 	if err != nil {

@@ -55,6 +55,17 @@ func TestVolumeLifecycle(t *testing.T) {
 	if err != nil || !created || v.SizeBytes != 8<<20 || v.Path == "" {
 		t.Fatalf("CreateVolume = %+v, %v, %v", v, created, err)
 	}
+	// The path came from a listing of the subvolume dir through the session's
+	// libcephfs client, not from the mgr, and is the mgr's answer.
+	if p, err := c.SubvolumePath(fs.Name, group, v.Subvolume); err != nil || p != v.Path {
+		t.Fatalf("getpath = %q, %v; CreateVolume said %q", p, err, v.Path)
+	}
+	if p, ok := c.pathFromListing(fs.Name, group, v.Subvolume); !ok || p != v.Path {
+		t.Fatalf("pathFromListing = %q, %v; want %q (the mgr would be asked twice per create)", p, ok, v.Path)
+	}
+	if _, ok := c.pathFromListing(fs.Name, group, "csi-vol-missing"); ok {
+		t.Fatal("pathFromListing of a missing subvolume succeeded")
+	}
 	again, created, err := c.CreateVolume(ctx, spec)
 	if err != nil || created || again.Subvolume != v.Subvolume {
 		t.Fatalf("repeated CreateVolume = %+v, %v, %v; want %s", again, created, err, v.Subvolume)
