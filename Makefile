@@ -79,6 +79,7 @@ bench: prereqs build
 		--static $(TOOLS)/bin/static-$(HOST_DEVICE_VERSION) --peer-version $(HOST_DEVICE_VERSION)
 	$(GO) run ./e2e/bench/csi --bin $(BIN)
 	$(GO) run ./e2e/bench/sandbox --bin $(BIN)
+	$(GO) run ./e2e/bench/resources --bin $(BIN)
 
 # Soak (not part of `make test`; about 10 minutes): 1000 CNI ADD/DEL, 200
 # sandbox create/exec/delete and 200 CSI stage/unstage cycles on one node,

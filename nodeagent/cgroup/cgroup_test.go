@@ -21,6 +21,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "alloc":
 		allocHelper()
+	case "hold":
+		holdHelper()
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s %q\n", helperEnv, os.Getenv(helperEnv))
 		os.Exit(2)
@@ -47,6 +49,24 @@ func allocHelper() {
 	os.Exit(0)
 }
 
+// holdHelper says "ready", waits for a line, touches 16 MiB of fresh
+// memory, says "holding" and keeps it until stdin closes.
+func holdHelper() {
+	fmt.Println("ready")
+	in := bufio.NewReader(os.Stdin)
+	if _, err := in.ReadString('\n'); err != nil {
+		os.Exit(3)
+	}
+	b := make([]byte, 16<<20)
+	for i := 0; i < len(b); i += 4096 {
+		b[i] = 1
+	}
+	fmt.Println("holding")
+	_, _ = in.ReadString('\n')
+	b[0] = 2
+	os.Exit(0)
+}
+
 func ptr[T any](v T) *T { return &v }
 
 func TestValidName(t *testing.T) {
@@ -69,6 +89,15 @@ func TestResourcesValidate(t *testing.T) {
 		{CPUs: ptr(0.01)},
 		{CPUs: ptr(2.5), MemoryBytes: ptr(int64(1)), Pids: ptr(int64(1))},
 		{CPUs: ptr(8192.0)},
+		{CPUWeight: ptr(uint64(1)), IOWeight: ptr(uint64(10000))},
+		{CPUSetCPUs: ptr("0"), CPUSetMems: ptr("0")},
+		{CPUSetCPUs: ptr("0-3,7,9-10"), CPUSetMems: ptr("0-1")},
+		{CPUSetCPUs: ptr("0-7:2/4"), CPUSetMems: ptr("1023")},
+		{CPUSetCPUs: ptr("8191,3,0-1")},
+		{MemoryLowBytes: ptr(int64(0)), SwapBytes: ptr(int64(-1))},
+		{MemoryBytes: ptr(int64(1 << 30)), SwapBytes: ptr(int64(0))},
+		{MemoryBytes: ptr(int64(math.MaxInt64 - 10)), SwapBytes: ptr(int64(10))},
+		{IO: []DeviceIO{{Major: 8, Minor: 0, ReadBps: 1}, {Major: 8, Minor: 16}, {Major: 4095, Minor: 1<<20 - 1, ReadIOPS: math.MaxUint32 - 1}}},
 	}
 	for _, r := range good {
 		if err := r.Validate(); err != nil {
@@ -85,9 +114,33 @@ func TestResourcesValidate(t *testing.T) {
 		{Resources{CPUs: ptr(math.NaN())}, "cpus"},
 		{Resources{CPUs: ptr(math.Inf(1))}, "cpus"},
 		{Resources{CPUs: ptr(1e9)}, "cpus"},
+		{Resources{CPUWeight: ptr(uint64(0))}, "cpu weight 0"},
+		{Resources{CPUWeight: ptr(uint64(10001))}, "cpu weight 10001"},
+		{Resources{CPUSetCPUs: ptr("")}, `cpuset cpus ""`},
+		{Resources{CPUSetCPUs: ptr("0-")}, `cpuset cpus "0-"`},
+		{Resources{CPUSetCPUs: ptr("3-1")}, `cpuset cpus "3-1"`},
+		{Resources{CPUSetCPUs: ptr("0,,1")}, `cpuset cpus "0,,1"`},
+		{Resources{CPUSetCPUs: ptr("-1")}, `cpuset cpus "-1"`},
+		{Resources{CPUSetCPUs: ptr("+1")}, `cpuset cpus "+1"`},
+		{Resources{CPUSetCPUs: ptr("0 1")}, `cpuset cpus "0 1"`},
+		{Resources{CPUSetCPUs: ptr("8192")}, `cpuset cpus "8192"`},
+		{Resources{CPUSetCPUs: ptr("0-7:5/4")}, `cpuset cpus "0-7:5/4"`},
+		{Resources{CPUSetCPUs: ptr("3:1/2")}, `cpuset cpus "3:1/2"`},
+		{Resources{CPUSetCPUs: ptr("all")}, `cpuset cpus "all"`},
+		{Resources{CPUSetMems: ptr("1024")}, `cpuset mems "1024"`},
 		{Resources{MemoryBytes: ptr(int64(0))}, "memory"},
 		{Resources{MemoryBytes: ptr(int64(-1))}, "memory"},
+		{Resources{MemoryLowBytes: ptr(int64(-1))}, "memory low -1"},
+		{Resources{SwapBytes: ptr(int64(-2))}, "swap -2"},
+		{Resources{MemoryBytes: ptr(int64(math.MaxInt64 - 10)), SwapBytes: ptr(int64(11))}, "memory 9223372036854775797 + swap 11: overflows"},
 		{Resources{Pids: ptr(int64(0))}, "pids"},
+		{Resources{IOWeight: ptr(uint64(0))}, "io weight 0"},
+		{Resources{IOWeight: ptr(uint64(10001))}, "io weight 10001"},
+		{Resources{IO: []DeviceIO{{Major: -1, Minor: 0}}}, "io device -1:0"},
+		{Resources{IO: []DeviceIO{{Major: 8, Minor: -3}}}, "io device 8:-3"},
+		{Resources{IO: []DeviceIO{{Major: 4096, Minor: 0}}}, "io device 4096:0"},
+		{Resources{IO: []DeviceIO{{Major: 8, Minor: 0, ReadBps: 1}, {Major: 8, Minor: 0}}}, "io device 8:0: listed twice"},
+		{Resources{IO: []DeviceIO{{Major: 8, Minor: 0, WriteIOPS: math.MaxUint32}}}, "io device 8:0 write iops 4294967295: at most 4294967294"},
 		{Resources{MemoryBytes: ptr(int64(-1)), Pids: ptr(int64(-1))}, "memory -1: want a positive number of bytes; pids -1"},
 	}
 	for _, tc := range bad {
@@ -96,6 +149,47 @@ func TestResourcesValidate(t *testing.T) {
 			t.Errorf("%+v: error %v, want an invalid-argument error about %q", tc.r, err, tc.want)
 		}
 	}
+}
+
+func TestWeightConversions(t *testing.T) {
+	for _, tc := range []struct{ w, shares, bfq, cfq uint64 }{
+		{1, 10, 1, 10},
+		{50, 512, 50, 250},
+		{100, 1024, 100, 500}, // every default is the others'
+		{200, 2048, 109, 1000},
+		{10000, 102400, 1000, 1000},
+	} {
+		if got := cpuShares(tc.w); got != tc.shares {
+			t.Errorf("cpuShares(%d) = %d, want %d", tc.w, got, tc.shares)
+		}
+		if got := bfqWeight(tc.w); got != tc.bfq {
+			t.Errorf("bfqWeight(%d) = %d, want %d", tc.w, got, tc.bfq)
+		}
+		if got := cfqWeight(tc.w); got != tc.cfq {
+			t.Errorf("cfqWeight(%d) = %d, want %d", tc.w, got, tc.cfq)
+		}
+	}
+}
+
+func FuzzValidList(f *testing.F) {
+	for _, s := range []string{"0", "0-3,7", "0-7:2/4", "", "3-1", "a", "1,,2", "0-"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if !validList(s, maxCPUs) {
+			return
+		}
+		// What passes is numbers, '-', ',', ':' and '/' only, and no
+		// empty element.
+		for _, c := range s {
+			if !strings.ContainsRune("0123456789-,:/", c) {
+				t.Fatalf("validList(%q): accepted %q", s, c)
+			}
+		}
+		if strings.Contains(s, ",,") || strings.HasPrefix(s, ",") || strings.HasSuffix(s, ",") {
+			t.Fatalf("validList(%q): accepted an empty element", s)
+		}
+	})
 }
 
 func TestNewManagerRejects(t *testing.T) {

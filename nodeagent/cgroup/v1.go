@@ -4,13 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
-	"time"
 
 	"github.com/containerd/cgroups/v3/cgroup1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -30,12 +29,18 @@ type v1Backend struct {
 	// swap: the memory controller accounts swap (memory.memsw.* files),
 	// so the memory limit must be set on memory+swap too.
 	swap bool
-	// limits are the controllers of the limits and stats (cpu, cpuacct,
-	// memory, pids), in the order they are created and updated.
+	// cpuset and blkio: those hierarchies are mounted.
+	cpuset, blkio bool
+	// limits are the controllers a manager needs (cpu, cpuacct, memory,
+	// pids).
 	limits []cgroup1.Subsystem
 	// subsystems are limits plus the other mounted hierarchies. Tests may
 	// append one that fails.
 	subsystems []cgroup1.Subsystem
+	// sysBlock is sysfs' /sys/dev/block, where block devices are.
+	sysBlock string
+	// write writes the limits' files.
+	write writeFunc
 }
 
 // pather is a library subsystem with a directory per group.
@@ -56,7 +61,7 @@ func mounted(s cgroup1.Subsystem) bool {
 }
 
 func newV1(root string) (*v1Backend, error) {
-	b := &v1Backend{root: root}
+	b := &v1Backend{root: root, sysBlock: "/sys/dev/block", write: writeKernelFile}
 	b.limits = []cgroup1.Subsystem{
 		cgroup1.NewCpu(root),
 		cgroup1.NewCpuacct(root),
@@ -93,8 +98,15 @@ func newV1(root string) (*v1Backend, error) {
 		others = append(others, h)
 	}
 	for _, s := range others {
-		if mounted(s) {
-			b.subsystems = append(b.subsystems, s)
+		if !mounted(s) {
+			continue
+		}
+		b.subsystems = append(b.subsystems, s)
+		switch s.Name() {
+		case cgroup1.Cpuset:
+			b.cpuset = true
+		case cgroup1.Blkio:
+			b.blkio = true
 		}
 	}
 	return b, nil
@@ -105,18 +117,14 @@ func (b *v1Backend) hierarchy() cgroup1.InitOpts {
 	return cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return b.subsystems, nil })
 }
 
-// limitsHierarchy is the hierarchies of the limits and stats.
-func (b *v1Backend) limitsHierarchy() cgroup1.InitOpts {
-	return cgroup1.WithHierarchy(func() ([]cgroup1.Subsystem, error) { return b.limits, nil })
-}
-
 // group wraps the library's handles of an existing group.
 func (b *v1Backend) group(p string, cg cgroup1.Cgroup) (*v1Group, error) {
-	lim, err := cgroup1.Load(cgroup1.StaticPath(p), b.limitsHierarchy())
-	if err != nil {
-		return nil, err
-	}
-	return &v1Group{path: p, b: b, cg: cg, lim: lim}, nil
+	return &v1Group{path: p, b: b, cg: cg}, nil
+}
+
+// file is the path of one of group p's files in controller c's hierarchy.
+func (b *v1Backend) file(c cgroup1.Name, p, name string) string {
+	return filepath.Join(b.root, string(c), p, name)
 }
 
 // dirs are the group's directories, one per controller.
@@ -128,57 +136,6 @@ func (b *v1Backend) dirs(p string) []string {
 		}
 	}
 	return out
-}
-
-// spec translates r into the library's (runtime-spec) resources.
-func (b *v1Backend) spec(r Resources) *specs.LinuxResources {
-	s := &specs.LinuxResources{}
-	if r.CPUs != nil {
-		quota, period := quotaUs(*r.CPUs), uint64(periodUs)
-		s.CPU = &specs.LinuxCPU{Quota: &quota, Period: &period}
-	}
-	if r.MemoryBytes != nil {
-		limit := *r.MemoryBytes
-		s.Memory = &specs.LinuxMemory{Limit: &limit}
-		if b.swap {
-			// memory+swap = memory: no swap. The library orders the
-			// two writes so that memsw never drops under the limit.
-			memsw := limit
-			s.Memory.Swap = &memsw
-		}
-	}
-	if r.Pids != nil {
-		limit := *r.Pids
-		s.Pids = &specs.LinuxPids{Limit: &limit}
-	}
-	return s
-}
-
-// raiseMemsw lifts an existing group's memory+swap limit to the new
-// memory limit when that is higher: the kernel refuses a memory limit
-// above memory+swap, and the library always writes memory first (its
-// Update means to reorder the two writes when raising them, but in
-// containerd/cgroups v3.1.3 it swaps the wrong pair of settings).
-func (b *v1Backend) raiseMemsw(p string, r Resources) error {
-	if !b.swap || r.MemoryBytes == nil {
-		return nil
-	}
-	f := filepath.Join(b.root, string(cgroup1.Memory), p, "memory.memsw.limit_in_bytes")
-	cur, err := os.ReadFile(f)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // a new group: both limits are unlimited
-	}
-	if err != nil {
-		return err
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(string(cur)), 10, 64)
-	if err != nil {
-		return fmt.Errorf("parse %s: %w", f, err)
-	}
-	if n >= uint64(*r.MemoryBytes) {
-		return nil
-	}
-	return os.WriteFile(f, []byte(strconv.FormatInt(*r.MemoryBytes, 10)), 0)
 }
 
 func (b *v1Backend) ensureParent(parent string) error {
@@ -193,20 +150,21 @@ func (b *v1Backend) create(p string, r Resources) (Group, error) {
 			fresh = append(fresh, d)
 		}
 	}
-	if err := b.raiseMemsw(p, r); err != nil {
-		return nil, err
-	}
-	cg, err := cgroup1.New(cgroup1.StaticPath(p), b.spec(r), b.hierarchy())
+	// The library makes the directories (and copies the parent's
+	// cpuset.cpus and cpuset.mems into a new one); update writes the
+	// limits.
+	cg, err := cgroup1.New(cgroup1.StaticPath(p), &specs.LinuxResources{}, b.hierarchy())
 	var g *v1Group
 	if err == nil {
 		g, err = b.group(p, cg)
 	}
+	if err == nil {
+		err = g.update(r)
+	}
 	if err != nil {
 		// The directories made here are new, hence empty: rmdir them.
-		// Those that existed stay.
-		for _, d := range fresh {
-			_ = removeV1Dir(d)
-		}
+		// Those that existed stay, with their old limits.
+		removeDirs(fresh)
 		return nil, err
 	}
 	return g, nil
@@ -264,29 +222,11 @@ func (b *v1Backend) children(parent string) ([]string, error) {
 	return names, nil
 }
 
-// removeV1Dir removes an empty cgroup directory, retrying while the
-// kernel still sees it busy (a task that just exited).
-func removeV1Dir(d string) error {
-	var err error
-	for delay := 10 * time.Millisecond; delay < time.Second; delay *= 2 {
-		err = syscall.Rmdir(d)
-		if err == nil || errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.EAGAIN) {
-			break
-		}
-		time.Sleep(delay)
-	}
-	return &fs.PathError{Op: "rmdir", Path: d, Err: err}
-}
-
 // v1Group is a group in every v1 hierarchy the backend uses.
 type v1Group struct {
 	path string
 	b    *v1Backend
-	cg   cgroup1.Cgroup // every hierarchy: Add
-	lim  cgroup1.Cgroup // the limits' controllers: Update, Stats
+	cg   cgroup1.Cgroup // every hierarchy: Add, Delete
 }
 
 var _ Group = (*v1Group)(nil)
@@ -307,30 +247,225 @@ func (g *v1Group) Update(r Resources) error {
 	if err := r.Validate(); err != nil {
 		return fmt.Errorf("update cgroup %s: %w", g.path, err)
 	}
-	if err := g.b.raiseMemsw(g.path, r); err != nil {
-		return fmt.Errorf("update cgroup %s: %w", g.path, classify(err))
+	if _, err := inode(g.b.file(cgroup1.Memory, g.path, "")); err != nil {
+		return fmt.Errorf("update cgroup %s: %w", g.path, err)
 	}
-	if err := g.lim.Update(g.b.spec(r)); err != nil {
-		return fmt.Errorf("update cgroup %s: %w", g.path, classify(err))
+	if err := g.update(r); err != nil {
+		return fmt.Errorf("update cgroup %s: %w", g.path, err)
 	}
 	return nil
 }
 
-func (g *v1Group) Stats() (Stats, error) {
-	m, err := g.lim.Stat()
+// update writes the limits r sets, all or nothing.
+func (g *v1Group) update(r Resources) error {
+	ss, err := g.settings(r)
 	if err != nil {
-		return Stats{}, fmt.Errorf("stats of cgroup %s: %w", g.path, classify(err))
+		return err
 	}
-	var s Stats
-	if u := m.GetCPU().GetUsage(); u != nil {
-		s.CPUUsage = time.Duration(u.GetTotal())
+	return apply(ss, g.b.write)
+}
+
+// settings are the files r changes, in the order to write them, once it
+// is checked that the host has what they need.
+func (g *v1Group) settings(r Resources) ([]setting, error) {
+	b, p := g.b, g.path
+	var ss []setting
+	if r.CPUWeight != nil {
+		ss = append(ss, setting{file: b.file(cgroup1.Cpu, p, "cpu.shares"), value: strconv.FormatUint(cpuShares(*r.CPUWeight), 10)})
 	}
-	if u := m.GetMemory().GetUsage(); u != nil {
-		s.MemoryBytes = u.GetUsage()
+	if r.CPUs != nil {
+		ss = append(ss,
+			setting{file: b.file(cgroup1.Cpu, p, "cpu.cfs_period_us"), value: strconv.FormatInt(periodUs, 10)},
+			setting{file: b.file(cgroup1.Cpu, p, "cpu.cfs_quota_us"), value: strconv.FormatInt(quotaUs(*r.CPUs), 10)})
 	}
-	s.Pids = m.GetPids().GetCurrent()
-	s.OOMKills = m.GetMemoryOomControl().GetOomKill()
-	return s, nil
+	if r.CPUSetCPUs != nil || r.CPUSetMems != nil {
+		if !b.cpuset {
+			return nil, unavailable("cpuset: the cpuset controller is not mounted under %s", b.root)
+		}
+		if r.CPUSetCPUs != nil {
+			ss = append(ss, setting{file: b.file(cgroup1.Cpuset, p, "cpuset.cpus"), value: *r.CPUSetCPUs})
+		}
+		if r.CPUSetMems != nil {
+			ss = append(ss, setting{file: b.file(cgroup1.Cpuset, p, "cpuset.mems"), value: *r.CPUSetMems})
+		}
+	}
+	mem, err := g.memorySettings(r)
+	if err != nil {
+		return nil, err
+	}
+	ss = append(ss, mem...)
+	if r.Pids != nil {
+		ss = append(ss, setting{file: b.file(cgroup1.Pids, p, "pids.max"), value: strconv.FormatInt(*r.Pids, 10)})
+	}
+	io, err := g.ioSettings(r)
+	if err != nil {
+		return nil, err
+	}
+	return append(ss, io...), nil
+}
+
+// memorySettings are the memory limits of r. memory.memsw.limit_in_bytes
+// is memory + swap; the kernel wants it at or above memory.limit_in_bytes
+// at all times, which decides the order of the two.
+func (g *v1Group) memorySettings(r Resources) ([]setting, error) {
+	b, p := g.b, g.path
+	var ss []setting
+	if r.MemoryLowBytes != nil {
+		ss = append(ss, setting{file: b.file(cgroup1.Memory, p, "memory.soft_limit_in_bytes"), value: strconv.FormatInt(*r.MemoryLowBytes, 10)})
+	}
+	if r.MemoryBytes == nil && r.SwapBytes == nil {
+		return ss, nil
+	}
+	if r.SwapBytes != nil && !b.swap {
+		return nil, unavailable("swap %d: the memory controller does not account swap here (no memory.memsw.limit_in_bytes; the kernel needs swapaccount=1)", *r.SwapBytes)
+	}
+	limitFile := b.file(cgroup1.Memory, p, "memory.limit_in_bytes")
+	cur, err := readV1Bytes(limitFile)
+	if err != nil {
+		return nil, err
+	}
+	limit := cur
+	if r.MemoryBytes != nil {
+		// The kernel would reclaim down to the new limit, and OOM-kill
+		// or fail with EBUSY when it cannot.
+		usage, err := readV1Bytes(b.file(cgroup1.Memory, p, "memory.usage_in_bytes"))
+		if err != nil {
+			return nil, err
+		}
+		if *r.MemoryBytes < usage {
+			return nil, fmt.Errorf("memory %d: under the %d bytes the group uses now: %w", *r.MemoryBytes, usage, errdefs.ErrInvalidArgument)
+		}
+		limit = *r.MemoryBytes
+	}
+	memLimit := setting{file: limitFile, value: strconv.FormatInt(limit, 10)}
+	if !b.swap {
+		return append(ss, memLimit), nil
+	}
+	// No swap unless SwapBytes says so; on top of an unlimited memory,
+	// memory + swap is unlimited too (only a swap update leaves memory
+	// as it is).
+	swap := int64(0)
+	if r.SwapBytes != nil {
+		swap = *r.SwapBytes
+	}
+	var memsw int64
+	switch {
+	case swap == -1, limit == -1:
+		memsw = -1
+	case limit > math.MaxInt64-swap:
+		return nil, fmt.Errorf("memory %d + swap %d: overflows 64 bits: %w", limit, swap, errdefs.ErrInvalidArgument)
+	default:
+		memsw = limit + swap
+	}
+	memswLimit := setting{file: b.file(cgroup1.Memory, p, "memory.memsw.limit_in_bytes"), value: strconv.FormatInt(memsw, 10)}
+	if r.MemoryBytes == nil {
+		return append(ss, memswLimit), nil
+	}
+	if memsw == -1 || cur != -1 && memsw >= cur {
+		// memory+swap first: the memory limit then rises to it, or
+		// stays under it.
+		return append(ss, memswLimit, memLimit), nil
+	}
+	return append(ss, memLimit, memswLimit), nil
+}
+
+// v1Unlimited is where v1 memory limits mean none: the kernel shows
+// "unlimited" as its largest page count in bytes, just under 2^63.
+const v1Unlimited = 1 << 62
+
+// readV1Bytes reads a v1 memory file: bytes, or -1 for the kernel's
+// "unlimited". A file missing (only in a test's tree) reads as 0 for a
+// usage, -1 for a limit.
+func readV1Bytes(file string) (int64, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		if strings.HasSuffix(file, "usage_in_bytes") {
+			return 0, nil
+		}
+		return -1, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", file, classify(err))
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", file, err)
+	}
+	if n >= v1Unlimited {
+		return -1, nil
+	}
+	return int64(n), nil
+}
+
+// ioSettings are the block IO weight and throttles of r.
+func (g *v1Group) ioSettings(r Resources) ([]setting, error) {
+	if r.IOWeight == nil && len(r.IO) == 0 {
+		return nil, nil
+	}
+	b, p := g.b, g.path
+	if !b.blkio {
+		return nil, unavailable("block io limits: the blkio controller is not mounted under %s", b.root)
+	}
+	var ss []setting
+	if r.IOWeight != nil {
+		w := *r.IOWeight
+		for _, f := range []struct {
+			name    string
+			convert func(uint64) uint64
+		}{{"blkio.weight", cfqWeight}, {"blkio.bfq.weight", bfqWeight}} {
+			if file := b.file(cgroup1.Blkio, p, f.name); exists(file) {
+				ss = append(ss, setting{file: file, value: strconv.FormatUint(f.convert(w), 10), restore: defaultWeightOf})
+			}
+		}
+		if len(ss) == 0 {
+			return nil, unavailable("io weight %d: the blkio controller has no weight here (no blkio.weight or blkio.bfq.weight: neither the CFQ nor the BFQ scheduler)", w)
+		}
+	}
+	if len(r.IO) == 0 {
+		return ss, nil
+	}
+	if !exists(b.file(cgroup1.Blkio, p, "blkio.throttle.read_bps_device")) {
+		return nil, unavailable("io throttles: the blkio controller does not throttle here (no blkio.throttle.* files)")
+	}
+	if err := checkDevices(b.sysBlock, r.IO); err != nil {
+		return nil, err
+	}
+	for _, d := range r.IO {
+		restore := func(content string) string {
+			if l := deviceLine(content, d); l != "" {
+				return l
+			}
+			return fmt.Sprintf("%d:%d 0", d.Major, d.Minor)
+		}
+		for _, t := range []struct {
+			name string
+			rate uint64
+		}{
+			{"blkio.throttle.read_bps_device", d.ReadBps},
+			{"blkio.throttle.write_bps_device", d.WriteBps},
+			{"blkio.throttle.read_iops_device", d.ReadIOPS},
+			{"blkio.throttle.write_iops_device", d.WriteIOPS},
+		} {
+			// A rate of 0 removes the device's limit.
+			ss = append(ss, setting{file: b.file(cgroup1.Blkio, p, t.name), value: fmt.Sprintf("%d:%d %d", d.Major, d.Minor, t.rate), restore: restore})
+		}
+	}
+	return ss, nil
+}
+
+func (g *v1Group) Processes() ([]int, error) {
+	pids, err := processes(g.b.dirs(g.path))
+	if err != nil {
+		return nil, fmt.Errorf("processes of cgroup %s: %w", g.path, err)
+	}
+	return pids, nil
+}
+
+func (g *v1Group) Kill() error {
+	if err := killAll(g.Processes); err != nil {
+		return fmt.Errorf("kill cgroup %s: %w", g.path, err)
+	}
+	return nil
 }
 
 func (g *v1Group) Delete() error {
@@ -345,36 +480,15 @@ func (g *v1Group) Delete() error {
 	}
 	// Refuse before removing anything: the library would otherwise remove
 	// the group from the controllers where it is empty and leave the rest.
-	var pids []int
-	for _, s := range cg.Subsystems() {
-		procs, err := cg.Processes(s.Name(), true)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("delete cgroup %s: list processes: %w", g.path, err)
-		}
-		for _, p := range procs {
-			if !slices.Contains(pids, p.Pid) {
-				pids = append(pids, p.Pid)
-			}
-		}
+	pids, err := processes(g.b.dirs(g.path))
+	if err != nil && !errors.Is(err, errdefs.ErrNotFound) {
+		return fmt.Errorf("delete cgroup %s: list processes: %w", g.path, err)
 	}
 	if len(pids) > 0 {
-		slices.Sort(pids)
 		return fmt.Errorf("delete cgroup %s: %d processes remain (%v): %w", g.path, len(pids), pids, errdefs.ErrFailedPrecondition)
 	}
 	if err := cg.Delete(); err != nil {
 		return fmt.Errorf("delete cgroup %s: %w", g.path, err)
 	}
 	return nil
-}
-
-// classify wraps the sentinel that fits a kernel error.
-func classify(err error) error {
-	switch {
-	case errors.Is(err, syscall.ESRCH), errors.Is(err, fs.ErrNotExist), errors.Is(err, cgroup1.ErrCgroupDeleted):
-		return fmt.Errorf("%w: %w", err, errdefs.ErrNotFound)
-	}
-	return err
 }

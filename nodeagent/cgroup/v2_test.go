@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -56,6 +57,9 @@ func wantFile(t *testing.T, p, want string) {
 	}
 }
 
+// allControllers is what the package enables in a fakeV2 tree.
+const allControllers = "+cpu +memory +pids +cpuset +io"
+
 func newFakeV2Manager(t *testing.T) (*Manager, string) {
 	t.Helper()
 	mount := fakeV2(t, "/nodeagent")
@@ -72,8 +76,9 @@ func newFakeV2Manager(t *testing.T) (*Manager, string) {
 func TestV2CreateWritesKernelFiles(t *testing.T) {
 	m, mount := newFakeV2Manager(t)
 	// The controllers are enabled for the parent (root's subtree_control)
-	// when the manager starts.
-	wantFile(t, filepath.Join(mount, "cgroup.subtree_control"), "+cpu +memory +pids")
+	// when the manager starts: those the groups need, and those of the
+	// optional limits this hierarchy has.
+	wantFile(t, filepath.Join(mount, "cgroup.subtree_control"), allControllers)
 
 	g, err := m.Create("sb-1", Resources{CPUs: ptr(2.0), MemoryBytes: ptr(int64(512 << 20)), Pids: ptr(int64(100))})
 	if err != nil {
@@ -88,7 +93,7 @@ func TestV2CreateWritesKernelFiles(t *testing.T) {
 	wantFile(t, filepath.Join(dir, "pids.max"), "100")
 	// ...and for the group (the parent's subtree_control), whatever its
 	// limits, so that Update and Stats work later.
-	wantFile(t, filepath.Join(mount, "nodeagent", "cgroup.subtree_control"), "+cpu +memory +pids")
+	wantFile(t, filepath.Join(mount, "nodeagent", "cgroup.subtree_control"), allControllers)
 	if _, err := os.Stat(filepath.Join(dir, "memory.swap.max")); err == nil {
 		t.Error("memory.swap.max written where the kernel has none")
 	}
@@ -155,7 +160,8 @@ func TestV2AddStatsDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Stats{CPUUsage: 1500 * time.Microsecond, MemoryBytes: 8192, Pids: 3, OOMKills: 2}); st != want {
+	want := Stats{CPUUsage: 1500 * time.Microsecond, CPUPeriods: 3, CPUThrottledPeriods: 1, CPUThrottledTime: 20 * time.Microsecond, MemoryBytes: 8192, MemoryLimitBytes: 64 << 20, Pids: 3, OOMKills: 2}
+	if !reflect.DeepEqual(st, want) {
 		t.Errorf("Stats() = %+v, want %+v", st, want)
 	}
 
@@ -167,7 +173,7 @@ func TestV2AddStatsDelete(t *testing.T) {
 	if l.Path() != g.Path() {
 		t.Errorf("Load: path %q, want %q", l.Path(), g.Path())
 	}
-	if st2, err := l.Stats(); err != nil || st2 != st {
+	if st2, err := l.Stats(); err != nil || !reflect.DeepEqual(st2, st) {
 		t.Errorf("Stats of the loaded group: %+v, %v", st2, err)
 	}
 

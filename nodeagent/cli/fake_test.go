@@ -31,6 +31,7 @@ import (
 type fakeAgent struct {
 	apiv1.UnimplementedENIServiceServer
 	apiv1.UnimplementedSandboxServiceServer
+	apiv1.UnimplementedGroupServiceServer
 	refuse bool
 
 	mu       sync.Mutex
@@ -55,6 +56,7 @@ func serveFake(t *testing.T, f *fakeAgent) string {
 	g := grpc.NewServer()
 	apiv1.RegisterENIServiceServer(g, f)
 	apiv1.RegisterSandboxServiceServer(g, f)
+	apiv1.RegisterGroupServiceServer(g, f)
 	go g.Serve(lis)
 	t.Cleanup(g.Stop)
 	t.Setenv("NODEAGENT_SOCKET", sock)

@@ -28,7 +28,8 @@ as disks. Its ID is lower-case letters, digits and '-'; the agent checks
 the IDs, sizes and disks it is given and answers InvalidArgument.`,
 	}, "verb")
 	cmd.AddCommand(a.sandboxCreateCmd(), a.sandboxListCmd(), a.sandboxGetCmd(), a.sandboxStopCmd(), a.sandboxDeleteCmd(),
-		a.sandboxExecCmd(), a.sandboxAttachCmd(), a.sandboxDetachCmd(), a.sandboxEventsCmd(), a.sandboxLogsCmd())
+		a.sandboxExecCmd(), a.sandboxAttachCmd(), a.sandboxDetachCmd(), a.sandboxEventsCmd(), a.sandboxLogsCmd(),
+		a.sandboxUpdateCmd(), a.sandboxStatsCmd())
 	return cmd
 }
 
@@ -43,6 +44,8 @@ func (a *app) sandboxCreateCmd() *cobra.Command {
 	spec := &apiv1.SandboxSpec{}
 	var disks []string
 	var ceph *cephFlags
+	var res *resourceFlags
+	var qos *qosFlags
 	var wait bool
 	cmd := &cobra.Command{
 		Use:   "create ID",
@@ -62,6 +65,25 @@ events).`,
 			}
 			spec.Disks = append(spec.Disks, d)
 		}
+		var err error
+		if spec.Resources, err = res.build(); err != nil {
+			return err
+		}
+		byDisk, err := qos.build("")
+		if err != nil {
+			return err
+		}
+		for id, q := range byDisk {
+			found := false
+			for i, d := range spec.Disks {
+				if name := fmt.Sprintf("disk%d", i); name == id { // the agent's default IDs
+					d.Id, d.Qos, found = name, q, true
+				}
+			}
+			if !found {
+				return fmt.Errorf("--disk-qos: no disk %q (the disks are disk0, disk1, ... in --disk order)", id)
+			}
+		}
 		return ceph.apply(spec.Disks...)
 	})
 	out := addOutput(cmd)
@@ -71,6 +93,9 @@ events).`,
 	f.StringVar(&spec.Netns, "netns", "", "absolute path of the pod's network namespace (none: no network)")
 	f.StringArrayVar(&disks, "disk", nil, "disk attached at boot: PATH or rbd:POOL/IMAGE (repeatable; IDs disk0, disk1, ...)")
 	ceph = addCephFlags(f)
+	f.StringVar(&spec.CgroupParent, "cgroup-parent", "", "cgroup to put the sandbox's cgroup under, e.g. the pod's (default: the agent's)")
+	res = addResourceFlags(f, "memory-limit")
+	qos = addQoSFlags(f, false)
 	f.BoolVar(&wait, "wait", false, "return once the sandbox is Ready or Failed")
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.call(cmd, func(ctx context.Context, cl *agentclient.Client) error {
@@ -189,12 +214,23 @@ already, with the same mode, is a no-op.`,
 		Args: positional("ID"),
 	}
 	var ceph *cephFlags
+	var qos *qosFlags
 	cmd.PreRunE = a.preRun(func([]string) error {
 		var err error
 		if disk, err = parseDisk(source); err != nil {
 			return err
 		}
 		disk.Id, disk.ReadOnly = id, readOnly
+		byDisk, err := qos.build("-")
+		if err != nil {
+			return err
+		}
+		for k, q := range byDisk {
+			if k != "-" && k != id {
+				return fmt.Errorf("--disk-qos: give the throttles without a disk ID, or with this disk's (--id)")
+			}
+			disk.Qos = q
+		}
 		return ceph.apply(disk)
 	})
 	out := addOutput(cmd)
@@ -202,6 +238,7 @@ already, with the same mode, is a no-op.`,
 	cmd.Flags().StringVar(&id, "id", "", "the disk's ID in the sandbox (default: the ID it has if attached, else the first free disk<N>)")
 	cmd.Flags().BoolVar(&readOnly, "read-only", false, "attach the disk read-only")
 	ceph = addCephFlags(cmd.Flags())
+	qos = addQoSFlags(cmd.Flags(), true)
 	_ = cmd.MarkFlagRequired("disk")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		return a.call(cmd, func(ctx context.Context, cl *agentclient.Client) error {

@@ -48,9 +48,13 @@ type SandboxConfig struct {
 	// hierarchy, or the folder of the v1 controllers).
 	CgroupRoot  string
 	BootTimeout time.Duration
-	CephConf    string
-	CephUser    string
-	CephKeyring string
+	// MemoryOverheadMiB is added to a sandbox's guest memory for its
+	// default cgroup memory limit: QEMU's own memory and, under TCG, its
+	// translation cache (README: measured).
+	MemoryOverheadMiB uint32
+	CephConf          string
+	CephUser          string
+	CephKeyring       string
 	// Confine runs each QEMU under seccomp, as its own uid from UIDs
 	// ("FIRST-LAST"), chrooted into its sandbox dir.
 	Confine bool
@@ -79,13 +83,14 @@ func DefaultConfig() Config {
 		ReconcileInterval: 30 * time.Second,
 		LogLevel:          "info",
 		Sandbox: SandboxConfig{
-			QEMU:         "qemu-system-x86_64",
-			Accel:        "auto",
-			CgroupParent: "/nodeagent",
-			CgroupRoot:   cgroup.DefaultMountpoint,
-			BootTimeout:  60 * time.Second,
-			Confine:      true,
-			UIDs:         fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),
+			QEMU:              "qemu-system-x86_64",
+			Accel:             "auto",
+			CgroupParent:      "/nodeagent",
+			CgroupRoot:        cgroup.DefaultMountpoint,
+			BootTimeout:       60 * time.Second,
+			MemoryOverheadMiB: 256,
+			Confine:           true,
+			UIDs:              fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),
 		},
 	}
 }
@@ -129,6 +134,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := sb.uidRange(); err != nil {
 		return err
+	}
+	if sb.MemoryOverheadMiB < 16 || sb.MemoryOverheadMiB > 65536 {
+		return fmt.Errorf("--memory-overhead %d: want 16-65536 MiB", sb.MemoryOverheadMiB)
 	}
 	if sb.BootTimeout < time.Second {
 		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)

@@ -10,7 +10,7 @@ import (
 
 func TestConfigValidate(t *testing.T) {
 	good := Config{Socket: "/run/x.sock", StateDir: "/var/lib/x", MetricsAddr: "127.0.0.1:9808", ProbeAddr: "", ReconcileInterval: time.Second, LogLevel: "info",
-		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute, UIDs: "1000-1999"}}
+		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute, UIDs: "1000-1999", MemoryOverheadMiB: 256}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -28,6 +28,7 @@ func TestConfigValidate(t *testing.T) {
 		"relative kernel":    func(c *Config) { c.Sandbox.Kernel = "vmlinux" },
 		"relative keyring":   func(c *Config) { c.Sandbox.CephKeyring = "keyring" },
 		"cgroup escape":      func(c *Config) { c.Sandbox.CgroupParent = "/../x" },
+		"tiny overhead":      func(c *Config) { c.Sandbox.MemoryOverheadMiB = 1 },
 		"relative cgroup":    func(c *Config) { c.Sandbox.CgroupParent = "nodeagent" },
 		"root cgroup":        func(c *Config) { c.Sandbox.CgroupParent = "/" },
 		"short boot timeout": func(c *Config) { c.Sandbox.BootTimeout = time.Millisecond },

@@ -14,6 +14,7 @@ import (
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
+	"github.com/nodeinfra/nodeinfra/nodeagent/groups"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
@@ -60,6 +61,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return info
 	}
 
+	var onOOM func(string)
+	if sandboxes != nil {
+		onOOM = sandboxes.PublishGroupOOM
+	}
+	grps, err := groups.Open(cfg.StateDir, host.cgroups, onOOM, log)
+	if err != nil {
+		return err
+	}
+	defer grps.Close()
+	if sandboxes != nil {
+		// Only with the sandboxes' records at hand: without them their
+		// cgroups would look orphaned.
+		if removed, err := grps.RemoveOrphans(sandboxes.OwnedCgroups()); err != nil {
+			log.Warn("cannot remove every orphan cgroup", "removed", removed, "error", err)
+		}
+	}
+
 	lis, err := listenUnix(cfg.Socket)
 	if err != nil {
 		return err
@@ -75,6 +93,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ss := server.NewSandboxServer(svc)
 	ss.Unavailable = host.problems
 	apiv1.RegisterSandboxServiceServer(g, ss)
+	apiv1.RegisterGroupServiceServer(g, server.NewGroupServer(grps))
 
 	errc := make(chan error, 3)
 	go func() { errc <- g.Serve(lis) }()
@@ -165,7 +184,7 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 		Confine: sb.Confine, UIDs: sandbox.UIDRange{First: first, Count: count},
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
-		Cgroups: host.cgroups, BootTimeout: sb.BootTimeout, Log: log,
+		Cgroups: host.cgroups, OverheadMiB: sb.MemoryOverheadMiB, BootTimeout: sb.BootTimeout, Log: log,
 	})
 	return m, host, err
 }

@@ -56,7 +56,7 @@ func (m *Manager) adopt(b *box) {
 	r.proc = proc
 	if b.rec.Sandbox.PID != pid { // found through QEMU's pid file
 		b.rec.Sandbox.PID = pid
-		if err := writeRecord(b.dir, b.rec); err != nil {
+		if err := writeRecord(b.dir, b.rec, true); err != nil {
 			m.log.Error("cannot persist sandbox state", "sandbox", id, "error", err)
 		}
 	}

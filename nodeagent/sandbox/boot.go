@@ -66,7 +66,7 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 		m.mu.Unlock()
 		return Sandbox{}, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
 	}
-	if err := writeRecord(dir, b.rec); err != nil {
+	if err := writeRecord(dir, b.rec, true); err != nil {
 		os.RemoveAll(dir)
 		m.mu.Unlock()
 		return Sandbox{}, fmt.Errorf("create sandbox %q: %w", spec.ID, err)
@@ -257,25 +257,19 @@ func (m *Manager) stepCgroup(ctx context.Context, bt *booting) error {
 	if m.cfg.Cgroups == nil {
 		return nil
 	}
-	name := qemu.ProcessName(bt.spec.ID)
-	m.update(bt.b, func(rec *record) { rec.Cgroup = name })
-	g, err := m.cfg.Cgroups.Create(name, m.resources(bt.spec))
+	name, parent := qemu.ProcessName(bt.spec.ID), bt.spec.CgroupParent
+	m.update(bt.b, func(rec *record) { rec.Cgroup, rec.CgroupParent = name, parent })
+	res := m.resources(bt.spec)
+	g, err := m.createGroup(parent, name, res)
 	if err != nil {
 		return err
 	}
+	m.update(bt.b, func(rec *record) { rec.Sandbox.Resources, rec.Sandbox.Cgroup = res, g.Path() })
 	bt.r.mu.Lock()
 	bt.r.group = g
 	bt.r.mu.Unlock()
+	m.watchOOM(bt.b, bt.r, g)
 	return nil
-}
-
-// resources are a sandbox's cgroup limits: its vCPUs, its memory plus
-// QEMU's overhead, and a pids cap.
-func (m *Manager) resources(spec Spec) cgroup.Resources {
-	mem := int64(spec.MemoryMiB+m.cfg.OverheadMiB) << 20
-	cpus := float64(spec.VCPUs)
-	pids := int64(1024)
-	return cgroup.Resources{CPUs: &cpus, MemoryBytes: &mem, Pids: &pids}
 }
 
 // stepAdoptCgroup makes sure a re-adopted QEMU is inside its cgroup before
@@ -285,20 +279,29 @@ func (m *Manager) stepAdoptCgroup(ctx context.Context, bt *booting) error {
 	if m.cfg.Cgroups == nil {
 		return nil
 	}
-	name := m.record(bt.b).Cgroup
+	rec := m.record(bt.b)
+	name, parent := rec.Cgroup, rec.CgroupParent
 	if name == "" {
-		name = qemu.ProcessName(bt.spec.ID)
-		m.update(bt.b, func(rec *record) { rec.Cgroup = name })
+		name, parent = qemu.ProcessName(bt.spec.ID), bt.spec.CgroupParent
+		m.update(bt.b, func(rec *record) { rec.Cgroup, rec.CgroupParent = name, parent })
 	}
-	g, err := m.cfg.Cgroups.Load(name)
+	g, err := m.loadGroup(parent, name)
 	if err != nil {
-		if g, err = m.cfg.Cgroups.Create(name, m.resources(bt.spec)); err != nil {
+		// Gone meanwhile: made again with the limits last in force.
+		res := rec.Sandbox.Resources
+		if res.CPUs == nil && res.MemoryBytes == nil {
+			res = m.resources(bt.spec)
+		}
+		if g, err = m.createGroup(parent, name, res); err != nil {
 			return err
 		}
+		m.update(bt.b, func(rec *record) { rec.Sandbox.Resources = res })
 	}
+	m.update(bt.b, func(rec *record) { rec.Sandbox.Cgroup = g.Path() })
 	bt.r.mu.Lock()
 	bt.r.group = g
 	bt.r.mu.Unlock()
+	m.watchOOM(bt.b, bt.r, g)
 	if ok, err := inCgroup(bt.proc.pid, g.Path(), m.cfg.Cgroups.Mode() == cgroup.V2); err == nil && ok {
 		return nil
 	}
@@ -384,8 +387,18 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 				return err
 			}
 		}
-	} else if err := q.Execute(ctx, "cont", nil, nil); err != nil {
-		return err
+	} else {
+		// The boot disks' QoS, before the guest touches them.
+		for _, d := range bt.spec.Disks {
+			if d.QoS != (DiskQoS{}) {
+				if err := q.SetIOThrottle(ctx, d.ID, d.QoS.limits()); err != nil {
+					return err
+				}
+			}
+		}
+		if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+			return err
+		}
 	}
 	agent, err := client.Dial(ctx, filepath.Join(b.dir, qemu.AgentSocket))
 	if err != nil {

@@ -195,6 +195,12 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	if err := q.Execute(ctx, "device_add", bd.Device(), nil); err != nil {
 		return fail(err)
 	}
+	if d.QoS != (DiskQoS{}) {
+		if err := q.SetIOThrottle(ctx, d.ID, d.QoS.limits()); err != nil {
+			_ = q.Execute(ctx, "device_del", map[string]any{"id": qemu.DeviceID(d.ID)}, nil)
+			return fail(err)
+		}
+	}
 	crashpoint("attach:record")
 	m.mu.Lock()
 	b.rec.Sandbox.Disks = append(b.rec.Sandbox.Disks, d)

@@ -23,8 +23,10 @@ type record struct {
 	// Net is the pod network as it was before the VM took it over; it is
 	// given back to eth0 when the sandbox ends.
 	Net *podnet.Config `json:"net,omitempty"`
-	// Cgroup is the name of the sandbox's cgroup, if any.
-	Cgroup string `json:"cgroup,omitempty"`
+	// Cgroup is the name of the sandbox's cgroup, if any, under
+	// CgroupParent (empty: the agent's parent).
+	Cgroup       string `json:"cgroup,omitempty"`
+	CgroupParent string `json:"cgroupParent,omitempty"`
 	// UID is the unprivileged user (and group) a confined QEMU runs as.
 	UID int `json:"uid,omitempty"`
 	// PendingDisk is a disk being hot-plugged: recorded before QEMU is
@@ -35,13 +37,18 @@ type record struct {
 
 const recordFile = "sandbox.json"
 
-// writeRecord replaces dir/sandbox.json atomically and durably.
-func writeRecord(dir string, r record) error {
+// writeRecord replaces dir/sandbox.json atomically and durably, or (not
+// durable) only atomically.
+func writeRecord(dir string, r record, durable bool) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(dir, recordFile), b, 0o600); err != nil {
+	write := atomicfile.Write
+	if !durable {
+		write = atomicfile.WriteVolatile
+	}
+	if err := write(filepath.Join(dir, recordFile), b, 0o600); err != nil {
 		return fmt.Errorf("write sandbox record: %w", err)
 	}
 	return nil
@@ -96,11 +103,29 @@ func (m *Manager) update(b *box, edit func(*record)) {
 	m.persistLocked(b)
 }
 
-func (m *Manager) persistLocked(b *box) {
+// updateVolatile is update for what a reboot loses anyway and the
+// kernel or QEMU holds meanwhile (the limits of a running sandbox): the
+// record is written in the background, atomically, without the fsyncs.
+// Each write takes the record as it is then, under m.mu like every
+// other write, so the file never goes back to an older state.
+func (m *Manager) updateVolatile(b *box, edit func(*record)) {
+	m.mu.Lock()
+	edit(&b.rec)
+	m.mu.Unlock()
+	go func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.persistLockedAs(b, false)
+	}()
+}
+
+func (m *Manager) persistLocked(b *box) { m.persistLockedAs(b, true) }
+
+func (m *Manager) persistLockedAs(b *box, durable bool) {
 	if b.deleted {
 		return
 	}
-	if err := writeRecord(b.dir, b.rec); err != nil {
+	if err := writeRecord(b.dir, b.rec, durable); err != nil {
 		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
 	}
 }

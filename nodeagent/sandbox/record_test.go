@@ -16,7 +16,7 @@ func TestRecordRoundTrip(t *testing.T) {
 		Disks: []Disk{{ID: "d", RBD: &RBDImage{Pool: "p", Image: "i"}}}}, State: StateReady, PID: 42,
 		CreatedAt: time.Now().UTC().Truncate(time.Second)},
 		Net: &podnet.Config{Interface: "eth0", MAC: "02:00:00:00:00:01", MTU: 1400, Addresses: []string{"10.0.0.2/24"}, Tap: "tap0"}, Cgroup: "sandbox-a"}
-	if err := writeRecord(dir, in); err != nil {
+	if err := writeRecord(dir, in, true); err != nil {
 		t.Fatal(err)
 	}
 	out, err := readRecord(dir)

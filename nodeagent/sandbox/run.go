@@ -25,6 +25,9 @@ type run struct {
 	box    *box
 	cancel context.CancelFunc // ends the boot
 	ended  chan struct{}      // closed once QEMU is gone and cleaned up
+	// released closes when the manager lets go of a VM it leaves running
+	// (detach).
+	released chan struct{}
 
 	// connected closes once the run is usable (its boot or re-adoption
 	// reached Ready, with QMP and the guest agent connected), or it ended.
@@ -47,7 +50,7 @@ type run struct {
 }
 
 func newRun(b *box) *run {
-	return &run{box: b, ended: make(chan struct{}), connected: make(chan struct{}), waiters: map[string]chan struct{}{}}
+	return &run{box: b, ended: make(chan struct{}), released: make(chan struct{}), connected: make(chan struct{}), waiters: map[string]chan struct{}{}}
 }
 
 func (r *run) markConnected() { r.connectedOnce.Do(func() { close(r.connected) }) }
@@ -56,6 +59,9 @@ func (r *run) markConnected() { r.connectedOnce.Do(func() { close(r.connected) }
 func (r *run) detach() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.detached {
+		close(r.released)
+	}
 	r.detached = true
 	if r.cancel != nil {
 		r.cancel()

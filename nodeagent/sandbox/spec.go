@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -65,6 +66,14 @@ func (s Spec) Validate() error {
 	if s.NetNS != "" && !isAbsClean(s.NetNS) {
 		return invalid("sandbox %q: netns %q must be an absolute, clean path", s.ID, s.NetNS)
 	}
+	if err := s.Resources.Validate(); err != nil {
+		return fmt.Errorf("sandbox %q: %w", s.ID, err)
+	}
+	if s.CgroupParent != "" {
+		if err := validCgroupParent(s.CgroupParent); err != nil {
+			return fmt.Errorf("sandbox %q: %w", s.ID, err)
+		}
+	}
 	seen := make(map[string]bool, len(s.Disks))
 	for i, d := range s.Disks {
 		if err := d.Validate(); err != nil {
@@ -82,7 +91,8 @@ func (s Spec) Validate() error {
 // defaults are applied: a repeated create must carry an equal spec.
 func (s Spec) Equal(o Spec) bool {
 	s, o = s.WithDefaults(), o.WithDefaults()
-	if s.ID != o.ID || s.VCPUs != o.VCPUs || s.MemoryMiB != o.MemoryMiB || s.NetNS != o.NetNS || len(s.Disks) != len(o.Disks) {
+	if s.ID != o.ID || s.VCPUs != o.VCPUs || s.MemoryMiB != o.MemoryMiB || s.NetNS != o.NetNS || len(s.Disks) != len(o.Disks) ||
+		s.CgroupParent != o.CgroupParent || !reflect.DeepEqual(s.Resources, o.Resources) {
 		return false
 	}
 	for i := range s.Disks {
@@ -122,6 +132,9 @@ func (d Disk) Validate() error {
 		return err
 	}
 	if err := d.ValidateSource(); err != nil {
+		return fmt.Errorf("disk %s: %w", d.ID, err)
+	}
+	if err := d.QoS.Validate(); err != nil {
 		return fmt.Errorf("disk %s: %w", d.ID, err)
 	}
 	return nil
@@ -178,7 +191,8 @@ func (d Disk) ValidateSource() error {
 	return nil
 }
 
-// Equal reports whether two disks are the same attachment.
+// Equal reports whether two disks are the same attachment (their QoS
+// aside: a setting that changes live).
 func (d Disk) Equal(o Disk) bool {
 	if d.ID != o.ID || d.Path != o.Path || d.ReadOnly != o.ReadOnly || (d.RBD == nil) != (o.RBD == nil) {
 		return false

@@ -174,7 +174,7 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 		rec.Sandbox.Addresses = nil
 		if len(problems) == 0 {
 			rec.Net = nil
-			rec.Cgroup = ""
+			rec.Cgroup, rec.CgroupParent, rec.Sandbox.Cgroup = "", "", ""
 		}
 	})
 	m.mu.Lock()
@@ -196,7 +196,7 @@ func (m *Manager) finish(b *box, r *run, exitReason string) {
 func (m *Manager) release(rec record, group cgroup.Group) []string {
 	var problems []string
 	if group == nil && rec.Cgroup != "" && m.cfg.Cgroups != nil {
-		if g, err := m.cfg.Cgroups.Load(rec.Cgroup); err == nil {
+		if g, err := m.loadGroup(rec.CgroupParent, rec.Cgroup); err == nil {
 			group = g
 		}
 	}

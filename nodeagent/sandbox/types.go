@@ -9,6 +9,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 )
 
 // State is where a sandbox is in its life.
@@ -39,6 +41,12 @@ type Spec struct {
 	NetNS string `json:"netns,omitempty"`
 	// Disks are attached at boot, in order.
 	Disks []Disk `json:"disks,omitempty"`
+	// Resources override the default cgroup limits (CPUs = vCPUs, memory
+	// = guest memory + the agent's overhead, 1024 pids) field by field.
+	Resources cgroup.Resources `json:"resources"`
+	// CgroupParent is the cgroup the sandbox's cgroup goes under (a pod's,
+	// so that the kubelet accounts for the VM); empty: the agent's parent.
+	CgroupParent string `json:"cgroupParent,omitempty"`
 }
 
 // Disk is a volume given to the guest as a virtio-blk device whose serial
@@ -53,6 +61,18 @@ type Disk struct {
 	RBD *RBDImage `json:"rbd,omitempty"`
 	// ReadOnly attaches the disk read-only.
 	ReadOnly bool `json:"readOnly,omitempty"`
+	// QoS throttles the disk inside QEMU. It is a setting, not part of
+	// the disk's identity (Equal ignores it); UpdateResources changes it.
+	QoS DiskQoS `json:"qos"`
+}
+
+// DiskQoS limits a disk inside QEMU (its block layer's throttling, so RBD
+// disks too); 0 means no limit.
+type DiskQoS struct {
+	ReadBps   uint64 `json:"readBps,omitempty"`
+	WriteBps  uint64 `json:"writeBps,omitempty"`
+	ReadIOPS  uint64 `json:"readIOPS,omitempty"`
+	WriteIOPS uint64 `json:"writeIOPS,omitempty"`
 }
 
 // RBDImage names an image; the cephx user and key come from the agent's
@@ -88,6 +108,11 @@ type Sandbox struct {
 	CreatedAt time.Time `json:"createdAt"`
 	// ReadyAt is when the guest agent first answered.
 	ReadyAt time.Time `json:"readyAt,omitempty"`
+	// Resources are the cgroup limits in force: the defaults with the
+	// spec's over them, then each update's.
+	Resources cgroup.Resources `json:"resources"`
+	// Cgroup is the sandbox's cgroup path while it has one.
+	Cgroup string `json:"cgroup,omitempty"`
 }
 
 // EventType says what happened.
@@ -99,6 +124,7 @@ const (
 	EventDiskAttached EventType = "DiskAttached" // Disk was hot-plugged
 	EventDiskDetached EventType = "DiskDetached" // Disk was unplugged
 	EventDeleted      EventType = "Deleted"      // the sandbox is gone
+	EventOOMKill      EventType = "OOMKill"      // the OOM killer killed in the sandbox's cgroup
 )
 
 // Event is one change, as WatchEvents streams it.
@@ -107,6 +133,9 @@ type Event struct {
 	Type    EventType `json:"type"`
 	Sandbox Sandbox   `json:"sandbox"`
 	Disk    *Disk     `json:"disk,omitempty"`
+	// Group names the host process group of an OOMKill there (then
+	// Sandbox is empty).
+	Group string `json:"group,omitempty"`
 }
 
 // ExecRequest runs a process in the guest. Stdin may be nil (the process
@@ -151,4 +180,9 @@ type Service interface {
 	DetachDisk(ctx context.Context, id, diskID string) (Sandbox, error)
 	// Logs writes a sandbox's console or QEMU log to w (logs.go).
 	Logs(ctx context.Context, id string, req LogRequest, w io.Writer) error
+	// UpdateResources changes a Ready sandbox's cgroup limits (the fields
+	// r sets) and its disks' QoS live, all or none (resources.go).
+	UpdateResources(ctx context.Context, id string, r cgroup.Resources, qos map[string]DiskQoS) (Sandbox, error)
+	// Stats reads the sandbox's cgroup accounting and QEMU's disk counters.
+	Stats(ctx context.Context, id string) (Stats, error)
 }

@@ -60,7 +60,11 @@ func (s *SandboxServer) CreateSandbox(ctx context.Context, req *apiv1.CreateSand
 	if err != nil {
 		return nil, err
 	}
-	sb, err := svc.Create(ctx, SpecFromProto(req.GetSpec()), req.GetWait())
+	spec, err := SpecFromProto(req.GetSpec())
+	if err != nil {
+		return nil, err
+	}
+	sb, err := svc.Create(ctx, spec, req.GetWait())
 	if err != nil {
 		return nil, err
 	}
@@ -351,4 +355,38 @@ func (w logWriter) Write(p []byte) (int, error) {
 		p = p[len(chunk):]
 	}
 	return n, nil
+}
+
+// UpdateSandboxResources implements apiv1.SandboxServiceServer.
+func (s *SandboxServer) UpdateSandboxResources(ctx context.Context, req *apiv1.UpdateSandboxResourcesRequest) (*apiv1.Sandbox, error) {
+	svc, err := s.service()
+	if err != nil {
+		return nil, err
+	}
+	r, err := ResourcesFromProto(req.GetResources())
+	if err != nil {
+		return nil, err
+	}
+	qos := map[string]sandbox.DiskQoS{}
+	for id, q := range req.GetDiskQos() {
+		qos[id] = QoSFromProto(q)
+	}
+	sb, err := svc.UpdateResources(ctx, req.GetId(), r, qos)
+	if err != nil {
+		return nil, err
+	}
+	return SandboxToProto(sb), nil
+}
+
+// GetSandboxStats implements apiv1.SandboxServiceServer.
+func (s *SandboxServer) GetSandboxStats(ctx context.Context, req *apiv1.GetSandboxStatsRequest) (*apiv1.ResourceStats, error) {
+	svc, err := s.service()
+	if err != nil {
+		return nil, err
+	}
+	st, err := svc.Stats(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return StatsToProto(st.Stats, st.Cgroup, st.Disks), nil
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -10,18 +11,27 @@ import (
 )
 
 // SpecFromProto converts a sandbox spec; nil gives the zero Spec, which
-// fails validation.
-func SpecFromProto(p *apiv1.SandboxSpec) sandbox.Spec {
-	s := sandbox.Spec{ID: p.GetId(), VCPUs: p.GetVcpus(), MemoryMiB: p.GetMemoryMib(), NetNS: p.GetNetns()}
+// fails validation. Only resources naming no device of this host fail
+// here.
+func SpecFromProto(p *apiv1.SandboxSpec) (sandbox.Spec, error) {
+	s := sandbox.Spec{ID: p.GetId(), VCPUs: p.GetVcpus(), MemoryMiB: p.GetMemoryMib(), NetNS: p.GetNetns(), CgroupParent: p.GetCgroupParent()}
 	for _, d := range p.GetDisks() {
 		s.Disks = append(s.Disks, DiskFromProto(d))
 	}
-	return s
+	r, err := ResourcesFromProto(p.GetResources())
+	if err != nil {
+		return s, fmt.Errorf("sandbox %q: %w", s.ID, err)
+	}
+	s.Resources = r
+	return s, nil
 }
 
 // SpecToProto renders a Spec.
 func SpecToProto(s sandbox.Spec) *apiv1.SandboxSpec {
-	p := &apiv1.SandboxSpec{Id: s.ID, Vcpus: s.VCPUs, MemoryMib: s.MemoryMiB, Netns: s.NetNS}
+	p := &apiv1.SandboxSpec{Id: s.ID, Vcpus: s.VCPUs, MemoryMib: s.MemoryMiB, Netns: s.NetNS, CgroupParent: s.CgroupParent}
+	if !s.Resources.IsZero() {
+		p.Resources = ResourcesToProto(s.Resources)
+	}
 	for _, d := range s.Disks {
 		p.Disks = append(p.Disks, DiskToProto(d))
 	}
@@ -31,7 +41,7 @@ func SpecToProto(s sandbox.Spec) *apiv1.SandboxSpec {
 // DiskFromProto converts a disk. A source left unset (or an rbd left nil)
 // gives a Disk without a source, which fails validation.
 func DiskFromProto(p *apiv1.Disk) sandbox.Disk {
-	d := sandbox.Disk{ID: p.GetId(), ReadOnly: p.GetReadOnly()}
+	d := sandbox.Disk{ID: p.GetId(), ReadOnly: p.GetReadOnly(), QoS: QoSFromProto(p.GetQos())}
 	switch src := p.GetSource().(type) {
 	case *apiv1.Disk_Path:
 		d.Path = src.Path
@@ -45,7 +55,7 @@ func DiskFromProto(p *apiv1.Disk) sandbox.Disk {
 
 // DiskToProto renders a Disk.
 func DiskToProto(d sandbox.Disk) *apiv1.Disk {
-	p := &apiv1.Disk{Id: d.ID, ReadOnly: d.ReadOnly}
+	p := &apiv1.Disk{Id: d.ID, ReadOnly: d.ReadOnly, Qos: QoSToProto(d.QoS)}
 	switch {
 	case d.RBD != nil:
 		// Never the key.
@@ -69,6 +79,7 @@ var eventTypeToProto = map[sandbox.EventType]apiv1.SandboxEvent_Type{
 	sandbox.EventDiskAttached: apiv1.SandboxEvent_DISK_ATTACHED,
 	sandbox.EventDiskDetached: apiv1.SandboxEvent_DISK_DETACHED,
 	sandbox.EventDeleted:      apiv1.SandboxEvent_DELETED,
+	sandbox.EventOOMKill:      apiv1.SandboxEvent_OOM_KILL,
 }
 
 // SandboxToProto renders a Sandbox.
@@ -76,7 +87,10 @@ func SandboxToProto(s sandbox.Sandbox) *apiv1.Sandbox {
 	p := &apiv1.Sandbox{
 		Spec: SpecToProto(s.Spec), State: sandboxStateToProto[s.State], Reason: s.Reason,
 		Pid: int32(s.PID), Accel: s.Accel, Addresses: s.Addresses, WorkDir: s.WorkDir,
-		CreatedAt: timestamp(s.CreatedAt), ReadyAt: timestamp(s.ReadyAt),
+		CreatedAt: timestamp(s.CreatedAt), ReadyAt: timestamp(s.ReadyAt), Cgroup: s.Cgroup,
+	}
+	if !s.Resources.IsZero() {
+		p.Resources = ResourcesToProto(s.Resources)
 	}
 	for _, d := range s.Disks {
 		p.Disks = append(p.Disks, DiskToProto(d))
@@ -86,7 +100,10 @@ func SandboxToProto(s sandbox.Sandbox) *apiv1.Sandbox {
 
 // EventToProto renders an Event.
 func EventToProto(e sandbox.Event) *apiv1.SandboxEvent {
-	p := &apiv1.SandboxEvent{Time: timestamp(e.Time), Type: eventTypeToProto[e.Type], Sandbox: SandboxToProto(e.Sandbox)}
+	p := &apiv1.SandboxEvent{Time: timestamp(e.Time), Type: eventTypeToProto[e.Type], Group: e.Group}
+	if e.Group == "" {
+		p.Sandbox = SandboxToProto(e.Sandbox)
+	}
 	if e.Disk != nil {
 		p.Disk = DiskToProto(*e.Disk)
 	}

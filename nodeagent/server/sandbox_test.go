@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
+	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
@@ -223,6 +224,34 @@ func (f *fakeSandboxes) DetachDisk(_ context.Context, id, diskID string) (sandbo
 	b.Disks = kept
 	f.boxes[id] = b
 	return b, nil
+}
+
+func (f *fakeSandboxes) UpdateResources(_ context.Context, id string, r cgroup.Resources, qos map[string]sandbox.DiskQoS) (sandbox.Sandbox, error) {
+	if err := r.Validate(); err != nil {
+		return sandbox.Sandbox{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.boxes[id]
+	if !ok {
+		return sandbox.Sandbox{}, fmt.Errorf("sandbox %q: %w", id, errdefs.ErrNotFound)
+	}
+	b.Resources = b.Resources.With(r)
+	for i := range b.Disks {
+		if q, ok := qos[b.Disks[i].ID]; ok {
+			b.Disks[i].QoS = q
+		}
+	}
+	f.boxes[id] = b
+	return b, nil
+}
+
+func (f *fakeSandboxes) Stats(_ context.Context, id string) (sandbox.Stats, error) {
+	if _, err := f.lookup(id); err != nil {
+		return sandbox.Stats{}, err
+	}
+	return sandbox.Stats{Stats: cgroup.Stats{CPUUsage: time.Second, Pids: 3, IO: []cgroup.DeviceIOStats{{Major: 7, Minor: 1, ReadBytes: 10}}},
+		Cgroup: "/x/sandbox-" + id, Disks: map[string]sandbox.BlockStats{"data": {ReadBytes: 5}}}, nil
 }
 
 // startSandboxServer serves svc on a temporary unix socket and returns a
@@ -624,8 +653,8 @@ func TestSandboxToProto(t *testing.T) {
 		len(p.GetDisks()) != 2 || !p.GetDisks()[0].GetReadOnly() {
 		t.Errorf("SandboxToProto: %v", p)
 	}
-	if back := SpecFromProto(p.GetSpec()); !back.Equal(sb.Spec) {
-		t.Errorf("spec round trip: %+v", back)
+	if back, err := SpecFromProto(p.GetSpec()); err != nil || !back.Equal(sb.Spec) {
+		t.Errorf("spec round trip: %+v, %v", back, err)
 	}
 	for st := range sandboxStateToProto {
 		if SandboxToProto(sandbox.Sandbox{State: st}).GetState() == apiv1.Sandbox_STATE_UNSPECIFIED {
@@ -654,7 +683,11 @@ func FuzzSandboxSpec(f *testing.F) {
 			d.Source = &apiv1.Disk_Rbd{Rbd: &apiv1.RBDImage{Pool: pool, Image: image}}
 		}
 		p := &apiv1.SandboxSpec{Id: id, Vcpus: vcpus, MemoryMib: mem, Netns: netns, Disks: []*apiv1.Disk{d}}
-		spec := SpecFromProto(p).WithDefaults()
+		spec, err := SpecFromProto(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec = spec.WithDefaults()
 		if err := spec.Validate(); err != nil {
 			if !errors.Is(err, errdefs.ErrInvalidArgument) {
 				t.Fatalf("error %v is not InvalidArgument", err)
@@ -669,7 +702,7 @@ func FuzzSandboxSpec(f *testing.F) {
 		if err := proto.Unmarshal(b, &again); err != nil {
 			t.Fatal(err)
 		}
-		if back := SpecFromProto(&again); !back.Equal(spec) || back.Validate() != nil {
+		if back, err := SpecFromProto(&again); err != nil || !back.Equal(spec) || back.Validate() != nil {
 			t.Fatalf("round trip changed %+v into %+v", spec, back)
 		}
 	})

@@ -40,6 +40,7 @@ func SocketPath(flagValue string) string {
 type Client struct {
 	apiv1.ENIServiceClient
 	apiv1.SandboxServiceClient
+	apiv1.GroupServiceClient
 	conn   *grpc.ClientConn
 	socket string
 
@@ -73,6 +74,7 @@ func Dial(socket string) (*Client, error) {
 	c.conn = conn
 	c.ENIServiceClient = apiv1.NewENIServiceClient(conn)
 	c.SandboxServiceClient = apiv1.NewSandboxServiceClient(conn)
+	c.GroupServiceClient = apiv1.NewGroupServiceClient(conn)
 	return c, nil
 }
 

@@ -90,7 +90,7 @@ func (x Sandbox_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Sandbox_State.Descriptor instead.
 func (Sandbox_State) EnumDescriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{3, 0}
+	return file_sandbox_proto_rawDescGZIP(), []int{4, 0}
 }
 
 type SandboxEvent_Type int32
@@ -105,6 +105,9 @@ const (
 	SandboxEvent_DISK_DETACHED SandboxEvent_Type = 3
 	// The sandbox is gone; sandbox is its last state.
 	SandboxEvent_DELETED SandboxEvent_Type = 4
+	// The kernel's OOM killer killed in the cgroup of the sandbox, or of
+	// the host process group named by group (then sandbox is unset).
+	SandboxEvent_OOM_KILL SandboxEvent_Type = 5
 )
 
 // Enum value maps for SandboxEvent_Type.
@@ -115,6 +118,7 @@ var (
 		2: "DISK_ATTACHED",
 		3: "DISK_DETACHED",
 		4: "DELETED",
+		5: "OOM_KILL",
 	}
 	SandboxEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
@@ -122,6 +126,7 @@ var (
 		"DISK_ATTACHED":    2,
 		"DISK_DETACHED":    3,
 		"DELETED":          4,
+		"OOM_KILL":         5,
 	}
 )
 
@@ -149,7 +154,7 @@ func (x SandboxEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SandboxEvent_Type.Descriptor instead.
 func (SandboxEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{4, 0}
+	return file_sandbox_proto_rawDescGZIP(), []int{5, 0}
 }
 
 type SandboxLogsRequest_Source int32
@@ -201,7 +206,7 @@ func (x SandboxLogsRequest_Source) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SandboxLogsRequest_Source.Descriptor instead.
 func (SandboxLogsRequest_Source) EnumDescriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{19, 0}
+	return file_sandbox_proto_rawDescGZIP(), []int{22, 0}
 }
 
 // SandboxSpec is what the caller asks for.
@@ -217,7 +222,14 @@ type SandboxSpec struct {
 	// takes over; empty means no network.
 	Netns string `protobuf:"bytes,4,opt,name=netns,proto3" json:"netns,omitempty"`
 	// Disks attached at boot, in order.
-	Disks         []*Disk `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
+	Disks []*Disk `protobuf:"bytes,5,rep,name=disks,proto3" json:"disks,omitempty"`
+	// The sandbox's cgroup limits. Unset fields take the defaults: cpus =
+	// vcpus, memory = guest memory + the agent's overhead, pids 1024.
+	Resources *Resources `protobuf:"bytes,6,opt,name=resources,proto3" json:"resources,omitempty"`
+	// The cgroup the sandbox's own cgroup goes under, e.g. the pod's
+	// (/kubepods/burstable/pod<UID>), so that the kubelet accounts for the
+	// VM; empty: the agent's --cgroup-parent.
+	CgroupParent  string `protobuf:"bytes,7,opt,name=cgroup_parent,json=cgroupParent,proto3" json:"cgroup_parent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -287,6 +299,20 @@ func (x *SandboxSpec) GetDisks() []*Disk {
 	return nil
 }
 
+func (x *SandboxSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *SandboxSpec) GetCgroupParent() string {
+	if x != nil {
+		return x.CgroupParent
+	}
+	return ""
+}
+
 // Disk is a volume given to the guest as a virtio-blk device whose serial
 // is the disk's ID.
 type Disk struct {
@@ -298,8 +324,10 @@ type Disk struct {
 	//
 	//	*Disk_Path
 	//	*Disk_Rbd
-	Source        isDisk_Source `protobuf_oneof:"source"`
-	ReadOnly      bool          `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	Source   isDisk_Source `protobuf_oneof:"source"`
+	ReadOnly bool          `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
+	// Throttles QEMU applies to the disk (RBD disks included).
+	Qos           *DiskQoS `protobuf:"bytes,5,opt,name=qos,proto3" json:"qos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +401,13 @@ func (x *Disk) GetReadOnly() bool {
 	return false
 }
 
+func (x *Disk) GetQos() *DiskQoS {
+	if x != nil {
+		return x.Qos
+	}
+	return nil
+}
+
 type isDisk_Source interface {
 	isDisk_Source()
 }
@@ -391,6 +426,75 @@ func (*Disk_Path) isDisk_Source() {}
 
 func (*Disk_Rbd) isDisk_Source() {}
 
+// DiskQoS limits a sandbox disk inside QEMU; 0 means no limit.
+type DiskQoS struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ReadBps       uint64                 `protobuf:"varint,1,opt,name=read_bps,json=readBps,proto3" json:"read_bps,omitempty"`
+	WriteBps      uint64                 `protobuf:"varint,2,opt,name=write_bps,json=writeBps,proto3" json:"write_bps,omitempty"`
+	ReadIops      uint64                 `protobuf:"varint,3,opt,name=read_iops,json=readIops,proto3" json:"read_iops,omitempty"`
+	WriteIops     uint64                 `protobuf:"varint,4,opt,name=write_iops,json=writeIops,proto3" json:"write_iops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskQoS) Reset() {
+	*x = DiskQoS{}
+	mi := &file_sandbox_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskQoS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskQoS) ProtoMessage() {}
+
+func (x *DiskQoS) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskQoS.ProtoReflect.Descriptor instead.
+func (*DiskQoS) Descriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DiskQoS) GetReadBps() uint64 {
+	if x != nil {
+		return x.ReadBps
+	}
+	return 0
+}
+
+func (x *DiskQoS) GetWriteBps() uint64 {
+	if x != nil {
+		return x.WriteBps
+	}
+	return 0
+}
+
+func (x *DiskQoS) GetReadIops() uint64 {
+	if x != nil {
+		return x.ReadIops
+	}
+	return 0
+}
+
+func (x *DiskQoS) GetWriteIops() uint64 {
+	if x != nil {
+		return x.WriteIops
+	}
+	return 0
+}
+
 type RBDImage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
@@ -407,7 +511,7 @@ type RBDImage struct {
 
 func (x *RBDImage) Reset() {
 	*x = RBDImage{}
-	mi := &file_sandbox_proto_msgTypes[2]
+	mi := &file_sandbox_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -419,7 +523,7 @@ func (x *RBDImage) String() string {
 func (*RBDImage) ProtoMessage() {}
 
 func (x *RBDImage) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[2]
+	mi := &file_sandbox_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -432,7 +536,7 @@ func (x *RBDImage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RBDImage.ProtoReflect.Descriptor instead.
 func (*RBDImage) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{2}
+	return file_sandbox_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RBDImage) GetPool() string {
@@ -486,14 +590,18 @@ type Sandbox struct {
 	WorkDir   string                 `protobuf:"bytes,8,opt,name=work_dir,json=workDir,proto3" json:"work_dir,omitempty"`
 	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// When the guest agent first answered; unset until then.
-	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
+	ReadyAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
+	// The cgroup limits in force (the spec's, then updates).
+	Resources *Resources `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
+	// The sandbox's cgroup, as /proc/PID/cgroup shows it.
+	Cgroup        string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Sandbox) Reset() {
 	*x = Sandbox{}
-	mi := &file_sandbox_proto_msgTypes[3]
+	mi := &file_sandbox_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +613,7 @@ func (x *Sandbox) String() string {
 func (*Sandbox) ProtoMessage() {}
 
 func (x *Sandbox) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[3]
+	mi := &file_sandbox_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +626,7 @@ func (x *Sandbox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Sandbox.ProtoReflect.Descriptor instead.
 func (*Sandbox) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{3}
+	return file_sandbox_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Sandbox) GetSpec() *SandboxSpec {
@@ -591,20 +699,36 @@ func (x *Sandbox) GetReadyAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Sandbox) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *Sandbox) GetCgroup() string {
+	if x != nil {
+		return x.Cgroup
+	}
+	return ""
+}
+
 type SandboxEvent struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Time    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
 	Type    SandboxEvent_Type      `protobuf:"varint,2,opt,name=type,proto3,enum=nodeinfra.nodeagent.v1.SandboxEvent_Type" json:"type,omitempty"`
 	Sandbox *Sandbox               `protobuf:"bytes,3,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
 	// Set for DISK_ATTACHED and DISK_DETACHED.
-	Disk          *Disk `protobuf:"bytes,4,opt,name=disk,proto3" json:"disk,omitempty"`
+	Disk *Disk `protobuf:"bytes,4,opt,name=disk,proto3" json:"disk,omitempty"`
+	// Set for OOM_KILL in a host process group.
+	Group         string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SandboxEvent) Reset() {
 	*x = SandboxEvent{}
-	mi := &file_sandbox_proto_msgTypes[4]
+	mi := &file_sandbox_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -616,7 +740,7 @@ func (x *SandboxEvent) String() string {
 func (*SandboxEvent) ProtoMessage() {}
 
 func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[4]
+	mi := &file_sandbox_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -629,7 +753,7 @@ func (x *SandboxEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxEvent.ProtoReflect.Descriptor instead.
 func (*SandboxEvent) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{4}
+	return file_sandbox_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SandboxEvent) GetTime() *timestamppb.Timestamp {
@@ -660,6 +784,13 @@ func (x *SandboxEvent) GetDisk() *Disk {
 	return nil
 }
 
+func (x *SandboxEvent) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 type CreateSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Spec  *SandboxSpec           `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -671,7 +802,7 @@ type CreateSandboxRequest struct {
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_sandbox_proto_msgTypes[5]
+	mi := &file_sandbox_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +814,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[5]
+	mi := &file_sandbox_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +827,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{5}
+	return file_sandbox_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateSandboxRequest) GetSpec() *SandboxSpec {
@@ -725,7 +856,7 @@ type StopSandboxRequest struct {
 
 func (x *StopSandboxRequest) Reset() {
 	*x = StopSandboxRequest{}
-	mi := &file_sandbox_proto_msgTypes[6]
+	mi := &file_sandbox_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +868,7 @@ func (x *StopSandboxRequest) String() string {
 func (*StopSandboxRequest) ProtoMessage() {}
 
 func (x *StopSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[6]
+	mi := &file_sandbox_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +881,7 @@ func (x *StopSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSandboxRequest.ProtoReflect.Descriptor instead.
 func (*StopSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{6}
+	return file_sandbox_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StopSandboxRequest) GetId() string {
@@ -776,7 +907,7 @@ type DeleteSandboxRequest struct {
 
 func (x *DeleteSandboxRequest) Reset() {
 	*x = DeleteSandboxRequest{}
-	mi := &file_sandbox_proto_msgTypes[7]
+	mi := &file_sandbox_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +919,7 @@ func (x *DeleteSandboxRequest) String() string {
 func (*DeleteSandboxRequest) ProtoMessage() {}
 
 func (x *DeleteSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[7]
+	mi := &file_sandbox_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +932,7 @@ func (x *DeleteSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandboxRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{7}
+	return file_sandbox_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteSandboxRequest) GetId() string {
@@ -819,7 +950,7 @@ type DeleteSandboxResponse struct {
 
 func (x *DeleteSandboxResponse) Reset() {
 	*x = DeleteSandboxResponse{}
-	mi := &file_sandbox_proto_msgTypes[8]
+	mi := &file_sandbox_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +962,7 @@ func (x *DeleteSandboxResponse) String() string {
 func (*DeleteSandboxResponse) ProtoMessage() {}
 
 func (x *DeleteSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[8]
+	mi := &file_sandbox_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +975,7 @@ func (x *DeleteSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSandboxResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{8}
+	return file_sandbox_proto_rawDescGZIP(), []int{9}
 }
 
 type GetSandboxRequest struct {
@@ -856,7 +987,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_sandbox_proto_msgTypes[9]
+	mi := &file_sandbox_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +999,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[9]
+	mi := &file_sandbox_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +1012,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{9}
+	return file_sandbox_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetSandboxRequest) GetId() string {
@@ -899,7 +1030,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_sandbox_proto_msgTypes[10]
+	mi := &file_sandbox_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -911,7 +1042,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[10]
+	mi := &file_sandbox_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -924,7 +1055,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{10}
+	return file_sandbox_proto_rawDescGZIP(), []int{11}
 }
 
 type ListSandboxesResponse struct {
@@ -936,7 +1067,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_sandbox_proto_msgTypes[11]
+	mi := &file_sandbox_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1079,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[11]
+	mi := &file_sandbox_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1092,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{11}
+	return file_sandbox_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -980,7 +1111,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_sandbox_proto_msgTypes[12]
+	mi := &file_sandbox_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1123,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[12]
+	mi := &file_sandbox_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1136,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{12}
+	return file_sandbox_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchEventsRequest) GetIncludeCurrent() bool {
@@ -1031,7 +1162,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_sandbox_proto_msgTypes[13]
+	mi := &file_sandbox_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1174,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[13]
+	mi := &file_sandbox_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1187,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{13}
+	return file_sandbox_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecStart) GetSandboxId() string {
@@ -1101,7 +1232,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_sandbox_proto_msgTypes[14]
+	mi := &file_sandbox_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1244,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[14]
+	mi := &file_sandbox_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1257,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{14}
+	return file_sandbox_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecRequest) GetKind() isExecRequest_Kind {
@@ -1201,7 +1332,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_sandbox_proto_msgTypes[15]
+	mi := &file_sandbox_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1344,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[15]
+	mi := &file_sandbox_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1357,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{15}
+	return file_sandbox_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ExecResponse) GetKind() isExecResponse_Kind {
@@ -1298,7 +1429,7 @@ type ExitStatus struct {
 
 func (x *ExitStatus) Reset() {
 	*x = ExitStatus{}
-	mi := &file_sandbox_proto_msgTypes[16]
+	mi := &file_sandbox_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1310,7 +1441,7 @@ func (x *ExitStatus) String() string {
 func (*ExitStatus) ProtoMessage() {}
 
 func (x *ExitStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[16]
+	mi := &file_sandbox_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1323,7 +1454,7 @@ func (x *ExitStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitStatus.ProtoReflect.Descriptor instead.
 func (*ExitStatus) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{16}
+	return file_sandbox_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExitStatus) GetCode() int32 {
@@ -1350,7 +1481,7 @@ type AttachDiskRequest struct {
 
 func (x *AttachDiskRequest) Reset() {
 	*x = AttachDiskRequest{}
-	mi := &file_sandbox_proto_msgTypes[17]
+	mi := &file_sandbox_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1493,7 @@ func (x *AttachDiskRequest) String() string {
 func (*AttachDiskRequest) ProtoMessage() {}
 
 func (x *AttachDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[17]
+	mi := &file_sandbox_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1506,7 @@ func (x *AttachDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachDiskRequest.ProtoReflect.Descriptor instead.
 func (*AttachDiskRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{17}
+	return file_sandbox_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *AttachDiskRequest) GetSandboxId() string {
@@ -1402,7 +1533,7 @@ type DetachDiskRequest struct {
 
 func (x *DetachDiskRequest) Reset() {
 	*x = DetachDiskRequest{}
-	mi := &file_sandbox_proto_msgTypes[18]
+	mi := &file_sandbox_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1545,7 @@ func (x *DetachDiskRequest) String() string {
 func (*DetachDiskRequest) ProtoMessage() {}
 
 func (x *DetachDiskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[18]
+	mi := &file_sandbox_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1558,7 @@ func (x *DetachDiskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachDiskRequest.ProtoReflect.Descriptor instead.
 func (*DetachDiskRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{18}
+	return file_sandbox_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DetachDiskRequest) GetSandboxId() string {
@@ -1440,6 +1571,111 @@ func (x *DetachDiskRequest) GetSandboxId() string {
 func (x *DetachDiskRequest) GetDiskId() string {
 	if x != nil {
 		return x.DiskId
+	}
+	return ""
+}
+
+type UpdateSandboxResourcesRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Resources *Resources             `protobuf:"bytes,2,opt,name=resources,proto3" json:"resources,omitempty"`
+	// New QoS per disk ID; disks not named keep theirs.
+	DiskQos       map[string]*DiskQoS `protobuf:"bytes,3,rep,name=disk_qos,json=diskQos,proto3" json:"disk_qos,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSandboxResourcesRequest) Reset() {
+	*x = UpdateSandboxResourcesRequest{}
+	mi := &file_sandbox_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSandboxResourcesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSandboxResourcesRequest) ProtoMessage() {}
+
+func (x *UpdateSandboxResourcesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSandboxResourcesRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSandboxResourcesRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *UpdateSandboxResourcesRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateSandboxResourcesRequest) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *UpdateSandboxResourcesRequest) GetDiskQos() map[string]*DiskQoS {
+	if x != nil {
+		return x.DiskQos
+	}
+	return nil
+}
+
+type GetSandboxStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSandboxStatsRequest) Reset() {
+	*x = GetSandboxStatsRequest{}
+	mi := &file_sandbox_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSandboxStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSandboxStatsRequest) ProtoMessage() {}
+
+func (x *GetSandboxStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sandbox_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSandboxStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetSandboxStatsRequest) Descriptor() ([]byte, []int) {
+	return file_sandbox_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *GetSandboxStatsRequest) GetId() string {
+	if x != nil {
+		return x.Id
 	}
 	return ""
 }
@@ -1458,7 +1694,7 @@ type SandboxLogsRequest struct {
 
 func (x *SandboxLogsRequest) Reset() {
 	*x = SandboxLogsRequest{}
-	mi := &file_sandbox_proto_msgTypes[19]
+	mi := &file_sandbox_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1470,7 +1706,7 @@ func (x *SandboxLogsRequest) String() string {
 func (*SandboxLogsRequest) ProtoMessage() {}
 
 func (x *SandboxLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[19]
+	mi := &file_sandbox_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1483,7 +1719,7 @@ func (x *SandboxLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxLogsRequest.ProtoReflect.Descriptor instead.
 func (*SandboxLogsRequest) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{19}
+	return file_sandbox_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *SandboxLogsRequest) GetId() string {
@@ -1525,7 +1761,7 @@ type SandboxLogChunk struct {
 
 func (x *SandboxLogChunk) Reset() {
 	*x = SandboxLogChunk{}
-	mi := &file_sandbox_proto_msgTypes[20]
+	mi := &file_sandbox_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1773,7 @@ func (x *SandboxLogChunk) String() string {
 func (*SandboxLogChunk) ProtoMessage() {}
 
 func (x *SandboxLogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_sandbox_proto_msgTypes[20]
+	mi := &file_sandbox_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1786,7 @@ func (x *SandboxLogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SandboxLogChunk.ProtoReflect.Descriptor instead.
 func (*SandboxLogChunk) Descriptor() ([]byte, []int) {
-	return file_sandbox_proto_rawDescGZIP(), []int{20}
+	return file_sandbox_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SandboxLogChunk) GetData() []byte {
@@ -1564,25 +1800,34 @@ var File_sandbox_proto protoreflect.FileDescriptor
 
 const file_sandbox_proto_rawDesc = "" +
 	"\n" +
-	"\rsandbox.proto\x12\x16nodeinfra.nodeagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x01\n" +
+	"\rsandbox.proto\x12\x16nodeinfra.nodeagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x0fresources.proto\"\x82\x02\n" +
 	"\vSandboxSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\rR\x05vcpus\x12\x1d\n" +
 	"\n" +
 	"memory_mib\x18\x03 \x01(\rR\tmemoryMib\x12\x14\n" +
 	"\x05netns\x18\x04 \x01(\tR\x05netns\x122\n" +
-	"\x05disks\x18\x05 \x03(\v2\x1c.nodeinfra.nodeagent.v1.DiskR\x05disks\"\x89\x01\n" +
+	"\x05disks\x18\x05 \x03(\v2\x1c.nodeinfra.nodeagent.v1.DiskR\x05disks\x12?\n" +
+	"\tresources\x18\x06 \x01(\v2!.nodeinfra.nodeagent.v1.ResourcesR\tresources\x12#\n" +
+	"\rcgroup_parent\x18\a \x01(\tR\fcgroupParent\"\xbc\x01\n" +
 	"\x04Disk\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x04path\x18\x02 \x01(\tH\x00R\x04path\x124\n" +
 	"\x03rbd\x18\x03 \x01(\v2 .nodeinfra.nodeagent.v1.RBDImageH\x00R\x03rbd\x12\x1b\n" +
-	"\tread_only\x18\x04 \x01(\bR\breadOnlyB\b\n" +
-	"\x06source\"Z\n" +
+	"\tread_only\x18\x04 \x01(\bR\breadOnly\x121\n" +
+	"\x03qos\x18\x05 \x01(\v2\x1f.nodeinfra.nodeagent.v1.DiskQoSR\x03qosB\b\n" +
+	"\x06source\"}\n" +
+	"\aDiskQoS\x12\x19\n" +
+	"\bread_bps\x18\x01 \x01(\x04R\areadBps\x12\x1b\n" +
+	"\twrite_bps\x18\x02 \x01(\x04R\bwriteBps\x12\x1b\n" +
+	"\tread_iops\x18\x03 \x01(\x04R\breadIops\x12\x1d\n" +
+	"\n" +
+	"write_iops\x18\x04 \x01(\x04R\twriteIops\"Z\n" +
 	"\bRBDImage\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x12\n" +
 	"\x04user\x18\x03 \x01(\tR\x04user\x12\x10\n" +
-	"\x03key\x18\x04 \x01(\tR\x03key\"\xfe\x03\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\"\xd7\x04\n" +
 	"\aSandbox\x127\n" +
 	"\x04spec\x18\x01 \x01(\v2#.nodeinfra.nodeagent.v1.SandboxSpecR\x04spec\x12;\n" +
 	"\x05state\x18\x02 \x01(\x0e2%.nodeinfra.nodeagent.v1.Sandbox.StateR\x05state\x12\x16\n" +
@@ -1595,7 +1840,9 @@ const file_sandbox_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x125\n" +
 	"\bready_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\"^\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\x12?\n" +
+	"\tresources\x18\v \x01(\v2!.nodeinfra.nodeagent.v1.ResourcesR\tresources\x12\x16\n" +
+	"\x06cgroup\x18\f \x01(\tR\x06cgroup\"^\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bCREATING\x10\x01\x12\t\n" +
@@ -1603,18 +1850,20 @@ const file_sandbox_proto_rawDesc = "" +
 	"\bSTOPPING\x10\x03\x12\v\n" +
 	"\aSTOPPED\x10\x04\x12\n" +
 	"\n" +
-	"\x06FAILED\x10\x05\"\xc6\x02\n" +
+	"\x06FAILED\x10\x05\"\xea\x02\n" +
 	"\fSandboxEvent\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12=\n" +
 	"\x04type\x18\x02 \x01(\x0e2).nodeinfra.nodeagent.v1.SandboxEvent.TypeR\x04type\x129\n" +
 	"\asandbox\x18\x03 \x01(\v2\x1f.nodeinfra.nodeagent.v1.SandboxR\asandbox\x120\n" +
-	"\x04disk\x18\x04 \x01(\v2\x1c.nodeinfra.nodeagent.v1.DiskR\x04disk\"Z\n" +
+	"\x04disk\x18\x04 \x01(\v2\x1c.nodeinfra.nodeagent.v1.DiskR\x04disk\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\"h\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\t\n" +
 	"\x05STATE\x10\x01\x12\x11\n" +
 	"\rDISK_ATTACHED\x10\x02\x12\x11\n" +
 	"\rDISK_DETACHED\x10\x03\x12\v\n" +
-	"\aDELETED\x10\x04\"c\n" +
+	"\aDELETED\x10\x04\x12\f\n" +
+	"\bOOM_KILL\x10\x05\"c\n" +
 	"\x14CreateSandboxRequest\x127\n" +
 	"\x04spec\x18\x01 \x01(\v2#.nodeinfra.nodeagent.v1.SandboxSpecR\x04spec\x12\x12\n" +
 	"\x04wait\x18\x02 \x01(\bR\x04wait\"M\n" +
@@ -1659,7 +1908,16 @@ const file_sandbox_proto_rawDesc = "" +
 	"\x11DetachDiskRequest\x12\x1d\n" +
 	"\n" +
 	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x17\n" +
-	"\adisk_id\x18\x02 \x01(\tR\x06diskId\"\xdf\x01\n" +
+	"\adisk_id\x18\x02 \x01(\tR\x06diskId\"\xac\x02\n" +
+	"\x1dUpdateSandboxResourcesRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12?\n" +
+	"\tresources\x18\x02 \x01(\v2!.nodeinfra.nodeagent.v1.ResourcesR\tresources\x12]\n" +
+	"\bdisk_qos\x18\x03 \x03(\v2B.nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.DiskQosEntryR\adiskQos\x1a[\n" +
+	"\fDiskQosEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x125\n" +
+	"\x05value\x18\x02 \x01(\v2\x1f.nodeinfra.nodeagent.v1.DiskQoSR\x05value:\x028\x01\"(\n" +
+	"\x16GetSandboxStatsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xdf\x01\n" +
 	"\x12SandboxLogsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x1d\n" +
@@ -1671,7 +1929,7 @@ const file_sandbox_proto_rawDesc = "" +
 	"\aCONSOLE\x10\x01\x12\b\n" +
 	"\x04QEMU\x10\x02\"%\n" +
 	"\x0fSandboxLogChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data2\xd6\a\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xb2\t\n" +
 	"\x0eSandboxService\x12^\n" +
 	"\rCreateSandbox\x12,.nodeinfra.nodeagent.v1.CreateSandboxRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12Z\n" +
 	"\vStopSandbox\x12*.nodeinfra.nodeagent.v1.StopSandboxRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12l\n" +
@@ -1685,7 +1943,9 @@ const file_sandbox_proto_rawDesc = "" +
 	"AttachDisk\x12).nodeinfra.nodeagent.v1.AttachDiskRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12X\n" +
 	"\n" +
 	"DetachDisk\x12).nodeinfra.nodeagent.v1.DetachDiskRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12d\n" +
-	"\vSandboxLogs\x12*.nodeinfra.nodeagent.v1.SandboxLogsRequest\x1a'.nodeinfra.nodeagent.v1.SandboxLogChunk0\x01B7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
+	"\vSandboxLogs\x12*.nodeinfra.nodeagent.v1.SandboxLogsRequest\x1a'.nodeinfra.nodeagent.v1.SandboxLogChunk0\x01\x12p\n" +
+	"\x16UpdateSandboxResources\x125.nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest\x1a\x1f.nodeinfra.nodeagent.v1.Sandbox\x12h\n" +
+	"\x0fGetSandboxStats\x12..nodeinfra.nodeagent.v1.GetSandboxStatsRequest\x1a%.nodeinfra.nodeagent.v1.ResourceStatsB7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
 
 var (
 	file_sandbox_proto_rawDescOnce sync.Once
@@ -1700,77 +1960,93 @@ func file_sandbox_proto_rawDescGZIP() []byte {
 }
 
 var file_sandbox_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_sandbox_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_sandbox_proto_goTypes = []any{
-	(Sandbox_State)(0),             // 0: nodeinfra.nodeagent.v1.Sandbox.State
-	(SandboxEvent_Type)(0),         // 1: nodeinfra.nodeagent.v1.SandboxEvent.Type
-	(SandboxLogsRequest_Source)(0), // 2: nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
-	(*SandboxSpec)(nil),            // 3: nodeinfra.nodeagent.v1.SandboxSpec
-	(*Disk)(nil),                   // 4: nodeinfra.nodeagent.v1.Disk
-	(*RBDImage)(nil),               // 5: nodeinfra.nodeagent.v1.RBDImage
-	(*Sandbox)(nil),                // 6: nodeinfra.nodeagent.v1.Sandbox
-	(*SandboxEvent)(nil),           // 7: nodeinfra.nodeagent.v1.SandboxEvent
-	(*CreateSandboxRequest)(nil),   // 8: nodeinfra.nodeagent.v1.CreateSandboxRequest
-	(*StopSandboxRequest)(nil),     // 9: nodeinfra.nodeagent.v1.StopSandboxRequest
-	(*DeleteSandboxRequest)(nil),   // 10: nodeinfra.nodeagent.v1.DeleteSandboxRequest
-	(*DeleteSandboxResponse)(nil),  // 11: nodeinfra.nodeagent.v1.DeleteSandboxResponse
-	(*GetSandboxRequest)(nil),      // 12: nodeinfra.nodeagent.v1.GetSandboxRequest
-	(*ListSandboxesRequest)(nil),   // 13: nodeinfra.nodeagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),  // 14: nodeinfra.nodeagent.v1.ListSandboxesResponse
-	(*WatchEventsRequest)(nil),     // 15: nodeinfra.nodeagent.v1.WatchEventsRequest
-	(*ExecStart)(nil),              // 16: nodeinfra.nodeagent.v1.ExecStart
-	(*ExecRequest)(nil),            // 17: nodeinfra.nodeagent.v1.ExecRequest
-	(*ExecResponse)(nil),           // 18: nodeinfra.nodeagent.v1.ExecResponse
-	(*ExitStatus)(nil),             // 19: nodeinfra.nodeagent.v1.ExitStatus
-	(*AttachDiskRequest)(nil),      // 20: nodeinfra.nodeagent.v1.AttachDiskRequest
-	(*DetachDiskRequest)(nil),      // 21: nodeinfra.nodeagent.v1.DetachDiskRequest
-	(*SandboxLogsRequest)(nil),     // 22: nodeinfra.nodeagent.v1.SandboxLogsRequest
-	(*SandboxLogChunk)(nil),        // 23: nodeinfra.nodeagent.v1.SandboxLogChunk
-	(*timestamppb.Timestamp)(nil),  // 24: google.protobuf.Timestamp
+	(Sandbox_State)(0),                    // 0: nodeinfra.nodeagent.v1.Sandbox.State
+	(SandboxEvent_Type)(0),                // 1: nodeinfra.nodeagent.v1.SandboxEvent.Type
+	(SandboxLogsRequest_Source)(0),        // 2: nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
+	(*SandboxSpec)(nil),                   // 3: nodeinfra.nodeagent.v1.SandboxSpec
+	(*Disk)(nil),                          // 4: nodeinfra.nodeagent.v1.Disk
+	(*DiskQoS)(nil),                       // 5: nodeinfra.nodeagent.v1.DiskQoS
+	(*RBDImage)(nil),                      // 6: nodeinfra.nodeagent.v1.RBDImage
+	(*Sandbox)(nil),                       // 7: nodeinfra.nodeagent.v1.Sandbox
+	(*SandboxEvent)(nil),                  // 8: nodeinfra.nodeagent.v1.SandboxEvent
+	(*CreateSandboxRequest)(nil),          // 9: nodeinfra.nodeagent.v1.CreateSandboxRequest
+	(*StopSandboxRequest)(nil),            // 10: nodeinfra.nodeagent.v1.StopSandboxRequest
+	(*DeleteSandboxRequest)(nil),          // 11: nodeinfra.nodeagent.v1.DeleteSandboxRequest
+	(*DeleteSandboxResponse)(nil),         // 12: nodeinfra.nodeagent.v1.DeleteSandboxResponse
+	(*GetSandboxRequest)(nil),             // 13: nodeinfra.nodeagent.v1.GetSandboxRequest
+	(*ListSandboxesRequest)(nil),          // 14: nodeinfra.nodeagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),         // 15: nodeinfra.nodeagent.v1.ListSandboxesResponse
+	(*WatchEventsRequest)(nil),            // 16: nodeinfra.nodeagent.v1.WatchEventsRequest
+	(*ExecStart)(nil),                     // 17: nodeinfra.nodeagent.v1.ExecStart
+	(*ExecRequest)(nil),                   // 18: nodeinfra.nodeagent.v1.ExecRequest
+	(*ExecResponse)(nil),                  // 19: nodeinfra.nodeagent.v1.ExecResponse
+	(*ExitStatus)(nil),                    // 20: nodeinfra.nodeagent.v1.ExitStatus
+	(*AttachDiskRequest)(nil),             // 21: nodeinfra.nodeagent.v1.AttachDiskRequest
+	(*DetachDiskRequest)(nil),             // 22: nodeinfra.nodeagent.v1.DetachDiskRequest
+	(*UpdateSandboxResourcesRequest)(nil), // 23: nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest
+	(*GetSandboxStatsRequest)(nil),        // 24: nodeinfra.nodeagent.v1.GetSandboxStatsRequest
+	(*SandboxLogsRequest)(nil),            // 25: nodeinfra.nodeagent.v1.SandboxLogsRequest
+	(*SandboxLogChunk)(nil),               // 26: nodeinfra.nodeagent.v1.SandboxLogChunk
+	nil,                                   // 27: nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.DiskQosEntry
+	(*Resources)(nil),                     // 28: nodeinfra.nodeagent.v1.Resources
+	(*timestamppb.Timestamp)(nil),         // 29: google.protobuf.Timestamp
+	(*ResourceStats)(nil),                 // 30: nodeinfra.nodeagent.v1.ResourceStats
 }
 var file_sandbox_proto_depIdxs = []int32{
 	4,  // 0: nodeinfra.nodeagent.v1.SandboxSpec.disks:type_name -> nodeinfra.nodeagent.v1.Disk
-	5,  // 1: nodeinfra.nodeagent.v1.Disk.rbd:type_name -> nodeinfra.nodeagent.v1.RBDImage
-	3,  // 2: nodeinfra.nodeagent.v1.Sandbox.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
-	0,  // 3: nodeinfra.nodeagent.v1.Sandbox.state:type_name -> nodeinfra.nodeagent.v1.Sandbox.State
-	4,  // 4: nodeinfra.nodeagent.v1.Sandbox.disks:type_name -> nodeinfra.nodeagent.v1.Disk
-	24, // 5: nodeinfra.nodeagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	24, // 6: nodeinfra.nodeagent.v1.Sandbox.ready_at:type_name -> google.protobuf.Timestamp
-	24, // 7: nodeinfra.nodeagent.v1.SandboxEvent.time:type_name -> google.protobuf.Timestamp
-	1,  // 8: nodeinfra.nodeagent.v1.SandboxEvent.type:type_name -> nodeinfra.nodeagent.v1.SandboxEvent.Type
-	6,  // 9: nodeinfra.nodeagent.v1.SandboxEvent.sandbox:type_name -> nodeinfra.nodeagent.v1.Sandbox
-	4,  // 10: nodeinfra.nodeagent.v1.SandboxEvent.disk:type_name -> nodeinfra.nodeagent.v1.Disk
-	3,  // 11: nodeinfra.nodeagent.v1.CreateSandboxRequest.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
-	6,  // 12: nodeinfra.nodeagent.v1.ListSandboxesResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.Sandbox
-	16, // 13: nodeinfra.nodeagent.v1.ExecRequest.start:type_name -> nodeinfra.nodeagent.v1.ExecStart
-	19, // 14: nodeinfra.nodeagent.v1.ExecResponse.exit:type_name -> nodeinfra.nodeagent.v1.ExitStatus
-	4,  // 15: nodeinfra.nodeagent.v1.AttachDiskRequest.disk:type_name -> nodeinfra.nodeagent.v1.Disk
-	2,  // 16: nodeinfra.nodeagent.v1.SandboxLogsRequest.source:type_name -> nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
-	8,  // 17: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:input_type -> nodeinfra.nodeagent.v1.CreateSandboxRequest
-	9,  // 18: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:input_type -> nodeinfra.nodeagent.v1.StopSandboxRequest
-	10, // 19: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:input_type -> nodeinfra.nodeagent.v1.DeleteSandboxRequest
-	12, // 20: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:input_type -> nodeinfra.nodeagent.v1.GetSandboxRequest
-	13, // 21: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:input_type -> nodeinfra.nodeagent.v1.ListSandboxesRequest
-	15, // 22: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:input_type -> nodeinfra.nodeagent.v1.WatchEventsRequest
-	17, // 23: nodeinfra.nodeagent.v1.SandboxService.Exec:input_type -> nodeinfra.nodeagent.v1.ExecRequest
-	20, // 24: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:input_type -> nodeinfra.nodeagent.v1.AttachDiskRequest
-	21, // 25: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:input_type -> nodeinfra.nodeagent.v1.DetachDiskRequest
-	22, // 26: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:input_type -> nodeinfra.nodeagent.v1.SandboxLogsRequest
-	6,  // 27: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	6,  // 28: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	11, // 29: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:output_type -> nodeinfra.nodeagent.v1.DeleteSandboxResponse
-	6,  // 30: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	14, // 31: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:output_type -> nodeinfra.nodeagent.v1.ListSandboxesResponse
-	7,  // 32: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:output_type -> nodeinfra.nodeagent.v1.SandboxEvent
-	18, // 33: nodeinfra.nodeagent.v1.SandboxService.Exec:output_type -> nodeinfra.nodeagent.v1.ExecResponse
-	6,  // 34: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	6,  // 35: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
-	23, // 36: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:output_type -> nodeinfra.nodeagent.v1.SandboxLogChunk
-	27, // [27:37] is the sub-list for method output_type
-	17, // [17:27] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	28, // 1: nodeinfra.nodeagent.v1.SandboxSpec.resources:type_name -> nodeinfra.nodeagent.v1.Resources
+	6,  // 2: nodeinfra.nodeagent.v1.Disk.rbd:type_name -> nodeinfra.nodeagent.v1.RBDImage
+	5,  // 3: nodeinfra.nodeagent.v1.Disk.qos:type_name -> nodeinfra.nodeagent.v1.DiskQoS
+	3,  // 4: nodeinfra.nodeagent.v1.Sandbox.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
+	0,  // 5: nodeinfra.nodeagent.v1.Sandbox.state:type_name -> nodeinfra.nodeagent.v1.Sandbox.State
+	4,  // 6: nodeinfra.nodeagent.v1.Sandbox.disks:type_name -> nodeinfra.nodeagent.v1.Disk
+	29, // 7: nodeinfra.nodeagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	29, // 8: nodeinfra.nodeagent.v1.Sandbox.ready_at:type_name -> google.protobuf.Timestamp
+	28, // 9: nodeinfra.nodeagent.v1.Sandbox.resources:type_name -> nodeinfra.nodeagent.v1.Resources
+	29, // 10: nodeinfra.nodeagent.v1.SandboxEvent.time:type_name -> google.protobuf.Timestamp
+	1,  // 11: nodeinfra.nodeagent.v1.SandboxEvent.type:type_name -> nodeinfra.nodeagent.v1.SandboxEvent.Type
+	7,  // 12: nodeinfra.nodeagent.v1.SandboxEvent.sandbox:type_name -> nodeinfra.nodeagent.v1.Sandbox
+	4,  // 13: nodeinfra.nodeagent.v1.SandboxEvent.disk:type_name -> nodeinfra.nodeagent.v1.Disk
+	3,  // 14: nodeinfra.nodeagent.v1.CreateSandboxRequest.spec:type_name -> nodeinfra.nodeagent.v1.SandboxSpec
+	7,  // 15: nodeinfra.nodeagent.v1.ListSandboxesResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.Sandbox
+	17, // 16: nodeinfra.nodeagent.v1.ExecRequest.start:type_name -> nodeinfra.nodeagent.v1.ExecStart
+	20, // 17: nodeinfra.nodeagent.v1.ExecResponse.exit:type_name -> nodeinfra.nodeagent.v1.ExitStatus
+	4,  // 18: nodeinfra.nodeagent.v1.AttachDiskRequest.disk:type_name -> nodeinfra.nodeagent.v1.Disk
+	28, // 19: nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.resources:type_name -> nodeinfra.nodeagent.v1.Resources
+	27, // 20: nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.disk_qos:type_name -> nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.DiskQosEntry
+	2,  // 21: nodeinfra.nodeagent.v1.SandboxLogsRequest.source:type_name -> nodeinfra.nodeagent.v1.SandboxLogsRequest.Source
+	5,  // 22: nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest.DiskQosEntry.value:type_name -> nodeinfra.nodeagent.v1.DiskQoS
+	9,  // 23: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:input_type -> nodeinfra.nodeagent.v1.CreateSandboxRequest
+	10, // 24: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:input_type -> nodeinfra.nodeagent.v1.StopSandboxRequest
+	11, // 25: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:input_type -> nodeinfra.nodeagent.v1.DeleteSandboxRequest
+	13, // 26: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:input_type -> nodeinfra.nodeagent.v1.GetSandboxRequest
+	14, // 27: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:input_type -> nodeinfra.nodeagent.v1.ListSandboxesRequest
+	16, // 28: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:input_type -> nodeinfra.nodeagent.v1.WatchEventsRequest
+	18, // 29: nodeinfra.nodeagent.v1.SandboxService.Exec:input_type -> nodeinfra.nodeagent.v1.ExecRequest
+	21, // 30: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:input_type -> nodeinfra.nodeagent.v1.AttachDiskRequest
+	22, // 31: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:input_type -> nodeinfra.nodeagent.v1.DetachDiskRequest
+	25, // 32: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:input_type -> nodeinfra.nodeagent.v1.SandboxLogsRequest
+	23, // 33: nodeinfra.nodeagent.v1.SandboxService.UpdateSandboxResources:input_type -> nodeinfra.nodeagent.v1.UpdateSandboxResourcesRequest
+	24, // 34: nodeinfra.nodeagent.v1.SandboxService.GetSandboxStats:input_type -> nodeinfra.nodeagent.v1.GetSandboxStatsRequest
+	7,  // 35: nodeinfra.nodeagent.v1.SandboxService.CreateSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	7,  // 36: nodeinfra.nodeagent.v1.SandboxService.StopSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	12, // 37: nodeinfra.nodeagent.v1.SandboxService.DeleteSandbox:output_type -> nodeinfra.nodeagent.v1.DeleteSandboxResponse
+	7,  // 38: nodeinfra.nodeagent.v1.SandboxService.GetSandbox:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	15, // 39: nodeinfra.nodeagent.v1.SandboxService.ListSandboxes:output_type -> nodeinfra.nodeagent.v1.ListSandboxesResponse
+	8,  // 40: nodeinfra.nodeagent.v1.SandboxService.WatchEvents:output_type -> nodeinfra.nodeagent.v1.SandboxEvent
+	19, // 41: nodeinfra.nodeagent.v1.SandboxService.Exec:output_type -> nodeinfra.nodeagent.v1.ExecResponse
+	7,  // 42: nodeinfra.nodeagent.v1.SandboxService.AttachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	7,  // 43: nodeinfra.nodeagent.v1.SandboxService.DetachDisk:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	26, // 44: nodeinfra.nodeagent.v1.SandboxService.SandboxLogs:output_type -> nodeinfra.nodeagent.v1.SandboxLogChunk
+	7,  // 45: nodeinfra.nodeagent.v1.SandboxService.UpdateSandboxResources:output_type -> nodeinfra.nodeagent.v1.Sandbox
+	30, // 46: nodeinfra.nodeagent.v1.SandboxService.GetSandboxStats:output_type -> nodeinfra.nodeagent.v1.ResourceStats
+	35, // [35:47] is the sub-list for method output_type
+	23, // [23:35] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_sandbox_proto_init() }
@@ -1778,16 +2054,17 @@ func file_sandbox_proto_init() {
 	if File_sandbox_proto != nil {
 		return
 	}
+	file_resources_proto_init()
 	file_sandbox_proto_msgTypes[1].OneofWrappers = []any{
 		(*Disk_Path)(nil),
 		(*Disk_Rbd)(nil),
 	}
-	file_sandbox_proto_msgTypes[14].OneofWrappers = []any{
+	file_sandbox_proto_msgTypes[15].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_CloseStdin)(nil),
 	}
-	file_sandbox_proto_msgTypes[15].OneofWrappers = []any{
+	file_sandbox_proto_msgTypes[16].OneofWrappers = []any{
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
@@ -1798,7 +2075,7 @@ func file_sandbox_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sandbox_proto_rawDesc), len(file_sandbox_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,16 +30,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	SandboxService_CreateSandbox_FullMethodName = "/nodeinfra.nodeagent.v1.SandboxService/CreateSandbox"
-	SandboxService_StopSandbox_FullMethodName   = "/nodeinfra.nodeagent.v1.SandboxService/StopSandbox"
-	SandboxService_DeleteSandbox_FullMethodName = "/nodeinfra.nodeagent.v1.SandboxService/DeleteSandbox"
-	SandboxService_GetSandbox_FullMethodName    = "/nodeinfra.nodeagent.v1.SandboxService/GetSandbox"
-	SandboxService_ListSandboxes_FullMethodName = "/nodeinfra.nodeagent.v1.SandboxService/ListSandboxes"
-	SandboxService_WatchEvents_FullMethodName   = "/nodeinfra.nodeagent.v1.SandboxService/WatchEvents"
-	SandboxService_Exec_FullMethodName          = "/nodeinfra.nodeagent.v1.SandboxService/Exec"
-	SandboxService_AttachDisk_FullMethodName    = "/nodeinfra.nodeagent.v1.SandboxService/AttachDisk"
-	SandboxService_DetachDisk_FullMethodName    = "/nodeinfra.nodeagent.v1.SandboxService/DetachDisk"
-	SandboxService_SandboxLogs_FullMethodName   = "/nodeinfra.nodeagent.v1.SandboxService/SandboxLogs"
+	SandboxService_CreateSandbox_FullMethodName          = "/nodeinfra.nodeagent.v1.SandboxService/CreateSandbox"
+	SandboxService_StopSandbox_FullMethodName            = "/nodeinfra.nodeagent.v1.SandboxService/StopSandbox"
+	SandboxService_DeleteSandbox_FullMethodName          = "/nodeinfra.nodeagent.v1.SandboxService/DeleteSandbox"
+	SandboxService_GetSandbox_FullMethodName             = "/nodeinfra.nodeagent.v1.SandboxService/GetSandbox"
+	SandboxService_ListSandboxes_FullMethodName          = "/nodeinfra.nodeagent.v1.SandboxService/ListSandboxes"
+	SandboxService_WatchEvents_FullMethodName            = "/nodeinfra.nodeagent.v1.SandboxService/WatchEvents"
+	SandboxService_Exec_FullMethodName                   = "/nodeinfra.nodeagent.v1.SandboxService/Exec"
+	SandboxService_AttachDisk_FullMethodName             = "/nodeinfra.nodeagent.v1.SandboxService/AttachDisk"
+	SandboxService_DetachDisk_FullMethodName             = "/nodeinfra.nodeagent.v1.SandboxService/DetachDisk"
+	SandboxService_SandboxLogs_FullMethodName            = "/nodeinfra.nodeagent.v1.SandboxService/SandboxLogs"
+	SandboxService_UpdateSandboxResources_FullMethodName = "/nodeinfra.nodeagent.v1.SandboxService/UpdateSandboxResources"
+	SandboxService_GetSandboxStats_FullMethodName        = "/nodeinfra.nodeagent.v1.SandboxService/GetSandboxStats"
 )
 
 // SandboxServiceClient is the client API for SandboxService service.
@@ -96,6 +98,13 @@ type SandboxServiceClient interface {
 	// after the sandbox stops or fails, until it is deleted. NotFound for an
 	// unknown sandbox; InvalidArgument for an unknown source.
 	SandboxLogs(ctx context.Context, in *SandboxLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SandboxLogChunk], error)
+	// UpdateSandboxResources changes a running sandbox's cgroup limits and
+	// its disks' QoS live, all or none of them. NotFound for an unknown
+	// sandbox or disk; FailedPrecondition when its QEMU is not running.
+	UpdateSandboxResources(ctx context.Context, in *UpdateSandboxResourcesRequest, opts ...grpc.CallOption) (*Sandbox, error)
+	// GetSandboxStats reads what the kernel accounts for the sandbox's
+	// cgroup, and QEMU's IO per disk (io lists the disks by ID).
+	GetSandboxStats(ctx context.Context, in *GetSandboxStatsRequest, opts ...grpc.CallOption) (*ResourceStats, error)
 }
 
 type sandboxServiceClient struct {
@@ -227,6 +236,26 @@ func (c *sandboxServiceClient) SandboxLogs(ctx context.Context, in *SandboxLogsR
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SandboxService_SandboxLogsClient = grpc.ServerStreamingClient[SandboxLogChunk]
 
+func (c *sandboxServiceClient) UpdateSandboxResources(ctx context.Context, in *UpdateSandboxResourcesRequest, opts ...grpc.CallOption) (*Sandbox, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Sandbox)
+	err := c.cc.Invoke(ctx, SandboxService_UpdateSandboxResources_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *sandboxServiceClient) GetSandboxStats(ctx context.Context, in *GetSandboxStatsRequest, opts ...grpc.CallOption) (*ResourceStats, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResourceStats)
+	err := c.cc.Invoke(ctx, SandboxService_GetSandboxStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SandboxServiceServer is the server API for SandboxService service.
 // All implementations must embed UnimplementedSandboxServiceServer
 // for forward compatibility.
@@ -281,6 +310,13 @@ type SandboxServiceServer interface {
 	// after the sandbox stops or fails, until it is deleted. NotFound for an
 	// unknown sandbox; InvalidArgument for an unknown source.
 	SandboxLogs(*SandboxLogsRequest, grpc.ServerStreamingServer[SandboxLogChunk]) error
+	// UpdateSandboxResources changes a running sandbox's cgroup limits and
+	// its disks' QoS live, all or none of them. NotFound for an unknown
+	// sandbox or disk; FailedPrecondition when its QEMU is not running.
+	UpdateSandboxResources(context.Context, *UpdateSandboxResourcesRequest) (*Sandbox, error)
+	// GetSandboxStats reads what the kernel accounts for the sandbox's
+	// cgroup, and QEMU's IO per disk (io lists the disks by ID).
+	GetSandboxStats(context.Context, *GetSandboxStatsRequest) (*ResourceStats, error)
 	mustEmbedUnimplementedSandboxServiceServer()
 }
 
@@ -320,6 +356,12 @@ func (UnimplementedSandboxServiceServer) DetachDisk(context.Context, *DetachDisk
 }
 func (UnimplementedSandboxServiceServer) SandboxLogs(*SandboxLogsRequest, grpc.ServerStreamingServer[SandboxLogChunk]) error {
 	return status.Error(codes.Unimplemented, "method SandboxLogs not implemented")
+}
+func (UnimplementedSandboxServiceServer) UpdateSandboxResources(context.Context, *UpdateSandboxResourcesRequest) (*Sandbox, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateSandboxResources not implemented")
+}
+func (UnimplementedSandboxServiceServer) GetSandboxStats(context.Context, *GetSandboxStatsRequest) (*ResourceStats, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSandboxStats not implemented")
 }
 func (UnimplementedSandboxServiceServer) mustEmbedUnimplementedSandboxServiceServer() {}
 func (UnimplementedSandboxServiceServer) testEmbeddedByValue()                        {}
@@ -497,6 +539,42 @@ func _SandboxService_SandboxLogs_Handler(srv interface{}, stream grpc.ServerStre
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SandboxService_SandboxLogsServer = grpc.ServerStreamingServer[SandboxLogChunk]
 
+func _SandboxService_UpdateSandboxResources_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateSandboxResourcesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).UpdateSandboxResources(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_UpdateSandboxResources_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).UpdateSandboxResources(ctx, req.(*UpdateSandboxResourcesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SandboxService_GetSandboxStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSandboxStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SandboxServiceServer).GetSandboxStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SandboxService_GetSandboxStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SandboxServiceServer).GetSandboxStats(ctx, req.(*GetSandboxStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SandboxService_ServiceDesc is the grpc.ServiceDesc for SandboxService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -531,6 +609,14 @@ var SandboxService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DetachDisk",
 			Handler:    _SandboxService_DetachDisk_Handler,
+		},
+		{
+			MethodName: "UpdateSandboxResources",
+			Handler:    _SandboxService_UpdateSandboxResources_Handler,
+		},
+		{
+			MethodName: "GetSandboxStats",
+			Handler:    _SandboxService_GetSandboxStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
