@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,20 +37,23 @@ func (e *env) cpuOver(id string, d time.Duration) (float64, *apiv1.ResourceStats
 	return float64(s1.CpuUsageNs-s0.CpuUsageNs) / float64(time.Since(t0).Nanoseconds()), s1
 }
 
-// readRate reads n MiB of the guest's disk from offset MiB (direct, in
-// 64 KiB blocks, past anything read before so that no cache answers)
-// and returns the rate seen from the host, in bytes per second.
+// readRate reads n MiB of the guest's disk from offset MiB (in 64 KiB
+// blocks, past anything read before so that no cache answers) and
+// returns the rate the guest saw (busybox time -p around dd), in bytes
+// per second.
 func (e *env) readRate(id, disk string, offsetMiB, n int) float64 {
 	e.t.Helper()
-	read := func(blocks int) time.Duration {
-		start := time.Now()
-		e.sh(id, findDisk+fmt.Sprintf("dev=$(find_disk %s) || exit 1; dd if=$dev of=/dev/null bs=65536 skip=%d count=%d 2>/dev/null", disk, offsetMiB*16, blocks))
-		return time.Since(start)
+	_, errOut, rc := e.exec(id, "", "sh", "-c", findDisk+fmt.Sprintf("dev=$(find_disk %s) || exit 1; time -p sh -c 'dd if=$0 of=/dev/null bs=65536 skip=%d count=%d 2>/dev/null' $dev", disk, offsetMiB*16, n*16))
+	var secs float64
+	for _, l := range strings.Split(errOut, "\n") {
+		if v, ok := strings.CutPrefix(l, "real "); ok {
+			secs, _ = strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
 	}
-	// The same exec reading nothing: what the exec itself costs under
-	// TCG, taken off.
-	base := read(0)
-	return float64(n<<20) / (read(n*16) - base).Seconds()
+	if rc != 0 || secs <= 0 {
+		e.t.Fatalf("read %s in %s: exit %d: %s", disk, id, rc, errOut)
+	}
+	return float64(n<<20) / secs
 }
 
 // A sandbox's CPU quota and its disk's QoS hold, and change live; stats
@@ -67,7 +71,8 @@ func TestSandboxResources(t *testing.T) {
 	}
 	podCgroup := "/nodeinfra-e2e-pod-" + randHex(4)
 	t.Cleanup(func() {
-		// After the sandboxes are deleted (their own cgroups went with them).
+		// The sandbox first (its cgroup goes with it), then the pod's.
+		_, _ = e.cl.DeleteSandbox(context.Background(), &apiv1.DeleteSandboxRequest{Id: "vm-quota"})
 		if left, err := removeCgroupParent(podCgroup); err != nil || len(left) > 0 {
 			t.Errorf("pod cgroup %s: left %v, %v", podCgroup, left, err)
 		}
@@ -148,6 +153,28 @@ func TestSandboxResources(t *testing.T) {
 		}
 		if !seen || st.MemoryBytes == 0 || st.Pids == 0 || st.MemoryLimitBytes == 0 || st.Cgroup != s.Cgroup {
 			t.Errorf("stats: %v", st)
+		}
+	})
+
+	t.Run("hot-plug qos", func(t *testing.T) {
+		extra := filepath.Join(t.TempDir(), "extra.img")
+		if err := os.WriteFile(extra, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(extra, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.cl.AttachDisk(e.ctx, &apiv1.AttachDiskRequest{SandboxId: "vm-quota",
+			Disk: &apiv1.Disk{Id: "extra", Source: &apiv1.Disk_Path{Path: extra}, Qos: &apiv1.DiskQoS{ReadBps: rate}}}); err != nil {
+			t.Fatal(err)
+		}
+		got := e.readRate("vm-quota", "extra", 0, 12)
+		t.Logf("hot-plugged disk throttled to %d MiB/s: %.2f MiB/s", rate>>20, got/(1<<20))
+		if got < rate*0.85 || got > rate*1.15 {
+			t.Errorf("read at %.2f MiB/s on a hot-plugged disk throttled to %d MiB/s", got/(1<<20), rate>>20)
+		}
+		if _, err := e.cl.DetachDisk(e.ctx, &apiv1.DetachDiskRequest{SandboxId: "vm-quota", DiskId: "extra"}); err != nil {
+			t.Fatal(err)
 		}
 	})
 
@@ -324,5 +351,66 @@ func TestHostGroupOOMEvent(t *testing.T) {
 	e.CLI("group", "delete", "hog")
 	if out := e.CLI("group", "list"); strings.Contains(out, "hog") {
 		t.Errorf("group left: %q", out)
+	}
+}
+
+// A guest that outgrows its sandbox's memory limit has its QEMU killed by
+// the OOM killer: the sandbox is Failed and the kill arrives on
+// WatchEvents.
+func TestSandboxOOMEvent(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	events, err := e.cl.WatchEvents(ctx, &apiv1.WatchEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := events.Header(); err != nil {
+		t.Fatal(err)
+	}
+	e.create(&apiv1.SandboxSpec{Id: "vm-oom"})
+	st, err := e.cl.GetSandboxStats(e.ctx, &apiv1.GetSandboxStatsRequest{Id: "vm-oom"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := int64(st.MemoryBytes) + 16<<20
+	if _, err := e.cl.UpdateSandboxResources(e.ctx, &apiv1.UpdateSandboxResourcesRequest{Id: "vm-oom", Resources: &apiv1.Resources{MemoryBytes: &limit}}); err != nil {
+		t.Fatal(err)
+	}
+	// The guest fills its RAM-backed root: QEMU's memfd grows past the limit.
+	// Its exec ends with the guest: no answer to wait for.
+	fill, err := e.cl.Exec(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fill.Send(&apiv1.ExecRequest{Kind: &apiv1.ExecRequest_Start{Start: &apiv1.ExecStart{SandboxId: "vm-oom",
+		Argv: []string{"sh", "-c", "dd if=/dev/zero of=/fill bs=1048576 count=110"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(60 * time.Second)
+	for {
+		got := make(chan *apiv1.SandboxEvent, 1)
+		go func() {
+			ev, err := events.Recv()
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- ev
+		}()
+		select {
+		case ev, ok := <-got:
+			if !ok {
+				t.Fatal("watch ended")
+			}
+			if ev.Type == apiv1.SandboxEvent_OOM_KILL && ev.GetSandbox().GetSpec().GetId() == "vm-oom" {
+				t.Logf("OOM_KILL of sandbox vm-oom at %s", ev.Time.AsTime().Format(time.StampMilli))
+				s := e.waitState("vm-oom", apiv1.Sandbox_FAILED, 10*time.Second)
+				t.Logf("sandbox: %s (%s)", s.State, s.Reason)
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no OOM_KILL event; sandbox %v", e.get("vm-oom"))
+		}
 	}
 }
