@@ -3,6 +3,8 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/bin
 TOOLS := $(CURDIR)/.tools
+# Debian's promtool (bookworm's prometheus 2.42), unpacked from its package.
+PROMTOOL := $(TOOLS)/bin/promtool-2.42
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/nodeinfra/nodeinfra/pkg/version.Version=$(VERSION)
 
@@ -52,7 +54,7 @@ lint:
 # Unit tests and the e2e tests on real namespaces, a real Ceph cluster
 # (one for the whole run) and the built binaries.
 test: prereqs lint build tools
-	NODEINFRA_CSI_SANITY=$(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) ./e2e/run-tests.sh $(BIN)
+	NODEINFRA_CSI_SANITY=$(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) NODEINFRA_PROMTOOL=$(PROMTOOL) ./e2e/run-tests.sh $(BIN)
 
 # The sandbox guest kernel (tinyconfig + nodeagent/guest/kernel/guest.config,
 # from Debian's linux-source-6.1), cached under /var/cache/nodeinfra/kernel.
@@ -62,6 +64,7 @@ guest-kernel:
 # Test tools built from their Go modules at pinned versions.
 tools:
 	@mkdir -p $(TOOLS)/bin
+	@./e2e/setup/promtool.sh $(PROMTOOL)
 	@test -x $(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION) || { \
 		GOBIN=$(TOOLS)/cs $(GO) install github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity@$(CSI_SANITY_VERSION) && \
 		mv $(TOOLS)/cs/csi-sanity $(TOOLS)/bin/csi-sanity-$(CSI_SANITY_VERSION); }

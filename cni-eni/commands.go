@@ -162,7 +162,7 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	// identifies the link in the pod, read before the pod's containers
 	// run; DEL moves back nothing else, so ADD fails without it.
 	if _, err := c.agent.ConfirmAttach(c.ctx, &apiv1.ConfirmAttachRequest{
-		ContainerId: args.ContainerID, Ifname: args.IfName, AddDurationNano: int64(time.Since(c.start)),
+		ContainerId: args.ContainerID, Ifname: args.IfName,
 		Link: eniconfig.IdentityToProto(link),
 	}); err != nil {
 		return c.agentError("confirm attachment", err)
@@ -266,7 +266,7 @@ func (c *call) detach(containerID, ifname, netnsHint string) error {
 		return err
 	}
 	dresp, err := c.agent.Detach(c.ctx, &apiv1.DetachRequest{
-		ContainerId: containerID, Ifname: ifname, DelDurationNano: int64(time.Since(c.start)),
+		ContainerId: containerID, Ifname: ifname,
 	})
 	if err != nil {
 		return c.agentError("detach ENI", err)

@@ -12,9 +12,9 @@ import (
 
 func main() {
 	skel.PluginMainFuncs(skel.CNIFuncs{
-		Add:    cmdAdd,
-		Del:    cmdDel,
-		Check:  cmdCheck,
+		Add:    reported("ADD", cmdAdd),
+		Del:    reported("DEL", cmdDel),
+		Check:  reported("CHECK", cmdCheck),
 		GC:     cmdGC,
 		Status: cmdStatus,
 	}, version.PluginSupports("1.0.0", "1.1.0"), "cni-eni "+ver.Version+": moves the pod's ENI into its network namespace")

@@ -4,7 +4,6 @@ package manifests
 
 import (
 	"fmt"
-	"net"
 	"path"
 	"slices"
 	"strconv"
@@ -172,9 +171,11 @@ func TestNodeagentDaemonSet(t *testing.T) {
 		if !ok || a == "" {
 			continue
 		}
-		_, port, err := net.SplitHostPort(a)
-		if err != nil {
-			t.Errorf("%s: --%s %q: %v", who, name, a, err)
+		// The host may be a $(VAR) from the downward API (the node's IP).
+		i := strings.LastIndex(a, ":")
+		port := a[i+1:]
+		if _, err := strconv.Atoi(port); i < 0 || err != nil {
+			t.Errorf("%s: --%s %q: want HOST:PORT", who, name, a)
 			continue
 		}
 		for _, p := range c.Ports {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -586,20 +587,48 @@ func TestMetrics(t *testing.T) {
 	if err := e.rt.Del(e.ctx, p, true); err != nil {
 		t.Fatal(err)
 	}
+	// A pod without an assignment: its ADD fails with the plugin's 100.
+	if _, err := e.rt.Add(e.ctx, e.Pod("default", "stray")); err == nil {
+		t.Fatal("ADD of a pod without an ENI succeeded")
+	}
+	// Pods assigned that hold no ENI are pending: one assigned to the VPC
+	// and "measured", whose ENI went back at its DEL.
+	e.CLI("eni", "assign", "default/waiting", "--vpc", "vpc-m")
 	_, body, err := httpGet(e.Fabric.Node, "http://"+e.Agent.MetricsAddr+"/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"nodeagent_cni_add_duration_seconds_count 1",
-		"nodeagent_cni_del_duration_seconds_count 1",
+		`nodeagent_cni_duration_seconds_count{code="0",command="ADD"} 1`,
+		`nodeagent_cni_duration_seconds_count{code="0",command="DEL"} 1`,
+		`nodeagent_cni_duration_seconds_count{code="100",command="ADD"} 1`,
 		`nodeagent_eni_pool_size{state="free",vpc="vpc-m"} 2`,
 		`nodeagent_eni_pool_size{state="attached",vpc="vpc-m"} 0`,
+		`nodeagent_eni_assignments_pending{vpc="vpc-m"} 2`,
+		`grpc_server_handled_total{grpc_code="OK",grpc_method="ConfirmAttach",grpc_service="nodeinfra.nodeagent.v1.ENIService",grpc_type="unary"} 1`,
+		`grpc_server_handled_total{grpc_code="NotFound",grpc_method="Attach",grpc_service="nodeinfra.nodeagent.v1.ENIService",grpc_type="unary"} 1`,
+		`grpc_server_handling_seconds_bucket{grpc_method="Detach"`,
+		`nodeagent_build_info{accel=`,
+		`nodeagent_reconcile_runs_total{outcome="ok"}`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+	if t.Failed() {
+		t.Logf("scrape:\n%s", grepLines(body, "nodeagent_cni|grpc_server_handled|nodeagent_eni"))
+	}
+}
+
+// grepLines keeps the lines of s that match the regexp re.
+func grepLines(s, re string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if ok, _ := regexp.MatchString(re, l); ok {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
 
 // The plugin binary itself, run as a runtime would, on bad input.

@@ -41,7 +41,7 @@ type Agent struct {
 // (a later --reconcile-interval overrides the tests' 1s).
 func StartAgent(bin string, node ns.NetNS, dir string, extra ...string) (*Agent, error) {
 	a := &Agent{Bin: bin, Dir: dir, Socket: filepath.Join(dir, "agent.sock"), StateDir: filepath.Join(dir, "state"),
-		MetricsAddr: "127.0.0.1:9808", ProbeAddr: "127.0.0.1:9807", Node: node, Extra: extra}
+		MetricsAddr: "127.0.0.1:9842", ProbeAddr: "127.0.0.1:9807", Node: node, Extra: extra}
 	if node == nil { // fixed ports would collide with other agents
 		a.MetricsAddr, a.ProbeAddr = "", ""
 	}

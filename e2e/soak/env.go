@@ -29,7 +29,7 @@ import (
 // The agent's metrics endpoint inside the node namespace (each run has a
 // node namespace of its own, so the fixed port collides with nobody).
 const (
-	metricsAddr = "127.0.0.1:9808"
+	metricsAddr = "127.0.0.1:9842"
 	probeAddr   = "127.0.0.1:9807"
 )
 

@@ -69,7 +69,7 @@ Exit status: 0 on success, 1 when the agent refuses or cannot be reached,
 	group(root, "command")
 	root.PersistentFlags().StringVar(&a.socket, "socket", agentclient.SocketPath(""),
 		"the agent's unix socket ($"+agentclient.EnvSocket+" sets the default)")
-	root.AddCommand(a.eniCmd(), a.attachmentsCmd(), a.statusCmd(), a.probeCmd(), a.sandboxCmd(), a.groupCmd(), versionCmd())
+	root.AddCommand(a.eniCmd(), a.attachmentsCmd(), a.statusCmd(), a.checkCmd(), a.probeCmd(), a.sandboxCmd(), a.groupCmd(), versionCmd())
 	return root
 }
 

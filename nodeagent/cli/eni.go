@@ -239,6 +239,17 @@ func (a *app) statusCmd() *cobra.Command {
 					}
 					fmt.Fprintf(w, "sandboxes: accel %s, cgroups %s; %s\n", accel, cg, strings.Join(states, ", "))
 				}
+				// ENIs by state, in total then per VPC; attached counts
+				// those being attached too.
+				var free, attached, missing uint32
+				for _, p := range resp.GetPools() {
+					free, attached, missing = free+p.GetFree(), attached+p.GetAttached(), missing+p.GetMissing()
+				}
+				if len(resp.GetPools()) == 0 {
+					_, err := fmt.Fprintln(w, "enis: none registered")
+					return err
+				}
+				fmt.Fprintf(w, "enis: free %d, attached %d, missing %d\n", free, attached, missing)
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "VPC\tFREE\tATTACHED\tMISSING")
 				for _, p := range resp.GetPools() {

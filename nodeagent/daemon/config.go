@@ -78,7 +78,7 @@ func DefaultConfig() Config {
 	return Config{
 		Socket:            agentclient.DefaultSocket,
 		StateDir:          "/var/lib/nodeagent",
-		MetricsAddr:       "127.0.0.1:9808",
+		MetricsAddr:       "127.0.0.1:9842",
 		ProbeAddr:         "127.0.0.1:9807",
 		ReconcileInterval: 30 * time.Second,
 		LogLevel:          "info",

@@ -38,8 +38,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("open ENI inventory: %w", err)
 	}
-	m := metrics.New(inv)
+	var sandboxes *sandbox.Manager
+	m := metrics.New(inv, func() string {
+		if sandboxes == nil {
+			return ""
+		}
+		return sandboxes.Accel()
+	})
 	prober := probe.New(inv, probe.DefaultLimits()) // the endpoint and the RPC share its limits
+	prober.Observe = m.ObserveProbe
 	srv := &server.ENIServer{Inv: inv, Prober: prober, Metrics: m, Version: version.Version}
 	started := time.Now()
 	sandboxes, host, err := openSandboxes(ctx, cfg, log)
@@ -88,12 +95,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var svc sandbox.Service // nil: the API answers FailedPrecondition
 	if sandboxes != nil {
 		svc = sandboxes
-		m.WatchSandboxes(sandboxes)
+		m.WatchSandboxes(ctx, sandboxes)
 	}
 	ss := server.NewSandboxServer(svc)
 	ss.Unavailable = host.problems
 	apiv1.RegisterSandboxServiceServer(g, ss)
 	apiv1.RegisterGroupServiceServer(g, server.NewGroupServer(grps))
+	m.GRPC.InitializeMetrics(g)
 
 	errc := make(chan error, 3)
 	go func() { errc <- g.Serve(lis) }()
@@ -124,7 +132,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if _, err := inv.Reconcile(ctx); err != nil {
+				changes, err := inv.Reconcile(ctx)
+				m.ObserveReconcile(len(changes), err)
+				if err != nil {
 					log.Warn("reconcile failed", "error", err)
 				}
 			}

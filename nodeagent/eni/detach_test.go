@@ -434,7 +434,7 @@ func TestListAndPools(t *testing.T) {
 	}
 
 	want := []Pool{
-		{VPC: "vpc-a", Free: 3},
+		{VPC: "vpc-a", Free: 3, Pending: 1}, // a1: reserved, holds no ENI yet
 		{VPC: "vpc-b", Free: 1, Attached: 2, Missing: 1},
 		{VPC: "vpc-c", Missing: 1},
 	}

@@ -262,6 +262,25 @@ func (inv *Inventory) Pools() []Pool {
 			p.Attached++
 		}
 	}
+	attached := map[k8sname.Pod]bool{}
+	for _, a := range inv.attachments {
+		attached[a.Pod] = true
+	}
+	for _, a := range inv.assignments {
+		vpc := a.VPC
+		if c, ok := inv.enis[a.MAC]; a.MAC != "" && ok {
+			vpc = c.VPC
+		}
+		if vpc == "" || attached[a.Pod] {
+			continue
+		}
+		p := m[vpc]
+		if p == nil {
+			p = &Pool{VPC: vpc}
+			m[vpc] = p
+		}
+		p.Pending++
+	}
 	out := make([]Pool, 0, len(m))
 	for _, p := range m {
 		out = append(out, *p)

@@ -75,6 +75,9 @@ type Pool struct {
 	Free     int
 	Attached int
 	Missing  int
+	// Pending counts the pods assigned to the VPC (or to one of its ENIs)
+	// that hold no ENI yet: their next ADD needs a free one.
+	Pending int
 }
 
 var (

@@ -1,96 +1,149 @@
-// Package metrics defines the node agent's Prometheus metrics.
+// Package metrics defines the node agent's Prometheus metrics: build
+// info, the CNI commands the plugin reports, the gRPC server's standard
+// metrics (go-grpc-middleware's provider), ENIs by state, reconcile runs
+// and repairs, sandboxes by state, their boot time, failures and OOM
+// kills, their CPU, memory, disk and network use, and probe outcomes.
+// Families that read state (ENIs, sandboxes, usage) are collected at
+// scrape time.
 package metrics
 
 import (
-	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
-
+	"runtime"
+	"strconv"
 	"time"
 
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
+	"github.com/nodeinfra/nodeinfra/pkg/version"
 )
 
 // Metrics are the agent's collectors, registered on their own registry.
 type Metrics struct {
 	Registry *prometheus.Registry
-	add, del prometheus.Histogram
-	rpcs     *prometheus.CounterVec
+	// GRPC is the gRPC server's metrics: its interceptors go on the
+	// server, and InitializeMetrics once the services are registered.
+	GRPC *grpcprom.ServerMetrics
+
+	cni              *prometheus.HistogramVec
+	reconcileRuns    *prometheus.CounterVec
+	reconcileRepairs prometheus.Counter
+	boot             prometheus.Histogram
+	failures         *prometheus.CounterVec
+	ooms             *prometheus.CounterVec
+	probes           *prometheus.CounterVec
 }
 
 var latencyBuckets = []float64{.001, .002, .005, .01, .015, .02, .03, .05, .1, .25, .5, 1, 2.5, 5}
 
+// bootBuckets span a KVM boot (a fraction of a second) to a slow TCG one.
+var bootBuckets = []float64{.1, .25, .5, .75, 1, 1.5, 2, 3, 5, 8, 13, 20, 30, 60}
+
 // PoolSource reports ENI pools at scrape time.
 type PoolSource interface{ Pools() []eni.Pool }
 
-// New creates the metrics; pools is read at every scrape.
-func New(pools PoolSource) *Metrics {
+// New creates the metrics; pools is read at every scrape, accel (may be
+// nil) names the sandboxes' accelerator for the build info.
+func New(pools PoolSource, accel func() string) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
-		add: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "nodeagent_cni_add_duration_seconds",
-			Help:    "Duration of successful cni-eni ADDs, as measured by the plugin.",
+		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets(latencyBuckets))),
+		cni: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "nodeagent_cni_duration_seconds",
+			Help:    "Duration of cni-eni commands as the plugin measured them, by command (ADD, DEL, CHECK) and CNI result code (0: success).",
 			Buckets: latencyBuckets,
+		}, []string{"command", "code"}),
+		reconcileRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeagent_reconcile_runs_total",
+			Help: "Reconciliations of the ENI state with the node's links, by outcome (ok, error).",
+		}, []string{"outcome"}),
+		reconcileRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodeagent_reconcile_repairs_total",
+			Help: "Changes reconciliation made (an ENI freed, found missing, found again, an attachment ended).",
 		}),
-		del: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "nodeagent_cni_del_duration_seconds",
-			Help:    "Duration of cni-eni DELs that released an ENI, as measured by the plugin.",
-			Buckets: latencyBuckets,
+		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "nodeagent_sandbox_boot_duration_seconds",
+			Help:    "From a sandbox's create to its guest agent's first answer (Ready).",
+			Buckets: bootBuckets,
 		}),
-		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nodeagent_grpc_requests_total",
-			Help: "gRPC requests served, by method and status code.",
-		}, []string{"method", "code"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeagent_sandbox_failures_total",
+			Help: "Sandboxes that went Failed, by reason (boot, qemu_exit, guest_protocol, other).",
+		}, []string{"reason"}),
+		ooms: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeagent_oom_kills_total",
+			Help: "OOM kills in the cgroups the agent keeps, by kind (sandbox, group).",
+		}, []string{"kind"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeagent_probes_total",
+			Help: "Kubelet probes run from inside pod namespaces, by kind (tcp, http) and result (success, failure, refused: too many in flight, error: a bad request or an unknown pod).",
+		}, []string{"kind", "result"}),
 	}
-	m.Registry.MustRegister(m.add, m.del, m.rpcs, &poolCollector{src: pools},
+	for _, r := range []string{"boot", "qemu_exit", "guest_protocol", "other"} {
+		m.failures.WithLabelValues(r)
+	}
+	for _, k := range []string{"sandbox", "group"} {
+		m.ooms.WithLabelValues(k)
+	}
+	for _, o := range []string{"ok", "error"} {
+		m.reconcileRuns.WithLabelValues(o)
+	}
+	m.Registry.MustRegister(m.GRPC, m.cni, m.reconcileRuns, m.reconcileRepairs, m.boot, m.failures, m.ooms, m.probes,
+		&poolCollector{src: pools}, &buildInfo{accel: accel},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-// ObserveAdd records one ADD.
-func (m *Metrics) ObserveAdd(d time.Duration) { m.add.Observe(d.Seconds()) }
+// ObserveCNI records one cni-eni command as the plugin reported it.
+func (m *Metrics) ObserveCNI(command string, code uint32, d time.Duration) {
+	m.cni.WithLabelValues(command, strconv.FormatUint(uint64(code), 10)).Observe(d.Seconds())
+}
 
-// ObserveDel records one DEL.
-func (m *Metrics) ObserveDel(d time.Duration) { m.del.Observe(d.Seconds()) }
+// ObserveReconcile records one reconciliation and the changes it made.
+func (m *Metrics) ObserveReconcile(changes int, err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.reconcileRuns.WithLabelValues(outcome).Inc()
+	m.reconcileRepairs.Add(float64(changes))
+}
 
-// CountRPC records one served RPC.
-func (m *Metrics) CountRPC(method, code string) { m.rpcs.WithLabelValues(method, code).Inc() }
+// ObserveProbe records one probe: kind tcp or http, result success,
+// failure, refused or error.
+func (m *Metrics) ObserveProbe(kind, result string) { m.probes.WithLabelValues(kind, result).Inc() }
+
+var buildInfoDesc = prometheus.NewDesc("nodeagent_build_info", "The agent's version, Go version and the sandboxes' accelerator (kvm, tcg, or empty while probing or without sandboxes); always 1.",
+	[]string{"version", "goversion", "accel"}, nil)
+
+type buildInfo struct{ accel func() string }
+
+func (b *buildInfo) Describe(ch chan<- *prometheus.Desc) { ch <- buildInfoDesc }
+
+func (b *buildInfo) Collect(ch chan<- prometheus.Metric) {
+	accel := ""
+	if b.accel != nil {
+		accel = b.accel()
+	}
+	ch <- prometheus.MustNewConstMetric(buildInfoDesc, prometheus.GaugeValue, 1, version.Version, runtime.Version(), accel)
+}
 
 var poolDesc = prometheus.NewDesc("nodeagent_eni_pool_size", "ENIs registered on the node, by VPC and state.", []string{"vpc", "state"}, nil)
 
 type poolCollector struct{ src PoolSource }
 
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolDesc }
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolDesc; ch <- pendingDesc }
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range c.src.Pools() {
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Free), p.VPC, "free")
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Attached), p.VPC, "attached")
 		ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(p.Missing), p.VPC, "missing")
+		ch <- prometheus.MustNewConstMetric(pendingDesc, prometheus.GaugeValue, float64(p.Pending), p.VPC)
 	}
 }
 
-// SandboxSource lists the sandboxes, for nodeagent_sandboxes.
-type SandboxSource interface{ List() []sandbox.Sandbox }
-
-// WatchSandboxes exports the number of sandboxes by state.
-func (m *Metrics) WatchSandboxes(src SandboxSource) {
-	m.Registry.MustRegister(&sandboxCollector{src: src})
-}
-
-var sandboxDesc = prometheus.NewDesc("nodeagent_sandboxes", "Pod sandboxes (QEMU VMs) on the node, by state.", []string{"state"}, nil)
-
-type sandboxCollector struct{ src SandboxSource }
-
-func (c *sandboxCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sandboxDesc }
-
-func (c *sandboxCollector) Collect(ch chan<- prometheus.Metric) {
-	n := map[sandbox.State]int{}
-	for _, s := range c.src.List() {
-		n[s.State]++
-	}
-	for _, st := range []sandbox.State{sandbox.StateCreating, sandbox.StateReady, sandbox.StateStopping, sandbox.StateStopped, sandbox.StateFailed} {
-		ch <- prometheus.MustNewConstMetric(sandboxDesc, prometheus.GaugeValue, float64(n[st]), string(st))
-	}
-}
+var pendingDesc = prometheus.NewDesc("nodeagent_eni_assignments_pending", "Pods assigned to a VPC (or one of its ENIs) on this node that hold no ENI yet.", []string{"vpc"}, nil)

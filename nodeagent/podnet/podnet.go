@@ -342,3 +342,20 @@ func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf)
 }
+
+// TapStats returns the bytes the tap of cfg in netnsPath has received
+// from the pod's side and sent to it: rx is what the VM sent (the tap's
+// receive counter counts frames QEMU wrote), tx what it was given.
+func TapStats(netnsPath string, cfg Config) (rx, tx uint64, err error) {
+	err = inNetNS(netnsPath, func() error {
+		l, err := netlink.LinkByName(cfg.Tap)
+		if err != nil {
+			return fmt.Errorf("tap %s: %w", cfg.Tap, err)
+		}
+		if s := l.Attrs().Statistics; s != nil {
+			rx, tx = s.RxBytes, s.TxBytes
+		}
+		return nil
+	})
+	return rx, tx, err
+}

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -49,6 +50,9 @@ type Prober struct {
 	targets Targets
 	limits  Limits
 	run     func(context.Context, Request) Result // Run; tests replace it
+	// Observe, if set, learns each probe's kind (tcp, http) and outcome
+	// (success, failure, refused, error), for the metrics.
+	Observe func(kind, outcome string)
 
 	mu       sync.Mutex
 	inFlight int
@@ -68,7 +72,10 @@ func New(t Targets, l Limits) *Prober {
 // errdefs.ErrResourceExhausted when the node or the pod has too many
 // probes in flight (at once, without waiting). A probe that runs and
 // fails is a Result, not an error.
-func (p *Prober) Probe(ctx context.Context, pod k8sname.Pod, port int, path string, timeout time.Duration) (Result, error) {
+func (p *Prober) Probe(ctx context.Context, pod k8sname.Pod, port int, path string, timeout time.Duration) (r Result, err error) {
+	if p.Observe != nil {
+		defer func() { p.Observe(kindOf(path), outcome(r, err)) }()
+	}
 	if timeout < 0 {
 		return Result{}, fmt.Errorf("probe timeout %v is negative: %w", timeout, errdefs.ErrInvalidArgument)
 	}
@@ -119,4 +126,24 @@ func (p *Prober) acquire(pod k8sname.Pod) (func(), error) {
 			}
 		})
 	}, nil
+}
+
+func kindOf(path string) string {
+	if path == "" {
+		return "tcp"
+	}
+	return "http"
+}
+
+// outcome names a probe's end for Observe.
+func outcome(r Result, err error) string {
+	switch {
+	case errors.Is(err, errdefs.ErrResourceExhausted):
+		return "refused"
+	case err != nil:
+		return "error"
+	case r.Success:
+		return "success"
+	}
+	return "failure"
 }

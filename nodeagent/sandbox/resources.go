@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
+	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -190,6 +191,9 @@ type Stats struct {
 	Cgroup string
 	// Disks are QEMU's counters, by disk ID.
 	Disks map[string]BlockStats
+	// NetRxBytes and NetTxBytes are what the VM received and sent through
+	// its tap (0 without a pod network).
+	NetRxBytes, NetTxBytes uint64
 }
 
 // Stats reads a running sandbox's accounting.
@@ -226,6 +230,18 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 			return Stats{}, fmt.Errorf("stats of sandbox %q: %w", id, err)
 		}
 		out.Stats, out.Cgroup = s, g.Path()
+	}
+	m.mu.Lock()
+	net, netns := b.rec.Net, b.rec.Sandbox.Spec.NetNS
+	m.mu.Unlock()
+	if net != nil {
+		// The tap's receive counter counts what QEMU wrote: the VM's sends.
+		rx, tx, err := podnet.TapStats(netns, *net)
+		if err != nil {
+			<-done
+			return Stats{}, fmt.Errorf("stats of sandbox %q: %w", id, err)
+		}
+		out.NetTxBytes, out.NetRxBytes = rx, tx
 	}
 	<-done
 	if qerr != nil {

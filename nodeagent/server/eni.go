@@ -136,9 +136,6 @@ func (s *ENIServer) ConfirmAttach(ctx context.Context, req *apiv1.ConfirmAttachR
 	if err := s.Inv.Confirm(ctx, key(req.GetContainerId(), req.GetIfname()), link); err != nil {
 		return nil, err
 	}
-	if d := req.GetAddDurationNano(); d > 0 && s.Metrics != nil {
-		s.Metrics.ObserveAdd(time.Duration(d))
-	}
 	return &apiv1.ConfirmAttachResponse{}, nil
 }
 
@@ -159,9 +156,6 @@ func (s *ENIServer) Detach(ctx context.Context, req *apiv1.DetachRequest) (*apiv
 	}
 	if mac != "" {
 		logging.From(ctx).Info("ENI detached", "container", req.GetContainerId(), "ifname", req.GetIfname(), "mac", mac, "state", string(state))
-		if d := req.GetDelDurationNano(); d > 0 && s.Metrics != nil {
-			s.Metrics.ObserveDel(time.Duration(d))
-		}
 	}
 	return &apiv1.DetachResponse{EniState: stateToProto[state], Mac: mac}, nil
 }
@@ -204,4 +198,34 @@ func (s *ENIServer) Probe(ctx context.Context, req *apiv1.ProbeRequest) (*apiv1.
 		return nil, err
 	}
 	return &apiv1.ProbeResponse{Success: r.Success, HttpStatus: int32(r.HTTPStatus), Message: r.Message}, nil
+}
+
+// cniCommands are the commands ReportCNI counts.
+var cniCommands = map[string]bool{"ADD": true, "DEL": true, "CHECK": true}
+
+// ReportCNI implements apiv1.ENIServiceServer: the plugin's report of a
+// command, for the metrics. Codes past the spec's range are counted as
+// 999 (internal), so a plugin cannot grow the metric's label set.
+func (s *ENIServer) ReportCNI(ctx context.Context, req *apiv1.ReportCNIRequest) (*apiv1.ReportCNIResponse, error) {
+	d := time.Duration(req.GetDurationNano())
+	if !cniCommands[req.GetCommand()] {
+		return nil, fmt.Errorf("CNI command %q: want ADD, DEL or CHECK: %w", req.GetCommand(), errdefs.ErrInvalidArgument)
+	}
+	if d <= 0 || d > 10*time.Minute {
+		return nil, fmt.Errorf("CNI duration %v: want (0, 10m]: %w", d, errdefs.ErrInvalidArgument)
+	}
+	code := req.GetCode()
+	if !knownCNICode(code) {
+		code = 999
+	}
+	if s.Metrics != nil {
+		s.Metrics.ObserveCNI(req.GetCommand(), code, d)
+	}
+	return &apiv1.ReportCNIResponse{}, nil
+}
+
+// knownCNICode: success, the spec's codes (1-11, 50, 51, 999) and the
+// plugin's own (100-102).
+func knownCNICode(c uint32) bool {
+	return c <= 11 || c == 50 || c == 51 || c == 999 || c >= 100 && c <= 102
 }

@@ -77,7 +77,7 @@ func (s *GroupServer) GetGroupStats(ctx context.Context, req *apiv1.GetGroupStat
 	if err != nil {
 		return nil, err
 	}
-	return StatsToProto(st, path, nil), nil
+	return StatsToProto(st, path, nil, 0, 0), nil
 }
 
 // ListGroups implements apiv1.GroupServiceServer.

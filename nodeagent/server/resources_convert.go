@@ -42,11 +42,12 @@ func ResourcesToProto(r cgroup.Resources) *apiv1.Resources {
 
 // StatsToProto renders a cgroup's accounting; disks (a sandbox's QEMU
 // counters) join the IO list by disk ID.
-func StatsToProto(s cgroup.Stats, path string, disks map[string]sandbox.BlockStats) *apiv1.ResourceStats {
+func StatsToProto(s cgroup.Stats, path string, disks map[string]sandbox.BlockStats, netRx, netTx uint64) *apiv1.ResourceStats {
 	p := &apiv1.ResourceStats{
 		CpuUsageNs: uint64(s.CPUUsage), CpuPeriods: s.CPUPeriods, CpuThrottledPeriods: s.CPUThrottledPeriods,
 		CpuThrottledNs: uint64(s.CPUThrottledTime), MemoryBytes: s.MemoryBytes, MemoryMaxBytes: s.MemoryMaxBytes,
 		MemoryLimitBytes: s.MemoryLimitBytes, OomKills: s.OOMKills, Pids: s.Pids, PidsLimit: s.PidsLimit, Cgroup: path,
+		NetworkReceiveBytes: netRx, NetworkTransmitBytes: netTx,
 	}
 	for _, d := range s.IO {
 		p.Io = append(p.Io, &apiv1.DeviceIOStats{Device: fmt.Sprintf("%d:%d", d.Major, d.Minor), ReadBytes: d.ReadBytes,

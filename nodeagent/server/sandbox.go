@@ -388,5 +388,5 @@ func (s *SandboxServer) GetSandboxStats(ctx context.Context, req *apiv1.GetSandb
 	if err != nil {
 		return nil, err
 	}
-	return StatsToProto(st.Stats, st.Cgroup, st.Disks), nil
+	return StatsToProto(st.Stats, st.Cgroup, st.Disks, st.NetRxBytes, st.NetTxBytes), nil
 }

@@ -1117,7 +1117,8 @@ type ConfirmAttachRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	Ifname      string                 `protobuf:"bytes,2,opt,name=ifname,proto3" json:"ifname,omitempty"`
-	// How long the plugin's ADD took, for the latency histogram.
+	// Ignored: the plugin reports its ADD with ReportCNI (kept for plugins
+	// of earlier versions, whose ADDs are not counted).
 	AddDurationNano int64 `protobuf:"varint,3,opt,name=add_duration_nano,json=addDurationNano,proto3" json:"add_duration_nano,omitempty"`
 	// Required: what identifies the link in the pod.
 	Link          *LinkIdentity `protobuf:"bytes,4,opt,name=link,proto3" json:"link,omitempty"`
@@ -1275,7 +1276,7 @@ type DetachRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ContainerId string                 `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
 	Ifname      string                 `protobuf:"bytes,2,opt,name=ifname,proto3" json:"ifname,omitempty"`
-	// How long the plugin's DEL took up to this call, for the histogram.
+	// Ignored: the plugin reports its DEL with ReportCNI.
 	DelDurationNano int64 `protobuf:"varint,3,opt,name=del_duration_nano,json=delDurationNano,proto3" json:"del_duration_nano,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -1669,6 +1670,105 @@ func (x *StatusResponse) GetSandboxes() map[string]uint32 {
 	return nil
 }
 
+type ReportCNIRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ADD, DEL or CHECK.
+	Command string `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	// The CNI error code the command returned; 0 for success.
+	Code uint32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
+	// From the plugin's start to its answer, in nanoseconds.
+	DurationNano  int64 `protobuf:"varint,3,opt,name=duration_nano,json=durationNano,proto3" json:"duration_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportCNIRequest) Reset() {
+	*x = ReportCNIRequest{}
+	mi := &file_eni_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCNIRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCNIRequest) ProtoMessage() {}
+
+func (x *ReportCNIRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eni_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCNIRequest.ProtoReflect.Descriptor instead.
+func (*ReportCNIRequest) Descriptor() ([]byte, []int) {
+	return file_eni_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReportCNIRequest) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+func (x *ReportCNIRequest) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ReportCNIRequest) GetDurationNano() int64 {
+	if x != nil {
+		return x.DurationNano
+	}
+	return 0
+}
+
+type ReportCNIResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportCNIResponse) Reset() {
+	*x = ReportCNIResponse{}
+	mi := &file_eni_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportCNIResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportCNIResponse) ProtoMessage() {}
+
+func (x *ReportCNIResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eni_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportCNIResponse.ProtoReflect.Descriptor instead.
+func (*ReportCNIResponse) Descriptor() ([]byte, []int) {
+	return file_eni_proto_rawDescGZIP(), []int{28}
+}
+
 type ProbeRequest struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	PodNamespace string                 `protobuf:"bytes,1,opt,name=pod_namespace,json=podNamespace,proto3" json:"pod_namespace,omitempty"`
@@ -1684,7 +1784,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1796,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1809,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{27}
+	return file_eni_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ProbeRequest) GetPodNamespace() string {
@@ -1758,7 +1858,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1870,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1883,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{28}
+	return file_eni_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProbeResponse) GetSuccess() bool {
@@ -1923,7 +2023,12 @@ const file_eni_proto_rawDesc = "" +
 	"\tsandboxes\x18\a \x03(\v25.nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntryR\tsandboxes\x1a<\n" +
 	"\x0eSandboxesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x9e\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"e\n" +
+	"\x10ReportCNIRequest\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
+	"\x04code\x18\x02 \x01(\rR\x04code\x12#\n" +
+	"\rduration_nano\x18\x03 \x01(\x03R\fdurationNano\"\x13\n" +
+	"\x11ReportCNIResponse\"\x9e\x01\n" +
 	"\fProbeRequest\x12#\n" +
 	"\rpod_namespace\x18\x01 \x01(\tR\fpodNamespace\x12\x19\n" +
 	"\bpod_name\x18\x02 \x01(\tR\apodName\x12\x12\n" +
@@ -1941,7 +2046,7 @@ const file_eni_proto_rawDesc = "" +
 	"\x0eENI_STATE_FREE\x10\x01\x12\x17\n" +
 	"\x13ENI_STATE_ATTACHING\x10\x02\x12\x16\n" +
 	"\x12ENI_STATE_ATTACHED\x10\x03\x12\x15\n" +
-	"\x11ENI_STATE_MISSING\x10\x042\x86\n" +
+	"\x11ENI_STATE_MISSING\x10\x042\xe8\n" +
 	"\n" +
 	"\n" +
 	"ENIService\x12V\n" +
@@ -1957,7 +2062,8 @@ const file_eni_proto_rawDesc = "" +
 	"\x06Detach\x12%.nodeinfra.nodeagent.v1.DetachRequest\x1a&.nodeinfra.nodeagent.v1.DetachResponse\x12r\n" +
 	"\x0fListAttachments\x12..nodeinfra.nodeagent.v1.ListAttachmentsRequest\x1a/.nodeinfra.nodeagent.v1.ListAttachmentsResponse\x12W\n" +
 	"\x06Status\x12%.nodeinfra.nodeagent.v1.StatusRequest\x1a&.nodeinfra.nodeagent.v1.StatusResponse\x12T\n" +
-	"\x05Probe\x12$.nodeinfra.nodeagent.v1.ProbeRequest\x1a%.nodeinfra.nodeagent.v1.ProbeResponseB7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
+	"\x05Probe\x12$.nodeinfra.nodeagent.v1.ProbeRequest\x1a%.nodeinfra.nodeagent.v1.ProbeResponse\x12`\n" +
+	"\tReportCNI\x12(.nodeinfra.nodeagent.v1.ReportCNIRequest\x1a).nodeinfra.nodeagent.v1.ReportCNIResponseB7Z5github.com/nodeinfra/nodeinfra/nodeagent/api/v1;apiv1b\x06proto3"
 
 var (
 	file_eni_proto_rawDescOnce sync.Once
@@ -1972,7 +2078,7 @@ func file_eni_proto_rawDescGZIP() []byte {
 }
 
 var file_eni_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_eni_proto_goTypes = []any{
 	(ENIState)(0),                   // 0: nodeinfra.nodeagent.v1.ENIState
 	(*ENIConfig)(nil),               // 1: nodeinfra.nodeagent.v1.ENIConfig
@@ -2002,9 +2108,11 @@ var file_eni_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 25: nodeinfra.nodeagent.v1.StatusRequest
 	(*VPCPool)(nil),                 // 26: nodeinfra.nodeagent.v1.VPCPool
 	(*StatusResponse)(nil),          // 27: nodeinfra.nodeagent.v1.StatusResponse
-	(*ProbeRequest)(nil),            // 28: nodeinfra.nodeagent.v1.ProbeRequest
-	(*ProbeResponse)(nil),           // 29: nodeinfra.nodeagent.v1.ProbeResponse
-	nil,                             // 30: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	(*ReportCNIRequest)(nil),        // 28: nodeinfra.nodeagent.v1.ReportCNIRequest
+	(*ReportCNIResponse)(nil),       // 29: nodeinfra.nodeagent.v1.ReportCNIResponse
+	(*ProbeRequest)(nil),            // 30: nodeinfra.nodeagent.v1.ProbeRequest
+	(*ProbeResponse)(nil),           // 31: nodeinfra.nodeagent.v1.ProbeResponse
+	nil,                             // 32: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
 }
 var file_eni_proto_depIdxs = []int32{
 	1,  // 0: nodeinfra.nodeagent.v1.ENI.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
@@ -2021,7 +2129,7 @@ var file_eni_proto_depIdxs = []int32{
 	0,  // 11: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
 	3,  // 12: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
 	26, // 13: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
-	30, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	32, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
 	6,  // 15: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
 	7,  // 16: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
 	9,  // 17: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
@@ -2034,22 +2142,24 @@ var file_eni_proto_depIdxs = []int32{
 	21, // 24: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
 	23, // 25: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
 	25, // 26: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
-	28, // 27: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
-	2,  // 28: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
-	8,  // 29: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
-	10, // 30: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
-	5,  // 31: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
-	13, // 32: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
-	15, // 33: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	17, // 34: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	19, // 35: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	17, // 36: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	22, // 37: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
-	24, // 38: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	27, // 39: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
-	29, // 40: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
-	28, // [28:41] is the sub-list for method output_type
-	15, // [15:28] is the sub-list for method input_type
+	30, // 27: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
+	28, // 28: nodeinfra.nodeagent.v1.ENIService.ReportCNI:input_type -> nodeinfra.nodeagent.v1.ReportCNIRequest
+	2,  // 29: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
+	8,  // 30: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
+	10, // 31: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
+	5,  // 32: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
+	13, // 33: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
+	15, // 34: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	17, // 35: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	19, // 36: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	17, // 37: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	22, // 38: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
+	24, // 39: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	27, // 40: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
+	31, // 41: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
+	29, // 42: nodeinfra.nodeagent.v1.ENIService.ReportCNI:output_type -> nodeinfra.nodeagent.v1.ReportCNIResponse
+	29, // [29:43] is the sub-list for method output_type
+	15, // [15:29] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -2070,7 +2180,7 @@ func file_eni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eni_proto_rawDesc), len(file_eni_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

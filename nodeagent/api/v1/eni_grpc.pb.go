@@ -39,6 +39,7 @@ const (
 	ENIService_ListAttachments_FullMethodName = "/nodeinfra.nodeagent.v1.ENIService/ListAttachments"
 	ENIService_Status_FullMethodName          = "/nodeinfra.nodeagent.v1.ENIService/Status"
 	ENIService_Probe_FullMethodName           = "/nodeinfra.nodeagent.v1.ENIService/Probe"
+	ENIService_ReportCNI_FullMethodName       = "/nodeinfra.nodeagent.v1.ENIService/ReportCNI"
 )
 
 // ENIServiceClient is the client API for ENIService service.
@@ -78,6 +79,11 @@ type ENIServiceClient interface {
 	// ResourceExhausted, at once, when too many probes are in flight (on the
 	// node, or of this pod).
 	Probe(ctx context.Context, in *ProbeRequest, opts ...grpc.CallOption) (*ProbeResponse, error)
+	// ReportCNI records how one cni-eni command ended and how long it took,
+	// for the agent's metrics (the plugin calls it last, best effort; an
+	// agent it cannot reach counts nothing). InvalidArgument for an unknown
+	// command or a duration out of range.
+	ReportCNI(ctx context.Context, in *ReportCNIRequest, opts ...grpc.CallOption) (*ReportCNIResponse, error)
 }
 
 type eNIServiceClient struct {
@@ -218,6 +224,16 @@ func (c *eNIServiceClient) Probe(ctx context.Context, in *ProbeRequest, opts ...
 	return out, nil
 }
 
+func (c *eNIServiceClient) ReportCNI(ctx context.Context, in *ReportCNIRequest, opts ...grpc.CallOption) (*ReportCNIResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportCNIResponse)
+	err := c.cc.Invoke(ctx, ENIService_ReportCNI_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ENIServiceServer is the server API for ENIService service.
 // All implementations must embed UnimplementedENIServiceServer
 // for forward compatibility.
@@ -255,6 +271,11 @@ type ENIServiceServer interface {
 	// ResourceExhausted, at once, when too many probes are in flight (on the
 	// node, or of this pod).
 	Probe(context.Context, *ProbeRequest) (*ProbeResponse, error)
+	// ReportCNI records how one cni-eni command ended and how long it took,
+	// for the agent's metrics (the plugin calls it last, best effort; an
+	// agent it cannot reach counts nothing). InvalidArgument for an unknown
+	// command or a duration out of range.
+	ReportCNI(context.Context, *ReportCNIRequest) (*ReportCNIResponse, error)
 	mustEmbedUnimplementedENIServiceServer()
 }
 
@@ -303,6 +324,9 @@ func (UnimplementedENIServiceServer) Status(context.Context, *StatusRequest) (*S
 }
 func (UnimplementedENIServiceServer) Probe(context.Context, *ProbeRequest) (*ProbeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Probe not implemented")
+}
+func (UnimplementedENIServiceServer) ReportCNI(context.Context, *ReportCNIRequest) (*ReportCNIResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportCNI not implemented")
 }
 func (UnimplementedENIServiceServer) mustEmbedUnimplementedENIServiceServer() {}
 func (UnimplementedENIServiceServer) testEmbeddedByValue()                    {}
@@ -559,6 +583,24 @@ func _ENIService_Probe_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ENIService_ReportCNI_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportCNIRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ENIServiceServer).ReportCNI(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ENIService_ReportCNI_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ENIServiceServer).ReportCNI(ctx, req.(*ReportCNIRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ENIService_ServiceDesc is the grpc.ServiceDesc for ENIService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -617,6 +659,10 @@ var ENIService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Probe",
 			Handler:    _ENIService_Probe_Handler,
+		},
+		{
+			MethodName: "ReportCNI",
+			Handler:    _ENIService_ReportCNI_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

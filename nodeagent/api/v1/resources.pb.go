@@ -254,9 +254,12 @@ type ResourceStats struct {
 	// Host block devices the group read or wrote.
 	Io []*DeviceIOStats `protobuf:"bytes,11,rep,name=io,proto3" json:"io,omitempty"`
 	// The cgroup's path, as /proc/PID/cgroup shows it.
-	Cgroup        string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Cgroup string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	// A sandbox's network: bytes its VM received and sent through its tap.
+	NetworkReceiveBytes  uint64 `protobuf:"varint,13,opt,name=network_receive_bytes,json=networkReceiveBytes,proto3" json:"network_receive_bytes,omitempty"`
+	NetworkTransmitBytes uint64 `protobuf:"varint,14,opt,name=network_transmit_bytes,json=networkTransmitBytes,proto3" json:"network_transmit_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *ResourceStats) Reset() {
@@ -373,6 +376,20 @@ func (x *ResourceStats) GetCgroup() string {
 	return ""
 }
 
+func (x *ResourceStats) GetNetworkReceiveBytes() uint64 {
+	if x != nil {
+		return x.NetworkReceiveBytes
+	}
+	return 0
+}
+
+func (x *ResourceStats) GetNetworkTransmitBytes() uint64 {
+	if x != nil {
+		return x.NetworkTransmitBytes
+	}
+	return 0
+}
+
 type DeviceIOStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "MAJOR:MINOR", or for a sandbox disk its disk ID.
@@ -487,7 +504,7 @@ const file_resources_proto_rawDesc = "" +
 	"\twrite_bps\x18\x03 \x01(\x04R\bwriteBps\x12\x1b\n" +
 	"\tread_iops\x18\x04 \x01(\x04R\breadIops\x12\x1d\n" +
 	"\n" +
-	"write_iops\x18\x05 \x01(\x04R\twriteIops\"\xca\x03\n" +
+	"write_iops\x18\x05 \x01(\x04R\twriteIops\"\xb4\x04\n" +
 	"\rResourceStats\x12 \n" +
 	"\fcpu_usage_ns\x18\x01 \x01(\x04R\n" +
 	"cpuUsageNs\x12\x1f\n" +
@@ -504,7 +521,9 @@ const file_resources_proto_rawDesc = "" +
 	"pids_limit\x18\n" +
 	" \x01(\x04R\tpidsLimit\x125\n" +
 	"\x02io\x18\v \x03(\v2%.nodeinfra.nodeagent.v1.DeviceIOStatsR\x02io\x12\x16\n" +
-	"\x06cgroup\x18\f \x01(\tR\x06cgroup\"\x9f\x01\n" +
+	"\x06cgroup\x18\f \x01(\tR\x06cgroup\x122\n" +
+	"\x15network_receive_bytes\x18\r \x01(\x04R\x13networkReceiveBytes\x124\n" +
+	"\x16network_transmit_bytes\x18\x0e \x01(\x04R\x14networkTransmitBytes\"\x9f\x01\n" +
 	"\rDeviceIOStats\x12\x16\n" +
 	"\x06device\x18\x01 \x01(\tR\x06device\x12\x1d\n" +
 	"\n" +
