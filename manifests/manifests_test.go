@@ -51,6 +51,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	sigsjson "sigs.k8s.io/json"
+	"sigs.k8s.io/kustomize/api/krusty"
+	kusttypes "sigs.k8s.io/kustomize/api/types"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -194,47 +197,134 @@ func manifestFiles(root string) ([]string, error) {
 	return files, err
 }
 
-// loadDir decodes every document of every manifest file under root. It
-// returns all the objects that decoded and one error per failure.
+// loadDir decodes the manifests under root as an admin applies them:
+// each folder with a kustomization.yaml is a component, rendered by
+// kustomize (the library `kubectl apply -k` runs) and every document of
+// the result decoded strictly; every YAML file of such a folder must be
+// one of its resources (else it would never be applied); YAML files in
+// no component are decoded as they are. It returns all the objects that
+// decoded, the number of sources (components and loose files) and one
+// error per failure.
 func loadDir(root string) ([]*object, int, []error) {
 	files, err := manifestFiles(root)
 	if err != nil {
 		return nil, 0, []error{err}
 	}
+	components := map[string]bool{}
+	for _, f := range files {
+		if filepath.Base(f) == "kustomization.yaml" {
+			components[filepath.Dir(f)] = true
+		}
+	}
+	// componentOf is the innermost component folder holding f, if any.
+	componentOf := func(f string) string {
+		for d := filepath.Dir(f); ; d = filepath.Dir(d) {
+			if components[d] {
+				return d
+			}
+			if d == root || d == "." || d == "/" {
+				return ""
+			}
+		}
+	}
 	var objs []*object
 	var errs []error
-	for _, f := range files {
-		rel, _ := filepath.Rel(root, f)
-		rel = filepath.ToSlash(rel)
-		b, err := os.ReadFile(f)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
+	decodeAll := func(name string, b []byte) int {
 		docs, err := splitDocuments(bytes.NewReader(b))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", rel, err))
-			continue
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			return 0
 		}
 		n := 0
 		for i, d := range docs {
 			o, err := decodeDocument(d)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s, YAML document %d: %w", rel, i+1, err))
+				errs = append(errs, fmt.Errorf("%s, YAML document %d: %w", name, i+1, err))
 				continue
 			}
 			if o == nil {
 				continue
 			}
 			n++
-			o.file, o.doc = rel, n
+			o.file, o.doc = name, n
 			objs = append(objs, o)
 		}
-		if n == 0 && len(errs) == 0 {
-			errs = append(errs, fmt.Errorf("%s: no Kubernetes object in the file", rel))
+		if n == 0 {
+			errs = append(errs, fmt.Errorf("%s: no Kubernetes object", name))
+		}
+		return n
+	}
+	var dirs []string
+	for d := range components {
+		dirs = append(dirs, d)
+	}
+	sort.Strings(dirs)
+	for _, d := range dirs {
+		rel, _ := filepath.Rel(root, d)
+		name := filepath.ToSlash(rel) + " (kustomize)"
+		out, used, err := kustomize(d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		decodeAll(name, out)
+		for _, f := range files {
+			if componentOf(f) == d && filepath.Base(f) != "kustomization.yaml" && !used[filepath.Base(f)] {
+				errs = append(errs, fmt.Errorf("%s is in component %s but not among its resources: it would never be applied", f, rel))
+			}
 		}
 	}
-	return objs, len(files), errs
+	n := len(dirs)
+	for _, f := range files {
+		if componentOf(f) != "" {
+			continue
+		}
+		n++
+		rel, _ := filepath.Rel(root, f)
+		b, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		decodeAll(filepath.ToSlash(rel), b)
+	}
+	return objs, n, errs
+}
+
+// kustomize renders the component in dir as `kubectl kustomize dir` does,
+// and names the files of dir its kustomization reads.
+func kustomize(dir string) ([]byte, map[string]bool, error) {
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := rm.AsYaml()
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "kustomization.yaml"))
+	if err != nil {
+		return nil, nil, err
+	}
+	var kz kusttypes.Kustomization
+	if err := yaml.UnmarshalStrict(b, &kz); err != nil {
+		return nil, nil, fmt.Errorf("kustomization.yaml: %w", err)
+	}
+	used := map[string]bool{}
+	for _, r := range kz.Resources {
+		used[r] = true
+	}
+	for _, g := range kz.ConfigMapGenerator {
+		for _, f := range g.FileSources {
+			_, src, ok := strings.Cut(f, "=")
+			if !ok {
+				src = f
+			}
+			used[src] = true
+		}
+	}
+	return out, used, nil
 }
 
 var (

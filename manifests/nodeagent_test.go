@@ -28,12 +28,14 @@ const (
 	// gRPC GracefulStop.
 	agentShutdown = 20 * time.Second
 
-	cniConfigMap   = "cni-eni-config"
-	cniConflist    = "10-cni-eni.conflist"
-	cniPluginType  = "cni-eni"
-	cniBinDir      = "/opt/cni/bin"
-	cniConfDir     = "/etc/cni/net.d"
-	cniExampleFile = "cni-eni/10-cni-eni.conflist"
+	cniConfigMap  = "cni-eni-config"
+	cniConflist   = "10-cni-eni.conflist"
+	cniPluginType = "cni-eni"
+	cniBinDir     = "/opt/cni/bin"
+	cniConfDir    = "/etc/cni/net.d"
+	// cniConflistFile is the conflist the kustomization turns into the
+	// ConfigMap, also the example for nodes set up by hand.
+	cniConflistFile = "nodeagent/10-cni-eni.conflist"
 )
 
 // serve's defaults, read from the daemon's own configuration.
@@ -246,8 +248,6 @@ func TestNodeagentDaemonSet(t *testing.T) {
 		ty          corev1.HostPathType
 		propagation corev1.MountPropagationMode
 	}{
-		{"/dev/kvm", corev1.HostPathCharDev, ""},
-		{"/dev/net/tun", corev1.HostPathCharDev, ""},
 		{"/run/nodeagent", corev1.HostPathDirectoryOrCreate, ""},
 		{agentStateDir, corev1.HostPathDirectoryOrCreate, ""},
 		{"/run/netns", "", corev1.MountPropagationHostToContainer},
