@@ -2,15 +2,17 @@
 // volumes) and, with --type cephfs, for CephFS subvolumes (shared
 // filesystems): the identity, controller (volumes, snapshots, clones,
 // expansion, capacity) and node (stage, publish, stats, expansion)
-// services in one binary, --mode choosing which of them it serves. main
-// only reads the flags into a driver.Config and runs the driver until
-// SIGINT or SIGTERM; the work is in package driver.
+// services in one binary, --mode choosing which of them it serves, and
+// with --metrics-addr its Prometheus metrics (package metrics). main only
+// reads the flags into a driver.Config and runs the driver until SIGINT
+// or SIGTERM; the work is in package driver.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -36,6 +38,7 @@ func main() {
 	flag.Int64Var(&cfg.MaxVolumesPerNode, "max-volumes-per-node", 0, "node: volumes the node may hold (0: no limit)")
 	flag.StringVar(&cfg.MapperCgroup, "mapper-cgroup", "/csi-ceph-mappers", "node: cgroup (in every hierarchy) the rbd-nbd, rbd-fuse and ceph-fuse daemons run in, outside the plugin's container; \"\": the plugin's own")
 	flag.DurationVar(&cfg.CloneWait, "clone-wait", 5*time.Second, "cephfs controller: how long CreateVolume from a snapshot or volume waits for the clone before answering Aborted")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "HOST:PORT or :PORT of the Prometheus /metrics endpoint (empty: none)")
 	flag.StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 	lvl, err := logging.ParseLevel(level)
@@ -44,6 +47,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := logging.NewJSON(os.Stderr, lvl)
+	slog.SetDefault(log) // what a call's context lacks a logger falls back to
 	// mount-utils logs through klog: send it to the same JSON log.
 	klog.SetSlogLogger(log.With("source", "mount-utils"))
 	var d interface{ Run(context.Context) error }

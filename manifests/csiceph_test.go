@@ -5,6 +5,9 @@ package manifests
 
 import (
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"path"
 	"slices"
 	"sort"
@@ -31,12 +34,54 @@ const (
 	kubeletDir        = "/var/lib/kubelet"
 )
 
-// cephFlags are csi-ceph's flags (csi-ceph/main.go); it takes no others.
-var cephFlags = map[string]bool{
-	"endpoint": true, "nodeid": true, "type": true, "mode": true, "cluster-config": true,
-	"credentials-dir": true, "state-dir": true, "max-volumes-per-node": true, "mapper-cgroup": true, "log-level": true,
-	"clone-wait": true,
+// cephMain is csi-ceph's main, which defines its flags.
+const cephMain = "../csi-ceph/main.go"
+
+// cephFlags reads the flags csi-ceph takes from its main: the name of
+// every flag.XxxVar / flag.Xxx it calls. (Its flag set cannot be asked:
+// its packages link go-ceph, a cgo library these tests do without.)
+func cephFlags(t *testing.T) map[string]bool {
+	t.Helper()
+	f, err := parser.ParseFile(token.NewFileSet(), cephMain, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	ast.Inspect(f, func(n ast.Node) bool {
+		call, ok := n.(*ast.CallExpr)
+		if !ok {
+			return true
+		}
+		sel, ok := call.Fun.(*ast.SelectorExpr)
+		if !ok {
+			return true
+		}
+		if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "flag" {
+			return true
+		}
+		for _, a := range call.Args {
+			if lit, ok := a.(*ast.BasicLit); ok && lit.Kind == token.STRING {
+				if name, err := strconv.Unquote(lit.Value); err == nil {
+					names[name] = true
+				}
+				break
+			}
+		}
+		return true
+	})
+	for _, want := range []string{"endpoint", "mode", "type", "metrics-addr"} {
+		if !names[want] {
+			t.Fatalf("%s defines no flag %q: cannot read its flags (found %v)", cephMain, want, names)
+		}
+	}
+	return names
 }
+
+// cephMetricsPorts are csi-ceph's metrics ports (--metrics-addr, port
+// "metrics") by workload: fixed, since the node plugins share the host's
+// network with each other and with the node agent (9842), and the
+// monitoring config names them.
+var cephMetricsPorts = map[string]int{cephController: 9843, cephNode: 9844, cephFSController: 9845, cephFSNode: 9846}
 
 // cephDriverNames maps csi-ceph's --type to its CSI driver name.
 var cephDriverNames = map[string]string{"rbd": cephDriverName, "cephfs": cephFSDriverName}
@@ -59,6 +104,7 @@ func TestCSICephWorkloads(t *testing.T) {
 	objs := load(t)
 	drivers := map[string]bool{}
 	each(objs, func(_ *object, d *storagev1.CSIDriver) { drivers[d.Name] = true })
+	known := cephFlags(t)
 
 	modes := map[string]int{}
 	for _, w := range workloads(objs) {
@@ -88,7 +134,7 @@ func TestCSICephWorkloads(t *testing.T) {
 			t.Errorf("%s: positional arguments %v or a command %v: csi-ceph takes flags only", who, positional, c.Command)
 		}
 		for name, vals := range f {
-			if !cephFlags[name] {
+			if !known[name] {
 				t.Errorf("%s: csi-ceph has no flag --%s", who, name)
 			}
 			if len(vals) > 1 {
@@ -193,6 +239,7 @@ func TestCSICephWorkloads(t *testing.T) {
 			t.Errorf("%s: livenessProbe %s on port %v (%v), want /healthz on the sidecar's --health-port %d", who, pr.HTTPGet.Path, pr.HTTPGet.Port.String(), err, healthPorts[0])
 		}
 
+		checkCephMetrics(t, w, c, mode)
 		switch mode {
 		case "controller":
 			checkCephController(t, w, c)
@@ -373,5 +420,97 @@ func checkCephNode(t *testing.T, w workload, c *corev1.Container, driver, sockVo
 	}
 	if registrars != 1 {
 		t.Errorf("%s: %d node-driver-registrar containers, want one", o, registrars)
+	}
+}
+
+// checkCephMetrics checks the metrics endpoints of a csi-ceph pod:
+// csi-ceph's (--metrics-addr, on the node's own address when the pod is
+// on the host's network), the sidecars' (--http-endpoint), each with a
+// named containerPort, and no port twice in the pod.
+func checkCephMetrics(t *testing.T, w workload, c *corev1.Container, mode string) {
+	t.Helper()
+	s := w.spec()
+	who := fmt.Sprintf("%s: container %s", w.o, c.Name)
+	hostPort := func(addr string) (string, int, bool) {
+		i := strings.LastIndex(addr, ":")
+		if i < 0 {
+			return "", 0, false
+		}
+		n, err := strconv.Atoi(addr[i+1:])
+		return addr[:i], n, err == nil && n > 0 && n < 65536
+	}
+	namedPort := func(c *corev1.Container, name string) int {
+		for _, p := range c.Ports {
+			if p.Name == name && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+				return int(p.ContainerPort)
+			}
+		}
+		return 0
+	}
+
+	f, _ := flags(c)
+	addr, ok := flag1(f, "metrics-addr")
+	host, port, valid := hostPort(addr)
+	want := cephMetricsPorts[w.o.name()]
+	switch {
+	case !ok || !valid:
+		t.Errorf("%s: --metrics-addr %q: want HOST:PORT or :PORT", who, addr)
+	case want == 0:
+		t.Errorf("%s: no metrics port is planned for %s (cephMetricsPorts)", who, w.o.name())
+	case port != want:
+		t.Errorf("%s: --metrics-addr port %d, want %d", who, port, want)
+	case s.HostNetwork && host != "<fieldRef:status.hostIP>":
+		// On the host's network ":PORT" would serve on every address of
+		// the node.
+		t.Errorf("%s: --metrics-addr %q on the host's network: want $(NODE_IP):%d with NODE_IP from status.hostIP", who, addr, want)
+	case !s.HostNetwork && host != "":
+		t.Errorf("%s: --metrics-addr %q: want :%d (the pod's addresses)", who, addr, want)
+	}
+	if ok && valid && namedPort(c, "metrics") != port {
+		t.Errorf("%s: no TCP containerPort \"metrics\" %d for --metrics-addr", who, port)
+	}
+	if mode == "node" && !s.HostNetwork {
+		t.Errorf("%s: a node plugin off the host's network", who)
+	}
+
+	// The sidecars' own metrics, each on a port of its own.
+	for _, sc := range allContainers(s) {
+		if !leaderElected[imageName(sc.Image)] {
+			continue
+		}
+		sf, _ := flags(sc)
+		sw := fmt.Sprintf("%s: container %s", w.o, sc.Name)
+		ep, ok := flag1(sf, "http-endpoint")
+		host, port, valid := hostPort(ep)
+		switch {
+		case !ok || !valid || host != "":
+			t.Errorf("%s: --http-endpoint %q: want :PORT (its metrics)", sw, ep)
+			continue
+		case len(sf["metrics-address"]) > 0:
+			t.Errorf("%s: --metrics-address and --http-endpoint exclude each other", sw)
+		}
+		if p, ok := flag1(sf, "metrics-path"); ok && p != "/metrics" {
+			t.Errorf("%s: --metrics-path %q, want /metrics", sw, p)
+		}
+		var name string
+		for _, p := range sc.Ports {
+			if int(p.ContainerPort) == port {
+				name = p.Name
+			}
+		}
+		if !strings.HasPrefix(name, "http-") {
+			t.Errorf("%s: --http-endpoint %s has no containerPort named http-*", sw, ep)
+		}
+	}
+
+	// One pod, one network namespace: no port twice.
+	ports := map[int32]string{}
+	for _, sc := range allContainers(s) {
+		for _, p := range sc.Ports {
+			if other, dup := ports[p.ContainerPort]; dup {
+				t.Errorf("%s: port %d of container %s is also %s's", w.o, p.ContainerPort, sc.Name, other)
+			}
+			ports[p.ContainerPort] = sc.Name
+		}
 	}
 }

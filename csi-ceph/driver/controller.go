@@ -9,8 +9,10 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
 const (
@@ -149,7 +151,9 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		}
 		vol, created, err = d.createFromSource(ctx, c, params.ClusterID, spec, src)
 	} else {
+		done := timeOp(d.obs, metrics.OpCreate)
 		vol, created, err = c.CreateVolume(ctx, spec)
+		done(err)
 	}
 	if err != nil {
 		return nil, err
@@ -159,7 +163,7 @@ func (d *Driver) createVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, fmt.Errorf("image %s does not make a volume ID: %w", vol.Image, err)
 	}
 	if created {
-		d.log.Info("volume created", "name", req.GetName(), "id", id.String(), "pool", vol.Pool, "image", vol.Image, "bytes", vol.SizeBytes)
+		logChange(ctx, "volume created", "volumeID", id.String(), "pool", vol.Pool, "image", vol.Image, "bytes", vol.SizeBytes)
 	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
 		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: params.volumeContext(vol.Image),
@@ -179,11 +183,11 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	}
 	id, err := ParseVolumeID(req.GetVolumeId())
 	if err != nil {
-		d.log.Info("delete of a volume ID that is not ours: nothing to do", "id", req.GetVolumeId())
+		logging.From(ctx).Info("delete of a volume ID that is not ours: nothing to do")
 		return nil
 	}
 	if _, err := d.clusters.Get(id.ClusterID); err != nil {
-		d.log.Info("delete of a volume of an unknown cluster: nothing to do", "id", req.GetVolumeId())
+		logging.From(ctx).Info("delete of a volume of an unknown cluster: nothing to do")
 		return nil
 	}
 	creds, err := credsFrom(req.GetSecrets())
@@ -207,10 +211,13 @@ func (d *Driver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err != nil {
 		return err
 	}
-	if err := c.DeleteVolume(ctx, pool, id.image()); err != nil {
+	done := timeOp(d.obs, metrics.OpDelete)
+	err = c.DeleteVolume(ctx, pool, id.image())
+	done(err)
+	if err != nil {
 		return err
 	}
-	d.log.Info("volume deleted", "id", req.GetVolumeId())
+	logChange(ctx, "volume deleted")
 	return nil
 }
 
@@ -363,10 +370,13 @@ func (d *Driver) controllerExpand(ctx context.Context, req *csi.ControllerExpand
 		return nil, err
 	}
 	defer release()
+	done := timeOp(d.obs, metrics.OpResize)
 	got, err := c.ExpandVolume(ctx, pool, id.image(), size)
+	done(err)
 	if err != nil {
 		return nil, err
 	}
+	logChange(ctx, "volume expanded", "bytes", got)
 	block := req.GetVolumeCapability().GetBlock() != nil
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(got), NodeExpansionRequired: !block}, nil
 }

@@ -11,7 +11,10 @@
 // when idle (conns.go). Volume and snapshot IDs are in ids.go, the
 // cluster config in clusters.go. Each handler validates its request,
 // calls the domain, and converts the error to a gRPC status once, with
-// toStatus (errors.go).
+// toStatus (errors.go). serve.go serves the services, gives each call a
+// logger naming its volume, and serves the metrics (--metrics-addr);
+// observe.go times the Ceph-side operations and counts the staged
+// volumes for them.
 package driver
 
 import (
@@ -27,6 +30,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -73,7 +77,10 @@ type Config struct {
 	// Ceph to finish the clone before it answers Aborted (the CO asks
 	// again); 0 answers at once.
 	CloneWait time.Duration
-	Version   string
+	// MetricsAddr is where Prometheus metrics are served over HTTP
+	// (HOST:PORT or :PORT; an IPv6 host may come unbracketed); "": none.
+	MetricsAddr string
+	Version     string
 }
 
 // Validate checks the configuration.
@@ -100,6 +107,11 @@ func (c Config) Validate() error {
 	}
 	if c.ConnIdle < 0 {
 		return fmt.Errorf("connection idle time %v is negative", c.ConnIdle)
+	}
+	if c.MetricsAddr != "" {
+		if _, err := metricsListenAddr(c.MetricsAddr); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -129,6 +141,11 @@ type Driver struct {
 	node     *node
 	conns    *connCache[*rbd.Conn]
 	probes   *probeLog
+	// metrics are nil without --metrics-addr; then obs and conds are nil
+	// too.
+	metrics *metrics.Metrics
+	obs     opObserver
+	conds   *conditions
 }
 
 // New builds a driver from cfg.
@@ -150,21 +167,30 @@ func New(cfg Config, log *slog.Logger) (*Driver, error) {
 			return nil, err
 		}
 	}
+	var list func() ([]metrics.Volume, error)
+	if d.node != nil {
+		list = d.stagedVolumes
+	}
+	if d.metrics = newMetrics(cfg, Name, rbdMapperLabels, list); d.metrics != nil {
+		d.obs, d.conds = d.metrics, newConditions()
+	}
 	return d, nil
 }
 
 // Run serves CSI on the endpoint until ctx ends.
 func (d *Driver) Run(ctx context.Context) error {
-	d.log.Info("csi-ceph serving", "endpoint", d.cfg.Endpoint, "type", d.cfg.Type, "mode", d.cfg.Mode, "clusters", len(d.clusters))
-	return serveCSI(ctx, d.cfg.Endpoint, d.log, func(g *grpc.Server) {
-		csi.RegisterIdentityServer(g, d)
-		if d.cfg.Mode != ModeNode {
-			csi.RegisterControllerServer(g, d)
-		}
-		if d.cfg.Mode != ModeController {
-			csi.RegisterNodeServer(g, d)
-		}
-	}, d.conns.reapIdle, d.conns.closeAll)
+	d.log.Info("csi-ceph serving", "version", d.cfg.Version, "endpoint", d.cfg.Endpoint, "type", d.cfg.Type, "mode", d.cfg.Mode,
+		"clusters", len(d.clusters), "metricsAddr", d.cfg.MetricsAddr)
+	return serveCSI(ctx, service{endpoint: d.cfg.Endpoint, log: d.log, metrics: d.metrics, metricsAddr: d.cfg.MetricsAddr,
+		register: func(g *grpc.Server) {
+			csi.RegisterIdentityServer(g, d)
+			if d.cfg.Mode != ModeNode {
+				csi.RegisterControllerServer(g, d)
+			}
+			if d.cfg.Mode != ModeController {
+				csi.RegisterNodeServer(g, d)
+			}
+		}, background: d.conns.reapIdle, onStop: d.conns.closeAll})
 }
 
 // locks hands out per-ID locks; a busy ID means the call is Aborted, as

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/cephfs"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -148,6 +149,11 @@ func (d *FSDriver) createVolume(ctx context.Context, req *csi.CreateVolumeReques
 			return nil, err
 		}
 	}
+	op := metrics.OpCreate
+	if spec.FromSnapshot != nil || spec.FromVolume != "" {
+		op = metrics.OpClone
+	}
+	done := timeOp(d.obs, op)
 	vol, created, err := c.CreateVolume(ctx, spec)
 	// A small clone is done in a second or two: wait for it a little
 	// (--clone-wait) rather than send the CO into its back-off.
@@ -159,6 +165,9 @@ func (d *FSDriver) createVolume(ctx context.Context, req *csi.CreateVolumeReques
 		}
 		vol, created, err = c.CreateVolume(ctx, spec)
 	}
+	if !errors.Is(err, cephfs.ErrCloneInProgress) { // a clone still copied is not over: the CO asks again
+		done(err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +176,7 @@ func (d *FSDriver) createVolume(ctx context.Context, req *csi.CreateVolumeReques
 		return nil, err
 	}
 	if created {
-		d.log.Info("volume created", "name", req.GetName(), "id", id.String(), "subvolume", vol.Subvolume, "bytes", vol.SizeBytes)
+		logChange(ctx, "volume created", "volumeID", id.String(), "subvolume", vol.Subvolume, "bytes", vol.SizeBytes)
 	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
 		VolumeId: id.String(), CapacityBytes: int64(vol.SizeBytes), VolumeContext: params.volumeContext(vol.Subvolume, vol.Path),
@@ -240,10 +249,13 @@ func (d *FSDriver) deleteVolume(ctx context.Context, req *csi.DeleteVolumeReques
 		return err
 	}
 	defer r.release()
-	if err := r.c.DeleteVolume(ctx, r.fs, r.group, id.subvolume()); err != nil {
+	done := timeOp(d.obs, metrics.OpDelete)
+	err = r.c.DeleteVolume(ctx, r.fs, r.group, id.subvolume())
+	done(err)
+	if err != nil {
 		return err
 	}
-	d.log.Info("volume deleted", "id", req.GetVolumeId())
+	logChange(ctx, "volume deleted")
 	return nil
 }
 
@@ -305,10 +317,13 @@ func (d *FSDriver) controllerExpand(ctx context.Context, req *csi.ControllerExpa
 		return nil, err
 	}
 	defer r.release()
+	done := timeOp(d.obs, metrics.OpResize)
 	got, err := r.c.ExpandVolume(ctx, r.fs.Name, r.group, r.id.subvolume(), size)
+	done(err)
 	if err != nil {
 		return nil, err
 	}
+	logChange(ctx, "volume expanded", "bytes", got)
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(got), NodeExpansionRequired: false}, nil
 }
 
@@ -336,7 +351,9 @@ func (d *FSDriver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRe
 		return nil, err
 	}
 	defer r.release()
+	done := timeOp(d.obs, metrics.OpSnapshot)
 	s, created, err := r.c.CreateSnapshot(ctx, r.fs, r.group, req.GetName(), r.id.subvolume())
+	done(err)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +363,7 @@ func (d *FSDriver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRe
 		return nil, fmt.Errorf("snapshot %s does not make a snapshot ID", s.Snap)
 	}
 	if created {
-		d.log.Info("snapshot created", "name", req.GetName(), "id", sid.String())
+		logChange(ctx, "snapshot created", "snapshotID", sid.String())
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: &csi.Snapshot{
 		SnapshotId: sid.String(), SourceVolumeId: r.id.String(), SizeBytes: int64(s.SizeBytes),
@@ -385,5 +402,12 @@ func (d *FSDriver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRe
 		return err
 	}
 	defer r.release()
-	return r.c.DeleteSnapshot(ctx, r.fs, r.group, sid.subvolume(), sid.fsSnap())
+	done := timeOp(d.obs, metrics.OpDeleteSnapshot)
+	err = r.c.DeleteSnapshot(ctx, r.fs, r.group, sid.subvolume(), sid.fsSnap())
+	done(err)
+	if err != nil {
+		return err
+	}
+	logChange(ctx, "snapshot deleted")
+	return nil
 }

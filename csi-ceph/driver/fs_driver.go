@@ -21,6 +21,7 @@ import (
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/cephfs"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -41,6 +42,11 @@ type FSDriver struct {
 	conns    *connCache[*cephfs.Conn]
 	probes   *probeLog
 	node     *fsNode
+	// metrics are nil without --metrics-addr; then obs and conds are nil
+	// too.
+	metrics *metrics.Metrics
+	obs     opObserver
+	conds   *conditions
 }
 
 // NewCephFS builds the CephFS driver from cfg (Type cephfs).
@@ -70,21 +76,30 @@ func NewCephFS(cfg Config, log *slog.Logger) (*FSDriver, error) {
 			return nil, err
 		}
 	}
+	var list func() ([]metrics.Volume, error)
+	if d.node != nil {
+		list = d.stagedVolumes
+	}
+	if d.metrics = newMetrics(cfg, FSName, fsMapperLabels, list); d.metrics != nil {
+		d.obs, d.conds = d.metrics, newConditions()
+	}
 	return d, nil
 }
 
 // Run serves CSI on the endpoint until ctx ends.
 func (d *FSDriver) Run(ctx context.Context) error {
-	d.log.Info("csi-ceph serving", "endpoint", d.cfg.Endpoint, "type", d.cfg.Type, "mode", d.cfg.Mode, "clusters", len(d.clusters))
-	return serveCSI(ctx, d.cfg.Endpoint, d.log, func(g *grpc.Server) {
-		csi.RegisterIdentityServer(g, d)
-		if d.cfg.Mode != ModeNode {
-			csi.RegisterControllerServer(g, d)
-		}
-		if d.cfg.Mode != ModeController {
-			csi.RegisterNodeServer(g, d)
-		}
-	}, d.conns.reapIdle, d.conns.closeAll)
+	d.log.Info("csi-ceph serving", "version", d.cfg.Version, "endpoint", d.cfg.Endpoint, "type", d.cfg.Type, "mode", d.cfg.Mode,
+		"clusters", len(d.clusters), "metricsAddr", d.cfg.MetricsAddr)
+	return serveCSI(ctx, service{endpoint: d.cfg.Endpoint, log: d.log, metrics: d.metrics, metricsAddr: d.cfg.MetricsAddr,
+		register: func(g *grpc.Server) {
+			csi.RegisterIdentityServer(g, d)
+			if d.cfg.Mode != ModeNode {
+				csi.RegisterControllerServer(g, d)
+			}
+			if d.cfg.Mode != ModeController {
+				csi.RegisterNodeServer(g, d)
+			}
+		}, background: d.conns.reapIdle, onStop: d.conns.closeAll})
 }
 
 // group is the subvolume group of a cluster's volumes.

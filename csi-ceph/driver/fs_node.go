@@ -15,9 +15,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mounts"
 	"github.com/nodeinfra/nodeinfra/pkg/atomicfile"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
 // The CephFS node stages a volume once per node: the subvolume is mounted
@@ -173,10 +175,12 @@ func (d *FSDriver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeReques
 		case !stale && old.StagingPath != path:
 			return fmt.Errorf("volume is staged at %s already: %w", old.StagingPath, errdefs.ErrFailedPrecondition)
 		case cerr == nil:
+			d.conds.set(req.GetVolumeId(), false)
 			return nil // staged already
 		case !stale && errors.Is(cerr, mapper.ErrBroken):
 			if err := n.fs.Heal(ctx, old.Mount); err == nil {
-				d.log.Info("staging healed", "id", req.GetVolumeId(), "was", cerr.Error())
+				d.conds.set(req.GetVolumeId(), false)
+				logChange(ctx, "staging healed", "was", cerr.Error())
 				return nil
 			}
 		}
@@ -221,10 +225,12 @@ func (d *FSDriver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeReques
 	if err := n.save(s); err != nil {
 		return err
 	}
+	done := timeOp(d.obs, metrics.OpMount)
 	m, err := n.fs.Mount(ctx, t, which, path, s.Mount.Dir)
+	done(err)
 	if err != nil {
 		if rerr := n.release(s); rerr != nil {
-			d.log.Error("undo a failed stage", "id", req.GetVolumeId(), "error", rerr)
+			logging.From(ctx).Error("undo a failed stage", "error", rerr)
 		}
 		return err
 	}
@@ -232,17 +238,18 @@ func (d *FSDriver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeReques
 	if err := n.save(s); err != nil {
 		return err
 	}
-	d.log.Info("volume staged", "id", req.GetVolumeId(), "mounter", which, "path", subPath)
+	d.conds.set(req.GetVolumeId(), false)
+	logChange(ctx, "volume staged", "mounter", which, "path", subPath)
 	return nil
 }
 
 // NodeUnstageVolume implements csi.NodeServer: unmount the staging path
 // (a dead ceph-fuse's mount too) and remove the work dir and record.
 func (d *FSDriver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(req))
+	return &csi.NodeUnstageVolumeResponse{}, toStatus(d.nodeUnstage(ctx, req))
 }
 
-func (d *FSDriver) nodeUnstage(req *csi.NodeUnstageVolumeRequest) error {
+func (d *FSDriver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
 	if req.GetVolumeId() == "" {
 		return fmt.Errorf("volume ID is required: %w", errdefs.ErrInvalidArgument)
 	}
@@ -258,19 +265,25 @@ func (d *FSDriver) nodeUnstage(req *csi.NodeUnstageVolumeRequest) error {
 	if err != nil {
 		return err
 	}
-	if err := mounts.Unmount(req.GetStagingTargetPath()); err != nil {
-		return fmt.Errorf("unmount staging path: %w", err)
+	// The unmount, and for a ceph-fuse mount the daemon's exit
+	// (release), are the operation "unmount".
+	done := timeOp(d.obs, metrics.OpUnmount)
+	err = mounts.Unmount(req.GetStagingTargetPath())
+	if err != nil {
+		err = fmt.Errorf("unmount staging path: %w", err)
+	} else if found {
+		err = d.node.release(s)
 	}
-	if found {
-		if err := d.node.release(s); err != nil {
-			return err
-		}
+	done(err)
+	if err != nil {
+		return err
 	}
 	if err := mounts.Cleanup(req.GetStagingTargetPath()); err != nil {
 		return err
 	}
+	d.conds.forget(req.GetVolumeId())
 	if found {
-		d.log.Info("volume unstaged", "id", req.GetVolumeId())
+		logChange(ctx, "volume unstaged")
 	}
 	return nil
 }
@@ -306,15 +319,18 @@ func (d *FSDriver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRe
 		return fmt.Errorf("volume is staged at %s, not %s: %w", s.StagingPath, req.GetStagingTargetPath(), errdefs.ErrFailedPrecondition)
 	}
 	if stale, err := n.check(s); stale {
+		d.conds.set(req.GetVolumeId(), true)
 		return fmt.Errorf("the volume's staging record is stale (%v): stage it again: %w", err, errdefs.ErrFailedPrecondition)
 	} else if errors.Is(err, mapper.ErrBroken) {
 		if herr := n.fs.Heal(ctx, s.Mount); herr != nil {
+			d.conds.set(req.GetVolumeId(), true)
 			return fmt.Errorf("the volume's staging is broken (%v) and healing it failed: %v: %w", err, herr, errdefs.ErrUnavailable)
 		}
-		d.log.Info("staging healed", "id", req.GetVolumeId(), "was", err.Error())
+		logChange(ctx, "staging healed", "was", err.Error())
 	} else if err != nil {
 		return err
 	}
+	d.conds.set(req.GetVolumeId(), false)
 	target := req.GetTargetPath()
 	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
 		if other, err := otherBind(s.StagingPath, target); err != nil {
@@ -341,22 +357,21 @@ func (d *FSDriver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRe
 	if err := unix.Mount(s.StagingPath, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s at %s: %w", s.StagingPath, target, err)
 	}
-	if req.GetReadonly() || readOnlyMode(req.GetVolumeCapability()) {
+	ro := req.GetReadonly() || readOnlyMode(req.GetVolumeCapability())
+	if ro {
 		if err := unix.Mount("", target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 			_ = unix.Unmount(target, 0)
 			return fmt.Errorf("make %s read-only: %w", target, err)
 		}
 	}
+	logChange(ctx, "volume published", "target", target, "readOnly", ro)
 	return nil
 }
 
 // NodeUnpublishVolume implements csi.NodeServer.
 func (d *FSDriver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
-		return nil, toStatus(fmt.Errorf("volume ID and target path are required: %w", errdefs.ErrInvalidArgument))
-	}
-	if err := mounts.Cleanup(req.GetTargetPath()); err != nil {
-		return nil, toStatus(fmt.Errorf("unpublish %s: %w", req.GetTargetPath(), err))
+	if err := unpublish(ctx, req); err != nil {
+		return nil, toStatus(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
@@ -399,6 +414,7 @@ func (d *FSDriver) nodeVolumeStats(req *csi.NodeGetVolumeStatsRequest) (*csi.Nod
 			{Unit: csi.VolumeUsage_INODES, Used: int64(sfs.Files)},
 		}
 	}
+	d.conds.set(req.GetVolumeId(), abnormal)
 	setVolumeCondition(resp, abnormal, msg)
 	return resp, nil
 }

@@ -144,7 +144,7 @@ func (n *node) heal(ctx context.Context, s staged, h health) (staged, error) {
 			}
 		}
 	}
-	n.log.Info("staging healed", "id", s.VolumeID, "was", h.reason, "device", s.Mapping.Device)
+	logChange(ctx, "staging healed", "was", h.reason, "device", s.Mapping.Device)
 	return s, nil
 }
 
@@ -196,6 +196,7 @@ func (d *Driver) nodeVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStat
 	} else if !abnormal {
 		return nil, err
 	}
+	d.conds.set(req.GetVolumeId(), abnormal)
 	setVolumeCondition(resp, abnormal, msg)
 	return resp, nil
 }
@@ -320,5 +321,6 @@ func (d *Driver) nodeVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHea
 			add("PublishedFromEarlierMapping", msg)
 		}
 	}
+	d.conds.set(req.GetVolumeId(), len(vh.HealthStatuses) > 0)
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: vh}, nil
 }

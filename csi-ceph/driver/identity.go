@@ -19,8 +19,8 @@ import (
 func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
 	resp := &csi.GetPluginInfoResponse{Name: Name, VendorVersion: d.cfg.Version}
 	if down := d.probes.unreachable(); len(down) > 0 {
-		// No metrics endpoint yet: the clusters the last probe could not
-		// reach show here (and in the log).
+		// The clusters the last probe could not reach show here (and in
+		// the log).
 		resp.Manifest = map[string]string{"unreachableClusters": strings.Join(down, ",")}
 	}
 	return resp, nil

@@ -14,9 +14,11 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mapper"
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/mounts"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
+	"github.com/nodeinfra/nodeinfra/pkg/logging"
 )
 
 // bootIDPath holds an ID the kernel picks at every boot.
@@ -123,6 +125,9 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		return err
 	} else if found {
 		if done, err := n.restage(ctx, old, req.GetStagingTargetPath()); err != nil || done {
+			if done {
+				d.conds.set(req.GetVolumeId(), false)
+			}
 			return err
 		}
 	}
@@ -167,7 +172,7 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		Image: id.image(), ImageID: imageID, ReadOnly: ro, Options: params.Map.For(which), UnmapOptions: params.Unmap.For(which)}
 	work := n.workDir(req.GetVolumeId())
 	if which == mapper.KRBD {
-		t.MonAddrs = monAddrs(ctx, c, d.log)
+		t.MonAddrs = monAddrs(ctx, c)
 		work = "" // the kernel needs no work dir
 	}
 	s := staged{Version: recordVersion, VolumeID: req.GetVolumeId(), StagingPath: req.GetStagingTargetPath(), Block: block,
@@ -182,11 +187,13 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 	defer func() {
 		if !ok { // a failed stage leaves no map, loop device or FUSE process behind
 			if err := n.release(context.Background(), s); err != nil {
-				d.log.Error("undo a failed stage", "id", req.GetVolumeId(), "error", err)
+				logging.From(ctx).Error("undo a failed stage", "error", err)
 			}
 		}
 	}()
+	done := timeOp(d.obs, metrics.OpMap)
 	m, err := n.mappers[which].Map(ctx, t, work)
+	done(err)
 	if err != nil {
 		return err
 	}
@@ -195,22 +202,26 @@ func (d *Driver) nodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest)
 		return err
 	}
 	if !block {
-		if err := n.mountStaging(s, params.Mkfs); err != nil {
+		done := timeOp(d.obs, metrics.OpMount)
+		err := n.mountStaging(s, params.Mkfs)
+		done(err)
+		if err != nil {
 			return err
 		}
 	}
 	ok = true
-	d.log.Info("volume staged", "id", req.GetVolumeId(), "device", m.Device, "mapper", which, "fsType", fsType)
+	d.conds.set(req.GetVolumeId(), false)
+	logChange(ctx, "volume staged", "device", m.Device, "mapper", which, "fsType", fsType)
 	return nil
 }
 
 // monAddrs returns the monitors' addresses from the cluster's monitor map
 // for the kernel client; when the map cannot be read, none (krbd then
 // reads the cluster config's monitors).
-func monAddrs(ctx context.Context, c *rbd.Conn, log *slog.Logger) []mapper.MonAddr {
+func monAddrs(ctx context.Context, c *rbd.Conn) []mapper.MonAddr {
 	mons, err := c.MonitorAddrs(ctx)
 	if err != nil {
-		log.Warn("read the monitor map (krbd falls back to the configured monitors)", "error", err)
+		logging.From(ctx).Warn("read the monitor map (krbd falls back to the configured monitors)", "error", err)
 		return nil
 	}
 	out := make([]mapper.MonAddr, len(mons))
@@ -252,11 +263,11 @@ func (n *node) restage(ctx context.Context, s staged, path string) (done bool, e
 		if err == nil {
 			return true, nil
 		}
-		n.log.Warn("heal a broken staging failed: mapping again", "id", s.VolumeID, "broken", h.reason, "error", err)
+		logging.From(ctx).Warn("heal a broken staging failed: mapping again", "broken", h.reason, "error", err)
 	case stale:
 		// The record's device is not the volume's: release only what is
 		// found to be the volume's, and map again.
-		n.log.Warn("stale staging record: mapping again", "id", s.VolumeID, "device", s.Mapping.Device, "reason", h.reason)
+		logging.From(ctx).Warn("stale staging record: mapping again", "device", s.Mapping.Device, "reason", h.reason)
 	}
 	if err := n.release(ctx, s); err != nil {
 		return false, err
@@ -309,22 +320,30 @@ func (d *Driver) nodeUnstage(ctx context.Context, req *csi.NodeUnstageVolumeRequ
 	}
 	if found {
 		if h, err := n.inspect(ctx, s); err == nil && h.state != healthy {
-			d.log.Info("unstaging a volume that is not healthy", "id", req.GetVolumeId(), "state", h.state.String(), "reason", h.reason)
+			logging.From(ctx).Info("unstaging a volume that is not healthy", "state", h.state.String(), "reason", h.reason)
 		}
 	}
-	if err := mounts.Unmount(req.GetStagingTargetPath()); err != nil {
+	done := timeOp(d.obs, metrics.OpUnmount)
+	err = mounts.Unmount(req.GetStagingTargetPath())
+	done(err)
+	if err != nil {
 		return fmt.Errorf("unmount staging path: %w", err)
 	}
 	if found {
-		if err := n.release(ctx, s); err != nil {
+		// release unmaps (its own unmount finds nothing mounted now).
+		done := timeOp(d.obs, metrics.OpUnmap)
+		err := n.release(ctx, s)
+		done(err)
+		if err != nil {
 			return err
 		}
 	}
 	if err := mounts.Cleanup(req.GetStagingTargetPath()); err != nil {
 		return err
 	}
+	d.conds.forget(req.GetVolumeId())
 	if found {
-		d.log.Info("volume unstaged", "id", req.GetVolumeId())
+		logChange(ctx, "volume unstaged")
 	}
 	return nil
 }

@@ -54,12 +54,15 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 	switch h.state {
 	case stale:
 		// Never publish a device the record merely names.
+		d.conds.set(req.GetVolumeId(), true)
 		return fmt.Errorf("the volume's staging record is stale (%s): stage it again: %w", h.reason, errdefs.ErrFailedPrecondition)
 	case broken:
 		if s, err = n.heal(ctx, s, h); err != nil {
+			d.conds.set(req.GetVolumeId(), true)
 			return fmt.Errorf("the volume's staging is broken (%s) and healing it failed: %v: %w", h.reason, err, errdefs.ErrUnavailable)
 		}
 	}
+	d.conds.set(req.GetVolumeId(), false)
 	block := req.GetVolumeCapability().GetBlock() != nil
 	target := req.GetTargetPath()
 	source := s.StagingPath
@@ -97,20 +100,27 @@ func (d *Driver) nodePublish(ctx context.Context, req *csi.NodePublishVolumeRequ
 			return fmt.Errorf("make %s read-only: %w", target, err)
 		}
 	}
+	logChange(ctx, "volume published", "target", target, "readOnly", req.GetReadonly())
 	return nil
 }
 
 // NodeUnpublishVolume implements csi.NodeServer.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	return &csi.NodeUnpublishVolumeResponse{}, toStatus(d.nodeUnpublish(req))
+	return &csi.NodeUnpublishVolumeResponse{}, toStatus(unpublish(ctx, req))
 }
 
-func (d *Driver) nodeUnpublish(req *csi.NodeUnpublishVolumeRequest) error {
+// unpublish removes a publish target's mount and the target (both
+// drivers).
+func unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	if req.GetVolumeId() == "" || req.GetTargetPath() == "" {
 		return fmt.Errorf("volume ID and target path are required: %w", errdefs.ErrInvalidArgument)
 	}
+	_, published, _ := mounts.At(req.GetTargetPath()) // the mount table only: no I/O to the mount
 	if err := mounts.Cleanup(req.GetTargetPath()); err != nil {
 		return fmt.Errorf("unpublish %s: %w", req.GetTargetPath(), err)
+	}
+	if published {
+		logChange(ctx, "volume unpublished", "target", req.GetTargetPath())
 	}
 	return nil
 }
@@ -140,6 +150,7 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 	if err != nil {
 		return nil, err
 	}
+	d.conds.set(req.GetVolumeId(), h.state != healthy)
 	if h.state != healthy {
 		return nil, fmt.Errorf("the volume's staging is %s (%s): %w", h.state, h.reason, errdefs.ErrFailedPrecondition)
 	}
@@ -154,6 +165,6 @@ func (d *Driver) nodeExpand(ctx context.Context, req *csi.NodeExpandVolumeReques
 			return nil, fmt.Errorf("grow the filesystem on %s: %w", s.Mapping.Device, err)
 		}
 	}
-	d.log.Info("volume expanded on the node", "id", req.GetVolumeId(), "bytes", size)
+	logChange(ctx, "volume expanded on the node", "bytes", size)
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: int64(size)}, nil
 }

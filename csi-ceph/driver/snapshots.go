@@ -8,6 +8,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nodeinfra/nodeinfra/csi-ceph/metrics"
 	"github.com/nodeinfra/nodeinfra/csi-ceph/rbd"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -65,7 +66,9 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, err
 	}
 	defer release()
+	done := timeOp(d.obs, metrics.OpSnapshot)
 	s, created, err := c.CreateSnapshot(ctx, rbd.SnapshotSpec{Name: req.GetName(), Pool: pool, SourceImage: vid.image()})
+	done(err)
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +77,7 @@ func (d *Driver) createSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, fmt.Errorf("snapshot %s does not make a snapshot ID", s.SnapName)
 	}
 	if created {
-		d.log.Info("snapshot created", "name", req.GetName(), "id", sid.String())
+		logChange(ctx, "snapshot created", "snapshotID", sid.String())
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: snapshotToCSI(sid, s)}, nil
 }
@@ -109,7 +112,14 @@ func (d *Driver) deleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 		return err
 	}
 	defer release()
-	return c.DeleteSnapshot(ctx, pool, vid.image(), sid.snap())
+	done := timeOp(d.obs, metrics.OpDeleteSnapshot)
+	err = c.DeleteSnapshot(ctx, pool, vid.image(), sid.snap())
+	done(err)
+	if err != nil {
+		return err
+	}
+	logChange(ctx, "snapshot deleted")
+	return nil
 }
 
 // ListSnapshots implements csi.ControllerServer, filtered by snapshot or
@@ -180,7 +190,10 @@ func (d *Driver) createFromSource(ctx context.Context, c *rbd.Conn, clusterID st
 		if err != nil {
 			return rbd.Volume{}, false, err
 		}
-		return c.CreateVolumeFromSnapshot(ctx, spec, pool, sid.image(), sid.snap())
+		done := timeOp(d.obs, metrics.OpClone)
+		vol, created, err := c.CreateVolumeFromSnapshot(ctx, spec, pool, sid.image(), sid.snap())
+		done(err)
+		return vol, created, err
 	}
 	if v := src.GetVolume(); v != nil {
 		vid, err := ParseVolumeID(v.GetVolumeId())
@@ -194,7 +207,10 @@ func (d *Driver) createFromSource(ctx context.Context, c *rbd.Conn, clusterID st
 		if err != nil {
 			return rbd.Volume{}, false, err
 		}
-		return c.CreateVolumeFromVolume(ctx, spec, pool, vid.image())
+		done := timeOp(d.obs, metrics.OpClone)
+		vol, created, err := c.CreateVolumeFromVolume(ctx, spec, pool, vid.image())
+		done(err)
+		return vol, created, err
 	}
 	return rbd.Volume{}, false, fmt.Errorf("unknown volume content source: %w", errdefs.ErrInvalidArgument)
 }

@@ -20,7 +20,8 @@ func TestCSISanityCephFS(t *testing.T) {
 	_, sanityBin := binaries(t)
 	// csi-sanity does not retry an Aborted CreateVolume: wait for clones
 	// (about 13 s each on the test cluster) in the call.
-	d := startFSDriver(t, "--clone-wait=90s")
+	metricsAddr := freeAddr(t)
+	d := startFSDriver(t, "--clone-wait=90s", "--metrics-addr", metricsAddr)
 	var secrets strings.Builder
 	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret", "NodeStageVolumeSecret",
 		"ControllerExpandVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret"} {
@@ -63,4 +64,11 @@ func TestCSISanityCephFS(t *testing.T) {
 	if left := leftovers(d.dir); len(left) > 0 {
 		t.Errorf("left under %s: %v", d.dir, left)
 	}
+	s := scrapeMetrics(t, metricsAddr)
+	s.expect(t, []check{
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "NodeStageVolume", "grpc_code": "OK"}, 1, false},
+		{"grpc_server_handled_total", map[string]string{"grpc_code": "InvalidArgument"}, 1, false},
+		{"csi_ceph_operation_duration_seconds_count", map[string]string{"operation": "clone", "outcome": "ok"}, 1, false},
+		{"csi_ceph_mapped_volumes", nil, 0, true},
+	})
 }

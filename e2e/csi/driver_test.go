@@ -44,15 +44,17 @@ type driver struct {
 	mappers *cgroup
 
 	bin, config string
-	mu          sync.Mutex
-	cmd         *exec.Cmd
-	conn        *grpc.ClientConn
-	log         bytes.Buffer
+	// extra are more flags, after the driver's own.
+	extra []string
+	mu    sync.Mutex
+	cmd   *exec.Cmd
+	conn  *grpc.ClientConn
+	log   bytes.Buffer
 }
 
 // startDriver runs the csi-ceph binary in mode all against the run's
-// cluster and connects to it.
-func startDriver(t *testing.T) *driver {
+// cluster, with extra flags, and connects to it.
+func startDriver(t *testing.T, extra ...string) *driver {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	bin := os.Getenv("NODEINFRA_BIN")
@@ -62,7 +64,7 @@ func startDriver(t *testing.T) *driver {
 	cl := testutil.Ceph(t)
 	dir := t.TempDir()
 	d := &driver{secrets: cl.Secrets(), params: cl.Params("rbd"), dir: dir, bin: filepath.Join(bin, "csi-ceph"),
-		config: filepath.Join(dir, "config.json")}
+		config: filepath.Join(dir, "config.json"), extra: extra}
 	if err := os.WriteFile(d.config, []byte(fmt.Sprintf(`[{"clusterID": %q, "monitors": [%q]}]`, cl.ClusterID, cl.Monitors[0])), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +88,7 @@ func (d *driver) start(t *testing.T, in *cgroup) {
 	_ = os.Remove(sock)
 	args := []string{"--endpoint", "unix://" + sock, "--nodeid", "data-node", "--mode", "all",
 		"--cluster-config", d.config, "--state-dir", filepath.Join(d.dir, "state"), "--mapper-cgroup", d.mappers.path}
+	args = append(args, d.extra...)
 	cmd := exec.Command(d.bin, args...)
 	if in != nil {
 		// Into the group in every hierarchy before it runs, as a

@@ -58,9 +58,11 @@ func TestCSISanity(t *testing.T) {
 	sock := filepath.Join(dir, "csi.sock")
 	var driverLog bytes.Buffer
 	mappers := newCgroup(t, "sanity-mappers", true) // removed after the driver
+	// With metrics, as it runs in a cluster.
+	metricsAddr := freeAddr(t)
 	drv := exec.Command(driverBin, "--endpoint", "unix://"+sock, "--nodeid", "sanity-node", "--mode", "all",
 		"--cluster-config", config, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info",
-		"--credentials-dir", filepath.Join(dir, "creds"), "--mapper-cgroup", mappers.path)
+		"--credentials-dir", filepath.Join(dir, "creds"), "--mapper-cgroup", mappers.path, "--metrics-addr", metricsAddr)
 	drv.Stdout, drv.Stderr = &driverLog, &driverLog
 	if err := drv.Start(); err != nil {
 		t.Fatal(err)
@@ -101,6 +103,15 @@ func TestCSISanity(t *testing.T) {
 	if left := leftovers(dir); len(left) > 0 {
 		t.Errorf("left under %s: %v", dir, left)
 	}
+	// The metrics saw every call, the failed ones under their codes, and
+	// no volume is staged any more.
+	s := scrapeMetrics(t, metricsAddr)
+	s.expect(t, []check{
+		{"grpc_server_handled_total", map[string]string{"grpc_method": "NodeStageVolume", "grpc_code": "OK"}, 1, false},
+		{"grpc_server_handled_total", map[string]string{"grpc_code": "InvalidArgument"}, 1, false},
+		{"grpc_server_handled_total", map[string]string{"grpc_code": "NotFound"}, 1, false},
+		{"csi_ceph_mapped_volumes", nil, 0, true},
+	})
 }
 
 func tail(s string, n int) string {

@@ -24,14 +24,15 @@ type CSICeph struct {
 }
 
 // StartCSICeph runs bin/csi-ceph against c with its socket and state in
-// dir, its log on stderr.
-func StartCSICeph(bin, dir string, c *CephCluster) (*CSICeph, error) {
+// dir, extra flags after the driver's own, its log on stderr.
+func StartCSICeph(bin, dir string, c *CephCluster, extra ...string) (*CSICeph, error) {
 	sock := filepath.Join(dir, "csi.sock")
 	// --mapper-cgroup= keeps rbd-fuse in the driver's own cgroup: a
 	// program's short-lived driver needs no cgroup of its own on the host.
-	cmd := exec.Command(filepath.Join(bin, "csi-ceph"), "--endpoint", "unix://"+sock, "--nodeid", "demo-node", "--mode", "all",
+	args := append([]string{"--endpoint", "unix://" + sock, "--nodeid", "demo-node", "--mode", "all",
 		"--cluster-config", filepath.Join(c.Dir, "cluster.json"), "--state-dir", filepath.Join(dir, "state"), "--log-level", "warn",
-		"--mapper-cgroup=")
+		"--mapper-cgroup="}, extra...)
+	cmd := exec.Command(filepath.Join(bin, "csi-ceph"), args...)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
