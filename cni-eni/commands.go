@@ -167,7 +167,8 @@ func cmdAdd(args *skel.CmdArgs) (retErr error) {
 	}); err != nil {
 		return c.agentError("confirm attachment", err)
 	}
-	log.Info("ENI attached", "duration", time.Since(c.start), "attachedAt", tAttach.Sub(c.start), "movedAt", tMoved.Sub(c.start), "configuredAt", tConfigured.Sub(c.start), "ifindex", id.Index)
+	log.Info("ENI attached", "seconds", time.Since(c.start).Seconds(), "attachedAtSeconds", tAttach.Sub(c.start).Seconds(),
+		"movedAtSeconds", tMoved.Sub(c.start).Seconds(), "configuredAtSeconds", tConfigured.Sub(c.start).Seconds(), "ifindex", id.Index)
 	return types.PrintResult(buildResult(spec, args.IfName, args.Netns), c.conf.CNIVersion)
 }
 
@@ -271,7 +272,7 @@ func (c *call) detach(containerID, ifname, netnsHint string) error {
 	if err != nil {
 		return c.agentError("detach ENI", err)
 	}
-	c.log.Info("ENI detached", "mac", spec.MAC, "link", outcome, "state", dresp.GetEniState().String(), "duration", time.Since(c.start))
+	c.log.Info("ENI detached", "mac", spec.MAC, "link", outcome, "state", dresp.GetEniState().String(), "seconds", time.Since(c.start).Seconds())
 	return nil
 }
 
