@@ -357,14 +357,21 @@ func each[T any](objs []*object, fn func(o *object, v *T)) {
 	}
 }
 
-// lookup finds the object of type T with that namespace and name.
+// lookup finds the object of type T with that namespace and name, or
+// the one a kustomize generator made of that name (name-<hash>).
 func lookup[T any](objs []*object, ns, name string) *T {
+	var generated *T
 	for _, o := range objs {
-		if v, ok := o.obj.(*T); ok && o.ns() == ns && o.name() == name {
-			return v
+		if v, ok := o.obj.(*T); ok && o.ns() == ns {
+			if o.name() == name {
+				return v
+			}
+			if generatedFrom(o.name(), name) {
+				generated = v
+			}
 		}
 	}
-	return nil
+	return generated
 }
 
 // ---------------------------------------------------------------------------

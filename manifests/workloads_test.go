@@ -439,3 +439,23 @@ func TestWorkloads(t *testing.T) {
 		}
 	}
 }
+
+// Every workload runs on linux/amd64 nodes only (the images are built for
+// that), by a required node affinity.
+func TestWorkloadsLinuxAMD64(t *testing.T) {
+	for _, w := range workloads(load(t)) {
+		want := map[string]string{"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+		if a := w.spec().Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+			for _, term := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+				for _, e := range term.MatchExpressions {
+					if e.Operator == corev1.NodeSelectorOpIn && len(e.Values) == 1 && want[e.Key] == e.Values[0] {
+						delete(want, e.Key)
+					}
+				}
+			}
+		}
+		if len(want) > 0 {
+			t.Errorf("%s: no required node affinity for %v", w.o, want)
+		}
+	}
+}
