@@ -298,8 +298,15 @@ func checkCephController(t *testing.T, w workload, c *corev1.Container) {
 	} else if sc.Capabilities != nil && len(sc.Capabilities.Add) > 0 {
 		t.Errorf("%s: csi-ceph controller adds capabilities %v", w.o, sc.Capabilities.Add)
 	}
-	if s.HostNetwork || s.HostPID {
-		t.Errorf("%s: the controller needs neither the host's network nor its PIDs", w.o)
+	// The host's network: the pod network is the tenants' (cni-eni gives
+	// a pod its VPC's ENI), and the sidecars must reach the API server.
+	// Then one replica per node, their ports being the node's.
+	if !s.HostNetwork || s.HostPID {
+		t.Errorf("%s: the controller must be on the host's network, and needs not the host's PIDs", w.o)
+	}
+	if a := s.Affinity; a == nil || a.PodAntiAffinity == nil || len(a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution) == 0 ||
+		a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != "kubernetes.io/hostname" {
+		t.Errorf("%s: replicas on the host's network need a required anti-affinity per node", w.o)
 	}
 	for _, v := range s.Volumes {
 		if v.HostPath != nil {
@@ -483,9 +490,13 @@ func checkCephMetrics(t *testing.T, w workload, c *corev1.Container, mode string
 		ep, ok := flag1(sf, "http-endpoint")
 		host, port, valid := hostPort(ep)
 		switch {
-		case !ok || !valid || host != "":
-			t.Errorf("%s: --http-endpoint %q: want :PORT (its metrics)", sw, ep)
+		case !ok || !valid:
+			t.Errorf("%s: --http-endpoint %q: want HOST:PORT (its metrics)", sw, ep)
 			continue
+		case s.HostNetwork && host != "<fieldRef:status.hostIP>":
+			t.Errorf("%s: --http-endpoint %q on the host's network: want $(NODE_IP):PORT with NODE_IP from status.hostIP", sw, ep)
+		case !s.HostNetwork && host != "":
+			t.Errorf("%s: --http-endpoint %q: want :PORT (the pod's addresses)", sw, ep)
 		case len(sf["metrics-address"]) > 0:
 			t.Errorf("%s: --metrics-address and --http-endpoint exclude each other", sw)
 		}

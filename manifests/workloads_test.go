@@ -459,3 +459,40 @@ func TestWorkloadsLinuxAMD64(t *testing.T) {
 		}
 	}
 }
+
+// Pods on the host's network share the node's ports: no two workloads
+// that can land on one node (every DaemonSet, and a Deployment's pod)
+// may ask for the same one.
+func TestHostNetworkPortsDistinct(t *testing.T) {
+	owner := map[int32]string{}
+	for _, w := range workloads(load(t)) {
+		if !w.spec().HostNetwork {
+			continue
+		}
+		seen := map[int32]bool{}
+		for _, c := range allContainers(w.spec()) {
+			for _, p := range c.Ports {
+				if seen[p.ContainerPort] {
+					continue // the same port named twice in one pod is the pod test's
+				}
+				seen[p.ContainerPort] = true
+				if o, dup := owner[p.ContainerPort]; dup {
+					t.Errorf("%s and %s both use port %d on the host's network", o, w.o, p.ContainerPort)
+				}
+				owner[p.ContainerPort] = w.o.String()
+			}
+		}
+		// The livenessprobe's health port is the node's too.
+		for _, c := range allContainers(w.spec()) {
+			f, _ := flags(c)
+			if hp, ok := flag1(f, "health-port"); ok && !seen[int32(atoi(hp))] {
+				t.Errorf("%s: --health-port %s has no containerPort", w.o, hp)
+			}
+		}
+	}
+}
+
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
+}
