@@ -18,7 +18,7 @@ t0=$SECONDS
 phase() { echo "e2e-k8s: $* ($((SECONDS - t0)) s)" >&2; }
 
 # What the suite puts on the host, and whether it was there before.
-host_paths=(/opt/cni/bin/cni-eni /opt/cni/bin/loopback /etc/cni/net.d/10-cni-eni.conflist /var/lib/nodeagent /run/nodeagent /var/lib/csi-ceph)
+host_paths=(/opt/cni/bin/cni-eni /opt/cni/bin/loopback /etc/cni/net.d/10-cni-eni.conflist /lib/modules /run/mount /var/lib/nodeagent /run/nodeagent /var/lib/csi-ceph)
 declare -A had
 for p in "${host_paths[@]}"; do [[ -e $p ]] && had[$p]=1; done
 
@@ -55,7 +55,9 @@ else
 fi
 phase "starting Kubernetes"
 mkdir -p /etc/cni/net.d /opt/cni/bin
-CNI_CONF_DIR=/etc/cni/net.d CNI_BIN_DIR=/opt/cni/bin IMAGES_DIR="$bin/images" "$here/up.sh" "$work/k8s"
+# Pods' network namespaces in /run/netns, containerd's default: the agent
+# finds them there (its DaemonSet mounts the host's /run/netns).
+CNI_CONF_DIR=/etc/cni/net.d CNI_BIN_DIR=/opt/cni/bin NETNS_UNDER_STATE=false IMAGES_DIR="$bin/images" "$here/up.sh" "$work/k8s"
 "$here/smoke.sh" "$work/k8s"
 phase "running the scenarios"
 cd "$repo"
