@@ -107,3 +107,79 @@ proto:
 
 clean:
 	rm -rf $(BIN)
+
+# The Kubernetes binaries of the single-node test cluster (e2e/k8s: up.sh,
+# smoke.sh, down.sh), v1.34.4 from the Go module proxy (e2e/k8s/tools),
+# cached under /var/cache/nodeinfra/k8s: about 1050 CPU seconds once (10-18
+# minutes here), then a no-op.
+.PHONY: k8s-bins
+k8s-bins:
+	@GOFLAGS= ./e2e/k8s/build.sh
+
+# Container images, as archives for `ctr -n k8s.io images import` (no
+# daemon, no registry): bin/images/NAME-TAG.tar. The root file systems are
+# Debian packages (mmdebstrap, e2e/images/NAME.packages), cached under
+# IMAGE_CACHE; our binaries are built static where they can be (cni-eni
+# runs on the host, whatever its libc) and stripped. Check them with
+# NODEINFRA_IMAGES=$(IMAGES) go test ./e2e/images (root).
+IMAGES = $(BIN)/images
+IMAGE_BIN = $(BIN)/image-bin
+IMAGE_REPO ?= ghcr.io/nodeinfra
+IMAGE_TAG ?= $(VERSION)
+IMAGE_CACHE ?= /var/cache/nodeinfra/images
+# The pause image under the name Kubernetes 1.31+ (kubeadm) expects and
+# under containerd 1.6's default sandbox_image (Debian 12's containerd).
+PAUSE_VERSION := 3.10
+PAUSE_TAGS := registry.k8s.io/pause:$(PAUSE_VERSION) registry.k8s.io/pause:3.6
+
+.PHONY: images k8s-images
+
+# nodeagent: the manifests' init container copies /usr/local/bin/cni-eni;
+# the agent boots the guest from nodeagent-guest/ beside its binary.
+images: build
+	@./e2e/setup/images-prereqs.sh
+	@mkdir -p $(IMAGES) $(IMAGE_BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(IMAGE_BIN)/nodeagent ./nodeagent
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(IMAGE_BIN)/cni-eni ./cni-eni
+	$(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(IMAGE_BIN)/csi-ceph ./csi-ceph
+	$(GO) build -o $(IMAGE_BIN)/mkimage ./e2e/images/mkimage
+	rootfs=$$(NODEINFRA_IMAGE_CACHE=$(IMAGE_CACHE) ./e2e/images/rootfs.sh e2e/images/nodeagent.packages) && \
+	$(IMAGE_BIN)/mkimage -o $(IMAGES)/nodeagent-$(IMAGE_TAG).tar -tag $(IMAGE_REPO)/nodeagent:$(IMAGE_TAG) \
+		-rootfs "$$rootfs" \
+		-file $(IMAGE_BIN)/nodeagent=/usr/local/bin/nodeagent \
+		-file $(IMAGE_BIN)/cni-eni=/usr/local/bin/cni-eni \
+		-file $(GUEST_BIN)/vmlinux=/usr/local/bin/nodeagent-guest/vmlinux \
+		-file $(GUEST_BIN)/initramfs.cpio=/usr/local/bin/nodeagent-guest/initramfs.cpio \
+		-entrypoint /usr/local/bin/nodeagent -cmd version \
+		-label org.opencontainers.image.version=$(VERSION)
+	rootfs=$$(NODEINFRA_IMAGE_CACHE=$(IMAGE_CACHE) ./e2e/images/rootfs.sh e2e/images/csi-ceph.packages) && \
+	$(IMAGE_BIN)/mkimage -o $(IMAGES)/csi-ceph-$(IMAGE_TAG).tar -tag $(IMAGE_REPO)/csi-ceph:$(IMAGE_TAG) \
+		-rootfs "$$rootfs" \
+		-file $(IMAGE_BIN)/csi-ceph=/usr/local/bin/csi-ceph \
+		-entrypoint /usr/local/bin/csi-ceph -cmd --help \
+		-label org.opencontainers.image.version=$(VERSION)
+	@ls -l $(IMAGES)/nodeagent-$(IMAGE_TAG).tar $(IMAGES)/csi-ceph-$(IMAGE_TAG).tar
+
+# What a cluster without a registry needs besides our images: the pause
+# image (e2e/images/pause) and the CSI sidecars that manifests/csi-ceph
+# names, each built from its Go module at the named version (binaries
+# cached under IMAGE_CACHE/sidecars).
+k8s-images:
+	@mkdir -p $(IMAGES) $(IMAGE_BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(PAUSE_VERSION)" -o $(IMAGE_BIN)/pause ./e2e/images/pause
+	$(GO) build -o $(IMAGE_BIN)/mkimage ./e2e/images/mkimage
+	$(IMAGE_BIN)/mkimage -o $(IMAGES)/pause-$(PAUSE_VERSION).tar $(foreach t,$(PAUSE_TAGS),-tag $(t)) \
+		-file $(IMAGE_BIN)/pause=/pause -entrypoint /pause -label org.opencontainers.image.version=$(PAUSE_VERSION)
+	$(GO) run ./e2e/images/sidecars -manifests manifests/csi-ceph -cache $(IMAGE_CACHE)/sidecars -o $(IMAGES)
+
+# The suite as it ships, run by Kubernetes itself (e2e/k8s): images
+# (tagged as the manifests name them), the sidecars, the Kubernetes
+# binaries, then e2e/k8s/e2e.sh: a Ceph cluster and a single-node
+# Kubernetes on this machine, the suite installed with kustomize, the
+# scenarios, everything torn down. As root.
+.PHONY: e2e-k8s
+e2e-k8s: prereqs build tools
+	$(MAKE) images IMAGE_TAG=v0.1.0
+	$(MAKE) k8s-images
+	$(MAKE) k8s-bins
+	./e2e/k8s/e2e.sh $(BIN)

@@ -8,6 +8,7 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -103,9 +104,24 @@ func LayerFromFiles(files []File) (v1.Layer, error) {
 // WriteArchive writes the image of layers (bottom first) and cfg, tagged
 // ref (e.g. ghcr.io/nodeinfra/nodeagent:v0.1.0), to the archive at out.
 func WriteArchive(out, ref string, layers []v1.Layer, cfg Config) error {
-	tag, err := name.NewTag(ref)
-	if err != nil {
-		return fmt.Errorf("image name %q: %w", ref, err)
+	return WriteArchiveTags(out, []string{ref}, layers, cfg)
+}
+
+// WriteArchiveTags is WriteArchive for an image known by several names
+// (e.g. the pause image under the tag each runtime version asks for): one
+// copy of the layers, every name in the archive's manifest, in the order
+// of refs (readers take the first as the image's name).
+func WriteArchiveTags(out string, refs []string, layers []v1.Layer, cfg Config) error {
+	if len(refs) == 0 {
+		return fmt.Errorf("write %s: no image name", out)
+	}
+	var tags []name.Tag
+	for _, ref := range refs {
+		tag, err := name.NewTag(ref)
+		if err != nil {
+			return fmt.Errorf("image name %q: %w", ref, err)
+		}
+		tags = append(tags, tag)
 	}
 	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
@@ -128,12 +144,98 @@ func WriteArchive(out, ref string, layers []v1.Layer, cfg Config) error {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := tarball.Write(tag, img, f); err != nil {
+	named := map[name.Reference]v1.Image{}
+	for _, tag := range tags {
+		named[tag] = img
+	}
+	if err := tarball.MultiRefWrite(named, f); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", out, err)
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(f.Name(), out)
+	written := f.Name()
+	if len(tags) > 1 {
+		if written, err = orderTags(f.Name(), tags); err != nil {
+			return fmt.Errorf("write %s: %w", out, err)
+		}
+		defer os.Remove(written)
+	}
+	// CreateTemp's 0600 would make the archive root's alone.
+	if err := os.Chmod(written, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(written, out)
+}
+
+// orderTags copies the archive at src to a new file beside it with its
+// manifest's RepoTags in the order of tags (MultiRefWrite lists them in
+// map order), and returns the copy's name.
+func orderTags(src string, tags []name.Tag) (string, error) {
+	rank := map[string]int{}
+	for i, t := range tags {
+		rank[t.String()] = i
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(path.Dir(src), ".image-*")
+	if err != nil {
+		return "", err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			out.Close()
+			os.Remove(out.Name())
+		}
+	}()
+	tr, tw := tar.NewReader(in), tar.NewWriter(out)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+		if h.Name != "manifest.json" {
+			if err := tw.WriteHeader(h); err != nil {
+				return "", err
+			}
+			if _, err := io.Copy(tw, tr); err != nil {
+				return "", err
+			}
+			continue
+		}
+		var m tarball.Manifest
+		if err := json.NewDecoder(tr).Decode(&m); err != nil {
+			return "", fmt.Errorf("read manifest.json: %w", err)
+		}
+		for _, d := range m {
+			sort.SliceStable(d.RepoTags, func(i, j int) bool { return rank[d.RepoTags[i]] < rank[d.RepoTags[j]] })
+		}
+		b, err := json.Marshal(m)
+		if err != nil {
+			return "", err
+		}
+		h.Size = int64(len(b))
+		if err := tw.WriteHeader(h); err != nil {
+			return "", err
+		}
+		if _, err := tw.Write(b); err != nil {
+			return "", err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return "", err
+	}
+	if err := out.Close(); err != nil {
+		return "", err
+	}
+	ok = true
+	return out.Name(), nil
 }
