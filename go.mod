@@ -23,6 +23,7 @@ require (
 	k8s.io/api v0.34.2
 	k8s.io/apimachinery v0.34.2
 	k8s.io/klog/v2 v2.140.0
+	k8s.io/kubelet v0.34.2
 	k8s.io/mount-utils v0.34.2
 	k8s.io/utils v0.0.0-20260626114624-be93311217bd
 	sigs.k8s.io/json v0.0.0-20250730193827-2d320260d730

@@ -89,7 +89,9 @@ func (v *vpc) eni(t *testing.T, ip string) string {
 		t.Fatal(err)
 	}
 	k8s.agentCLI(t, "eni", "add", mac, "--vpc", v.name, "--ip", ip, "--gateway", v.gw.Addr().String())
-	t.Cleanup(func() { _, _ = exec.Command(k8s.bin+"/nodeagent", "eni", "remove", mac, "--socket", "/run/nodeagent/nodeagent.sock").CombinedOutput() })
+	t.Cleanup(func() {
+		_, _ = exec.Command(k8s.bin+"/nodeagent", "eni", "remove", mac, "--socket", "/run/nodeagent/nodeagent.sock").CombinedOutput()
+	})
 	return mac
 }
 
