@@ -140,10 +140,10 @@ func (c *cluster) debug(t *testing.T, namespaces ...string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, ns := range namespaces {
-		out, _ := c.kubectl(ctx, "", "-n", ns, "get", "pods", "-o", "wide")
-		t.Logf("pods in %s:\n%s", ns, out)
-		out, _ = c.kubectl(ctx, "", "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
-		t.Logf("events in %s:\n%s", ns, tail(out, 30))
+		out, err := c.kubectl(ctx, "", "-n", ns, "get", "pods", "-o", "wide")
+		t.Logf("pods in %s (%v):\n%s", ns, err, out)
+		out, err = c.kubectl(ctx, "", "-n", ns, "get", "events", "--sort-by=.lastTimestamp")
+		t.Logf("events in %s (%v):\n%s", ns, err, tail(out, 30))
 	}
 }
 

@@ -18,7 +18,13 @@ t0=$SECONDS
 phase() { echo "e2e-k8s: $* ($((SECONDS - t0)) s)" >&2; }
 
 # What the suite puts on the host, and whether it was there before.
-host_paths=(/opt/cni/bin/cni-eni /opt/cni/bin/loopback /etc/cni/net.d/10-cni-eni.conflist /lib/modules /run/mount /var/lib/nodeagent /run/nodeagent /var/lib/csi-ceph)
+host_paths=(/opt/cni/bin/cni-eni /opt/cni/bin/loopback /etc/cni/net.d/10-cni-eni.conflist /lib/modules /run/mount /var/lib/nodeagent /run/nodeagent /var/lib/csi-ceph /var/lib/csi-cephfs)
+# The csi-ceph node plugins mount their state dirs Bidirectional (their
+# mapper daemons' mounts must reach the host): a host whose / is shared
+# (systemd's) needs nothing; this one's / is private, so each state dir is
+# made a shared mount of its own for the run.
+shared_dirs=(/var/lib/csi-ceph /var/lib/csi-cephfs)
+made_shared=()
 declare -A had
 for p in "${host_paths[@]}"; do [[ -e $p ]] && had[$p]=1; done
 
@@ -27,9 +33,10 @@ cleanup() {
 	set +e
 	phase "tearing down"
 	"$here/down.sh" "$work/k8s" >"$work/down.log" 2>&1 || { echo "e2e-k8s: down.sh failed:" >&2; tail -20 "$work/down.log" >&2; }
+	for d in "${made_shared[@]}"; do umount -l "$d"; done
 	"$repo/e2e/setup/ceph-down.sh" "$work/ceph/cluster" >/dev/null 2>&1
-	# QEMUs of sandboxes the agent left (none expected) and the cgroups.
-	pkill -KILL -f -- '-name sandbox-' 2>/dev/null
+	# The agent's and the mappers' cgroups, once empty (the scenarios make
+	# no sandbox; a daemon left in them shows as a failure to remove).
 	for cg in nodeagent csi-ceph-mappers; do
 		for d in /sys/fs/cgroup/*/"$cg" /sys/fs/cgroup/"$cg"; do
 			[[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
@@ -53,6 +60,12 @@ else
 	tail -20 "$work/ceph/up.log" >&2
 	exit 1
 fi
+for d in "${shared_dirs[@]}"; do
+	mkdir -p "$d"
+	if ! mountpoint -q "$d"; then
+		mount --bind "$d" "$d" && mount --make-shared "$d" && made_shared+=("$d")
+	fi
+done
 phase "starting Kubernetes"
 mkdir -p /etc/cni/net.d /opt/cni/bin
 # Pods' network namespaces in /run/netns, containerd's default: the agent

@@ -91,9 +91,9 @@ func install(t *testing.T, cl testutil.CephCluster) {
 	installSnapshotter(t)
 	k8s.k(t, "apply", "-k", ex)
 
-	k8s.k(t, "-n", "kube-system", "rollout", "status", "daemonset/nodeagent", "--timeout=5m")
+	k8s.k(t, "-n", "kube-system", "rollout", "status", "daemonset/nodeagent", "--timeout=4m")
 	for _, w := range []string{"daemonset/csi-ceph-node", "daemonset/csi-cephfs-node", "deployment/csi-ceph-controller", "deployment/csi-cephfs-controller"} {
-		k8s.k(t, "-n", "csi-ceph", "rollout", "status", w, "--timeout=5m")
+		k8s.k(t, "-n", "csi-ceph", "rollout", "status", w, "--timeout=4m")
 	}
 	t.Logf("suite installed and Ready in %v", time.Since(start).Round(time.Second))
 }
