@@ -63,7 +63,9 @@ done
 # in the tasks' address files.
 shim_socks=()
 for f in "$ctrd_dir"/state/io.containerd.runtime.v2.task/*/*/address; do
-	[[ -f $f ]] && shim_socks+=("$(sed -n 's|^unix://||p' "$f")")
+	# A task may end between the glob and the read.
+	sock=$(sed -n 's|^unix://||p' "$f" 2>/dev/null) || continue
+	[[ -n $sock ]] && shim_socks+=("$sock")
 done
 for p in /proc/[0-9]*; do
 	cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue

@@ -264,6 +264,8 @@ func TestSuite(t *testing.T) {
 	})
 
 	t.Run("database on an RBD volume", func(t *testing.T) { testDatabase(t) })
+	t.Run("volumes", func(t *testing.T) { testVolumes(t) })
+	t.Run("probes through the agent", func(t *testing.T) { testProbes(t) })
 }
 
 // nodeIP is the node's InternalIP.
