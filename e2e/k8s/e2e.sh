@@ -37,7 +37,7 @@ cleanup() {
 	"$repo/e2e/setup/ceph-down.sh" "$work/ceph/cluster" >/dev/null 2>&1
 	# The agent's and the mappers' cgroups, once empty (the scenarios make
 	# no sandbox; a daemon left in them shows as a failure to remove).
-	for cg in nodeagent csi-ceph-mappers; do
+	for cg in nodeagent csi-ceph-mappers csi-cephfs-mounters; do
 		for d in /sys/fs/cgroup/*/"$cg" /sys/fs/cgroup/"$cg"; do
 			[[ -d $d ]] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
 		done
