@@ -26,7 +26,7 @@ host_paths=(/opt/cni/bin/cni-eni /opt/cni/bin/loopback /etc/cni/net.d/10-cni-eni
 shared_dirs=(/var/lib/csi-ceph /var/lib/csi-cephfs)
 made_shared=()
 declare -A had
-for p in "${host_paths[@]}"; do [[ -e $p ]] && had[$p]=1; done
+for p in "${host_paths[@]}" /etc/cni/net.d /opt/cni/bin /etc/cni /opt/cni; do [[ -e $p ]] && had[$p]=1; done
 
 cleanup() {
 	rc=$?
@@ -44,6 +44,9 @@ cleanup() {
 	done
 	for p in "${host_paths[@]}"; do
 		[[ -n ${had[$p]:-} ]] || rm -rf "$p"
+	done
+	for p in /etc/cni/net.d /opt/cni/bin /etc/cni /opt/cni; do
+		[[ -n ${had[$p]:-} ]] || rmdir "$p" 2>/dev/null
 	done
 	if [[ $rc -eq 0 ]]; then rm -rf "$work"; else echo "e2e-k8s: failed; logs in $work" >&2; fi
 	phase "done (exit $rc)"
