@@ -40,7 +40,7 @@ type Conn struct {
 	fss   []FS
 	fssAt time.Time
 
-	meta metaPaths // libcephfs clients reading subvolume paths
+	clients fsClients // libcephfs clients that list subvolume dirs
 }
 
 // fsCacheTTL is how long a listing of the file systems is used.
@@ -53,13 +53,13 @@ func Connect(ctx context.Context, monitors []string, creds rbd.Credentials) (*Co
 		return nil, err
 	}
 	c := &Conn{rc: rc, fsa: admin.NewFromConn(rc.Rados()), groups: map[string]bool{}}
-	c.meta.mounts, c.meta.failed = map[string]*cephfs.MountInfo{}, map[string]time.Time{}
+	c.clients.mounts, c.clients.failed = map[string]*cephfs.MountInfo{}, map[string]time.Time{}
 	return c, nil
 }
 
 // Close ends the session.
 func (c *Conn) Close() {
-	c.closeMeta()
+	c.closeFSClients()
 	c.rc.Close()
 }
 

@@ -12,29 +12,29 @@ import (
 // cannot be computed; asking the mgr (getpath) queues behind every other
 // volumes command, which run one at a time. The directory is the only
 // one in the subvolume's own, which a libcephfs client lists from the
-// MDS in parallel with everything else (pathFromListing). metaPaths keeps
+// MDS in parallel with everything else (pathFromListing). fsClients keeps
 // one such client per file system for the session; where it cannot
 // mount (a user without MDS caps) the session asks the mgr instead.
-type metaPaths struct {
+type fsClients struct {
 	mu     sync.Mutex
 	mounts map[string]*cephfs.MountInfo
 	failed map[string]time.Time // file systems that did not mount, and when
 }
 
-// metaRetry is how long after a failed mount the session asks the mgr
+// fsClientRetry is how long after a failed mount the session asks the mgr
 // before trying to mount again.
-const metaRetry = time.Minute
+const fsClientRetry = time.Minute
 
-// mount returns the session's client of fs, mounting it on first use; nil
+// fsClient returns the session's client of fs, mounting it on first use; nil
 // if it cannot mount (recently).
-func (c *Conn) metaMount(fs string) *cephfs.MountInfo {
-	m := &c.meta
+func (c *Conn) fsClient(fs string) *cephfs.MountInfo {
+	m := &c.clients
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if mi := m.mounts[fs]; mi != nil {
 		return mi
 	}
-	if t, ok := m.failed[fs]; ok && time.Since(t) < metaRetry {
+	if t, ok := m.failed[fs]; ok && time.Since(t) < fsClientRetry {
 		return nil
 	}
 	r := c.rc.Rados()
@@ -58,10 +58,10 @@ func (c *Conn) metaMount(fs string) *cephfs.MountInfo {
 	return mi
 }
 
-// closeMeta unmounts the session's clients (before the librados
+// closeFSClients unmounts the session's clients (before the librados
 // connection they share goes).
-func (c *Conn) closeMeta() {
-	m := &c.meta
+func (c *Conn) closeFSClients() {
+	m := &c.clients
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for fs, mi := range m.mounts {
@@ -78,7 +78,7 @@ func (c *Conn) closeMeta() {
 // the directory does not. ok is false when it cannot tell (no client,
 // not exactly one such directory), and the caller asks the mgr.
 func (c *Conn) pathFromListing(fs, group, sub string) (string, bool) {
-	mi := c.metaMount(fs)
+	mi := c.fsClient(fs)
 	if mi == nil {
 		return "", false
 	}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -228,26 +227,5 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// httpGet GETs url with the connection opened inside n.
-func httpGet(n ns.NetNS, url string) (int, string, error) {
-	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var conn net.Conn
-			err := n.Do(func(ns.NetNS) error {
-				var d net.Dialer
-				var err error
-				conn, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		},
-	}}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
+// httpGet fetches url from inside namespace n.
+func httpGet(n ns.NetNS, url string) (int, string, error) { return fabric.HTTPGet(n, url) }

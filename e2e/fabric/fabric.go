@@ -32,6 +32,8 @@ var NodeAddr = netip.MustParsePrefix("172.31.255.10/24")
 // Fabric is a node with its VPCs.
 type Fabric struct {
 	Node ns.NetNS
+	// onHost: Node is the machine's own namespace, which Close keeps.
+	onHost bool
 
 	mu   sync.Mutex
 	vpcs map[string]*VPC
@@ -202,6 +204,20 @@ func (f *Fabric) Track(n ns.NetNS) {
 	f.all = append(f.all, n)
 }
 
+// OnHost is a fabric whose node is the machine's own network namespace,
+// where a real kubelet and the agent's DaemonSet run: VPCs are namespaces
+// of their own and ENIs veths whose node ends are in the machine's
+// namespace. Close deletes the VPCs, and the ENIs with them (a veth dies
+// with its peer), never the machine's namespace. Name the ENIs (AddENI's
+// hostName) so that they cannot clash with the machine's own links.
+func OnHost() (*Fabric, error) {
+	n, err := ns.GetCurrentNS()
+	if err != nil {
+		return nil, err
+	}
+	return &Fabric{Node: n, onHost: true, vpcs: map[string]*VPC{}}, nil
+}
+
 // Close deletes every namespace of the fabric (and so every link in them).
 func (f *Fabric) Close() {
 	f.mu.Lock()
@@ -210,6 +226,9 @@ func (f *Fabric) Close() {
 		DeleteNS(f.all[i])
 	}
 	f.all = nil
+	if f.onHost {
+		f.Node.Close()
+	}
 }
 
 // LinkState is what a link in a namespace looks like.

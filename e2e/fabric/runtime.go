@@ -6,7 +6,9 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -237,4 +239,32 @@ func (r *Runtime) GC(ctx context.Context, valid ...*Pod) error {
 // Status runs STATUS.
 func (r *Runtime) Status(ctx context.Context) error {
 	return r.inNode(func() error { return r.CNI.GetStatusNetworkList(ctx, r.List) })
+}
+
+// HTTPGet fetches url from inside network namespace n (nil: the
+// caller's), without keep-alives, and returns the status and the body.
+func HTTPGet(n ns.NetNS, url string) (int, string, error) {
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			if n == nil {
+				return d.DialContext(ctx, network, addr)
+			}
+			var conn net.Conn
+			err := n.Do(func(ns.NetNS) error {
+				var err error
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		},
+	}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }

@@ -9,90 +9,46 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
-	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
-
 	"github.com/nodeinfra/nodeinfra/e2e/fabric"
 	"github.com/nodeinfra/nodeinfra/pkg/testutil"
 )
 
-// vpc is a tenant network simulated as in the CNI e2e: a namespace with a
-// bridge holding the gateway; its ENIs are veths whose node ends are in
-// the machine's own namespace, where the kubelet and the agent are.
+// vpc is a tenant network simulated as in the CNI e2e (e2e/fabric): a
+// namespace with a bridge holding the gateway; its ENIs are veths whose
+// node ends are in the machine's own namespace, where the kubelet and the
+// agent are.
 type vpc struct {
-	name string
-	ns   ns.NetNS
-	gw   netip.Prefix
+	*fabric.VPC
+	f *fabric.Fabric
 }
 
 func newVPC(t *testing.T, name, gw string) *vpc {
 	t.Helper()
-	n, err := fabric.NewNS()
+	f, err := fabric.OnHost()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { fabric.DeleteNS(n) })
-	v := &vpc{name: name, ns: n, gw: netip.MustParsePrefix(gw)}
-	err = n.Do(func(ns.NetNS) error {
-		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-		if err := netlink.LinkAdd(br); err != nil {
-			return err
-		}
-		a, _ := netlink.ParseAddr(gw)
-		if err := netlink.AddrAdd(br, a); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(br)
-	})
+	t.Cleanup(f.Close)
+	v, err := f.AddVPC(name, netip.MustParsePrefix(gw))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return &vpc{VPC: v, f: f}
 }
 
 // eni plugs an ENI of v into the machine and registers it with the agent
 // with address ip (ADDR/PREFIX); it returns its MAC.
 func (v *vpc) eni(t *testing.T, ip string) string {
 	t.Helper()
-	host, peer := "ke"+randHex(4), "kp"+randHex(4)
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host}, PeerName: peer, PeerNamespace: netlink.NsFd(int(v.ns.Fd()))}); err != nil {
-		t.Fatal(err)
-	}
-	l, err := netlinksafe.LinkByName(host)
+	e, err := v.f.AddENI(v.VPC, "ke"+randHex(4))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac := l.Attrs().HardwareAddr.String()
+	k8s.agentCLI(t, "eni", "add", e.MAC, "--vpc", v.Name, "--ip", ip, "--gateway", v.Gateway.Addr().String())
 	t.Cleanup(func() {
-		// Wherever the ENI went (back to the node, or still in a pod that
-		// is going), its peer goes with the VPC's namespace.
-		if l, err := netlinksafe.LinkByName(host); err == nil {
-			_ = netlink.LinkDel(l)
-		}
+		_, _ = exec.Command(k8s.bin+"/nodeagent", "eni", "remove", e.MAC, "--socket", "/run/nodeagent/nodeagent.sock").CombinedOutput()
 	})
-	err = v.ns.Do(func(ns.NetNS) error {
-		p, err := netlinksafe.LinkByName(peer)
-		if err != nil {
-			return err
-		}
-		br, err := netlinksafe.LinkByName("br0")
-		if err != nil {
-			return err
-		}
-		if err := netlink.LinkSetMaster(p, br); err != nil {
-			return err
-		}
-		return netlink.LinkSetUp(p)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	k8s.agentCLI(t, "eni", "add", mac, "--vpc", v.name, "--ip", ip, "--gateway", v.gw.Addr().String())
-	t.Cleanup(func() {
-		_, _ = exec.Command(k8s.bin+"/nodeagent", "eni", "remove", mac, "--socket", "/run/nodeagent/nodeagent.sock").CombinedOutput()
-	})
-	return mac
+	return e.MAC
 }
 
 // ping reports whether addr answers a ping sent from the namespace at
@@ -234,11 +190,11 @@ func TestSuite(t *testing.T) {
 		// The VPC reaches its pods; a pod reaches its VPC's other pod,
 		// not the other VPC's, not the node.
 		for _, name := range []string{"a1", "a2"} {
-			if err := ping(a.ns.Path(), ips[name]); err != nil {
+			if err := ping(a.NS.Path(), ips[name]); err != nil {
 				t.Errorf("vpc-a to %s: %v", name, err)
 			}
 		}
-		if err := ping(b.ns.Path(), ips["b1"]); err != nil {
+		if err := ping(b.NS.Path(), ips["b1"]); err != nil {
 			t.Errorf("vpc-b to b1: %v", err)
 		}
 		nsA1 := netnsOf(t, pods["a1"])

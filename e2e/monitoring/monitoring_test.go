@@ -12,8 +12,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -114,38 +112,16 @@ func parseScrape(body string) (scrape, error) {
 	return out, sc.Err()
 }
 
-// get fetches url from inside network namespace n (nil: this one).
+// get scrapes url from inside network namespace n (nil: this one).
 func get(n ns.NetNS, url string) (scrape, error) {
-	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			if n == nil {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			}
-			var conn net.Conn
-			err := n.Do(func(ns.NetNS) error {
-				var d net.Dialer
-				var err error
-				conn, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		},
-	}}
-	resp, err := c.Get(url)
+	code, body, err := fabric.HTTPGet(n, url)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, err
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: status %d", url, code)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return parseScrape(string(b))
+	return parseScrape(body)
 }
 
 // The agent after CNI ADD, CHECK and DEL of one pod, a failed ADD, a

@@ -139,3 +139,17 @@ func gone(dir string, ino uint64) bool {
 	n, err := inode(dir)
 	return errors.Is(err, errdefs.ErrNotFound) || err == nil && n != ino
 }
+
+// DeleteSettled deletes g, retrying for up to two seconds while the
+// kernel still counts a process that was just killed or just exited in
+// it (Delete's FailedPrecondition).
+func DeleteSettled(g Group) error {
+	var err error
+	for i := 0; i < 100; i++ {
+		if err = g.Delete(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return err
+}

@@ -346,7 +346,7 @@ func (m *Manager) Delete(name string, force bool) error {
 			}
 			m.log.Warn("killed a group's processes to delete it", "group", name, "pids", pids)
 		}
-		if err := deleteGroup(en.g); err != nil {
+		if err := cgroup.DeleteSettled(en.g); err != nil {
 			return fmt.Errorf("group %q: %w", name, err)
 		}
 	}
@@ -359,19 +359,6 @@ func (m *Manager) Delete(name string, force bool) error {
 	delete(m.groups, name)
 	m.log.Info("group deleted", "group", name)
 	return nil
-}
-
-// deleteGroup removes a cgroup; the kernel may take a moment to let go of
-// a process that was just killed.
-func deleteGroup(g cgroup.Group) error {
-	var err error
-	for i := 0; i < 100; i++ {
-		if err = g.Delete(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return err
 }
 
 // watchOOM calls onOOM for each OOM kill in the group until it is
@@ -437,7 +424,7 @@ func (m *Manager) RemoveOrphans(owned []string) ([]string, error) {
 				continue
 			}
 		}
-		if err := deleteGroup(g); err != nil {
+		if err := cgroup.DeleteSettled(g); err != nil {
 			errs = append(errs, err)
 			continue
 		}

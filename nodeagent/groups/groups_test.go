@@ -48,7 +48,7 @@ func newEnv(t *testing.T) *env {
 		for _, n := range names {
 			if g, err := cg.Load(n); err == nil {
 				_ = g.Kill()
-				_ = deleteGroup(g)
+				_ = cgroup.DeleteSettled(g)
 			}
 		}
 		removeParent(t, mode, parent)

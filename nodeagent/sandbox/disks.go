@@ -195,9 +195,11 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	if err := q.Execute(ctx, "device_add", bd.Device(), nil); err != nil {
 		return fail(err)
 	}
+	// From here a failure unplugs the device first: its block node is
+	// busy until the guest lets go of it.
+	undo = append(undo, func(c context.Context) { _ = r.unplug(c, q, d.ID) })
 	if d.QoS != (DiskQoS{}) {
 		if err := q.SetIOThrottle(ctx, d.ID, d.QoS.limits()); err != nil {
-			_ = q.Execute(ctx, "device_del", map[string]any{"id": qemu.DeviceID(d.ID)}, nil)
 			return fail(err)
 		}
 	}
@@ -240,32 +242,11 @@ func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, e
 	if err != nil {
 		return Sandbox{}, err
 	}
-	dev := qemu.DeviceID(diskID)
-	gone := make(chan struct{})
 	r.mu.Lock()
 	q := r.qmp
-	r.waiters[dev] = gone
 	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		delete(r.waiters, dev)
-		r.mu.Unlock()
-	}()
-	err = q.Execute(ctx, "device_del", map[string]any{"id": dev}, nil)
-	if err != nil && !strings.Contains(err.Error(), "not found") {
+	if err := r.unplug(ctx, q, diskID); err != nil {
 		return Sandbox{}, fmt.Errorf("detach disk %s from %q: %w", diskID, id, err)
-	}
-	if err == nil {
-		// The guest acknowledges the unplug (ACPI); until then the device
-		// stays, and the block node with it.
-		select {
-		case <-gone:
-		case <-time.After(10 * time.Second):
-			return Sandbox{}, fmt.Errorf("detach disk %s from %q: the guest did not release the device in 10s: %w",
-				diskID, id, errdefs.ErrUnavailable)
-		case <-ctx.Done():
-			return Sandbox{}, fmt.Errorf("detach disk %s from %q: %w", diskID, id, ctx.Err())
-		}
 	}
 	if err := q.Execute(ctx, "blockdev-del", map[string]any{"node-name": qemu.NodeName(diskID)}, nil); err != nil &&
 		!strings.Contains(err.Error(), "not found") && !strings.Contains(err.Error(), "Cannot find") {
@@ -383,4 +364,35 @@ func (m *Manager) stepReconcileDisks(ctx context.Context, bt *booting) error {
 		rec.PendingDisk = nil
 	})
 	return nil
+}
+
+// unplug removes disk id's virtio-blk device and waits until the guest
+// has released it (ACPI: until then the device stays, and its block node
+// with it). A device that is not there is unplugged already.
+func (r *run) unplug(ctx context.Context, q *qemu.QMP, id string) error {
+	dev := qemu.DeviceID(id)
+	gone := make(chan struct{})
+	r.mu.Lock()
+	r.waiters[dev] = gone
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.waiters, dev)
+		r.mu.Unlock()
+	}()
+	err := q.Execute(ctx, "device_del", map[string]any{"id": dev}, nil)
+	if err != nil {
+		if strings.Contains(err.Error(), "not found") {
+			return nil
+		}
+		return err
+	}
+	select {
+	case <-gone:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("the guest did not release the device in 10s: %w", errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

@@ -192,7 +192,7 @@ type Stats struct {
 	// Disks are QEMU's counters, by disk ID.
 	Disks map[string]BlockStats
 	// NetRxBytes and NetTxBytes are what the VM received and sent through
-	// its tap (0 without a pod network).
+	// its tap (0 without a pod network, or when the pod took the tap away).
 	NetRxBytes, NetTxBytes uint64
 }
 
@@ -236,12 +236,14 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 	m.mu.Unlock()
 	if net != nil {
 		// The tap's receive counter counts what QEMU wrote: the VM's sends.
-		rx, tx, err := podnet.TapStats(netns, *net)
-		if err != nil {
-			<-done
-			return Stats{}, fmt.Errorf("stats of sandbox %q: %w", id, err)
+		// The tap lives in the pod's namespace, where the pod may rename or
+		// delete it: then the network counters stay 0, and the rest of the
+		// stats are still answered.
+		if rx, tx, err := podnet.TapStats(netns, *net); err == nil {
+			out.NetTxBytes, out.NetRxBytes = rx, tx
+		} else {
+			m.log.Debug("no network counters for a sandbox", "sandbox", id, "error", err)
 		}
-		out.NetTxBytes, out.NetRxBytes = rx, tx
 	}
 	<-done
 	if qerr != nil {

@@ -216,14 +216,10 @@ func (m *Manager) release(rec record, group cgroup.Group) []string {
 // deleteGroup removes a cgroup; the kernel may take a moment to let go of
 // a process that just exited.
 func deleteGroup(g cgroup.Group) error {
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = g.Delete(); !errors.Is(err, errdefs.ErrFailedPrecondition) {
-			return err
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := cgroup.DeleteSettled(g); err != nil {
+		return fmt.Errorf("cgroup: %w", err)
 	}
-	return fmt.Errorf("cgroup: %w", err)
+	return nil
 }
 
 // removeRunFiles removes what a run leaves in the sandbox dir: everything
