@@ -16,6 +16,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 
 	"github.com/nodeinfra/nodeinfra/pkg/agentclient"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
@@ -59,6 +60,10 @@ type SandboxConfig struct {
 	// ("FIRST-LAST"), chrooted into its sandbox dir.
 	Confine bool
 	UIDs    string
+	// FastStart is "off" (cold boots) or "template" (sandboxes of
+	// FastStartClasses start from a VM template; see README).
+	FastStart        string
+	FastStartClasses string // "VCPUSxMIB,..."
 }
 
 // uidRange parses UIDs.
@@ -90,6 +95,8 @@ func DefaultConfig() Config {
 			BootTimeout:       60 * time.Second,
 			MemoryOverheadMiB: 256,
 			Confine:           true,
+			FastStart:         sandbox.FastStartOff,
+			FastStartClasses:  "1x128",
 			UIDs:              fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),
 		},
 	}
@@ -137,6 +144,16 @@ func (c Config) Validate() error {
 	}
 	if sb.MemoryOverheadMiB < 16 || sb.MemoryOverheadMiB > 65536 {
 		return fmt.Errorf("--memory-overhead %d: want 16-65536 MiB", sb.MemoryOverheadMiB)
+	}
+	switch sb.FastStart {
+	case sandbox.FastStartOff, sandbox.FastStartTemplate:
+	default:
+		return fmt.Errorf("--fast-start %q: want off or template", sb.FastStart)
+	}
+	if classes, err := vmtemplate.ParseClasses(sb.FastStartClasses); err != nil {
+		return fmt.Errorf("--fast-start-classes: %w", err)
+	} else if sb.FastStart == sandbox.FastStartTemplate && len(classes) == 0 {
+		return fmt.Errorf("--fast-start template needs --fast-start-classes")
 	}
 	if sb.BootTimeout < time.Second {
 		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)

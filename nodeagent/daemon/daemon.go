@@ -18,6 +18,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/nodeagent/server"
 	"github.com/nodeinfra/nodeinfra/pkg/version"
 )
@@ -190,11 +191,16 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 	if err != nil {
 		return nil, host, err
 	}
+	classes, err := vmtemplate.ParseClasses(sb.FastStartClasses)
+	if err != nil {
+		return nil, host, err
+	}
 	m, err := sandbox.Open(ctx, sandbox.Config{
 		Confine: sb.Confine, UIDs: sandbox.UIDRange{First: first, Count: count},
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
 		Cgroups: host.cgroups, OverheadMiB: sb.MemoryOverheadMiB, BootTimeout: sb.BootTimeout, Log: log,
+		FastStart: sb.FastStart, TemplateClasses: classes,
 	})
 	return m, host, err
 }

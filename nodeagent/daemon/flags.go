@@ -29,6 +29,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&sb.Accel, "accel", sb.Accel, "sandbox accelerator: auto (probe KVM, fall back to TCG), kvm or tcg")
 	fs.StringVar(&sb.CgroupParent, "cgroup-parent", sb.CgroupParent, "cgroup holding one cgroup per sandbox (empty disables quotas)")
 	fs.StringVar(&sb.CgroupRoot, "cgroup-root", sb.CgroupRoot, "where the cgroup file systems are mounted (the v2 hierarchy, or the folder of the v1 controllers)")
+	fs.StringVar(&sb.FastStart, "fast-start", sb.FastStart, "how sandboxes start: off (a cold boot each) or template (restored from a VM template per size class, about 5x faster, sharing the unwritten guest memory pages between tenants' sandboxes: README)")
+	fs.StringVar(&sb.FastStartClasses, "fast-start-classes", sb.FastStartClasses, "size classes (VCPUSxMIB, comma-separated) kept as templates with --fast-start template; other sizes boot cold")
 	fs.Uint32Var(&sb.MemoryOverheadMiB, "memory-overhead", sb.MemoryOverheadMiB, "MiB added to a sandbox's guest memory for its default cgroup memory limit (QEMU's own memory)")
 	fs.DurationVar(&sb.BootTimeout, "boot-timeout", sb.BootTimeout, "time a sandbox has from QEMU start to the guest agent's first answer")
 	fs.StringVar(&sb.CephConf, "ceph-conf", sb.CephConf, "ceph.conf for RBD disks of sandboxes")

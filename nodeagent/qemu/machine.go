@@ -52,6 +52,16 @@ type Machine struct {
 	// Paused starts the VM stopped (-S): the caller puts QEMU in its
 	// cgroup, then sends "cont".
 	Paused bool
+	// Memory, when set, backs guest RAM with a file QEMU gets as a
+	// descriptor (a template's memfd) instead of a memfd of its own.
+	Memory *MemoryFile
+	// Incoming starts QEMU waiting for a saved state (-incoming defer),
+	// which QMP.RestoreState then loads.
+	Incoming bool
+	// Template: a VM that becomes the template of others. Its name is
+	// "nodeinfra-template-<Name>", and its kernel command line carries no
+	// sandbox ID (clones get their identity from the guest agent).
+	Template bool
 	// Confine, when set, locks QEMU down once it has opened what it needs
 	// at start (kernel, initrd, sockets, boot disks, the tap): a seccomp
 	// filter, the credentials of an unprivileged user and a chroot into
@@ -102,6 +112,23 @@ func (c *Console) args() []string {
 		"-chardev", fmt.Sprintf("file,id=console,path=/dev/fdset/%d,append=on", consoleFDSet),
 		"-serial", "chardev:console",
 	}
+}
+
+// MemoryFile is guest RAM in a file passed as descriptor FD (QEMU opens
+// /proc/self/fd/FD). Share maps it shared (a template writing its RAM
+// into the file); otherwise privately, copy-on-write (a clone reading
+// the template's pages, writing its own).
+type MemoryFile struct {
+	FD    int
+	Share bool
+}
+
+func (f MemoryFile) object(size string) string {
+	share := "off"
+	if f.Share {
+		share = "on"
+	}
+	return fmt.Sprintf("memory-backend-file,id=mem,size=%s,mem-path=/proc/self/fd/%d,share=%s", size, f.FD, share)
 }
 
 // NIC is the VM's network card.
@@ -215,21 +242,30 @@ func (m Machine) Args() ([]string, error) {
 	if khz := TSCkHz(); khz > 0 {
 		kargs = append(kargs, "tsc_early_khz="+strconv.Itoa(khz))
 	}
-	kargs = append(kargs, "nodeinfra.id="+m.Name)
+	name := ProcessName(m.Name)
+	if m.Template {
+		name = "nodeinfra-template-" + m.Name
+	} else {
+		kargs = append(kargs, "nodeinfra.id="+m.Name)
+	}
 	kargs = append(kargs, m.KernelArgs...)
 	accel, cpu := "tcg,tb-size=12", "max"
 	if m.Accel == AccelKVM {
 		accel, cpu = "kvm", "host"
 	}
 	mem := strconv.FormatUint(uint64(m.MemoryMiB), 10) + "M"
+	memObject := "memory-backend-memfd,id=mem,size=" + mem + ",share=on"
+	if m.Memory != nil {
+		memObject = m.Memory.object(mem)
+	}
 	a := []string{
-		"-name", ProcessName(m.Name),
+		"-name", name,
 		"-M", "pc,memory-backend=mem", "-accel", accel, "-cpu", cpu,
 		// ACPI hot-plug on the root bus only: less AML for the guest to
 		// run at boot (about 30 ms under TCG).
 		"-global", "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
 		"-smp", strconv.FormatUint(uint64(m.VCPUs), 10), "-m", mem,
-		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
+		"-object", memObject,
 		"-bios", "/usr/share/qemu/qboot.rom",
 		"-kernel", m.Kernel, "-initrd", m.Initrd, "-append", strings.Join(kargs, " "),
 		"-nographic", "-nodefaults", "-no-user-config", "-no-reboot",
@@ -271,6 +307,9 @@ func (m Machine) Args() ([]string, error) {
 	}
 	if m.Paused {
 		a = append(a, "-S")
+	}
+	if m.Incoming {
+		a = append(a, "-incoming", "defer")
 	}
 	return a, nil
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -67,6 +68,15 @@ func (m *Manager) adopt(b *box) {
 		// A guest that was Ready has its network; one still Creating may not.
 		configure: was == StateCreating}
 	go m.watch(b, r)
+	if was == StateCreating && b.rec.Sandbox.Start == StartTemplate {
+		// Its restore or hot-plugs may be half done, and its template is
+		// gone with the last agent: end it.
+		go func() {
+			defer cancel()
+			m.bootFailed(b, r, "re-adopt", errors.New("the agent restarted while the sandbox was starting from a template"))
+		}()
+		return
+	}
 	go func() {
 		defer cancel()
 		if err := runSteps(ctx, bt, m.readoptSteps()); err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -122,6 +124,14 @@ type booting struct {
 	mach  qemu.Machine
 	files []*os.File // handed to QEMU (the tap), closed after the start
 	proc  *process
+
+	// tmpl, when set, is the template the sandbox starts from
+	// (faststart.go); its network card is then hot-plugged on tap.
+	tmpl *vmtemplate.Template
+	tap  *os.File
+	mac  string
+	// timings are the steps' durations, for the log.
+	timings []string
 }
 
 // step is one named part of a boot; a failed step fails the boot with
@@ -140,7 +150,9 @@ func (m *Manager) bootSteps() []step {
 		{"console", m.stepConsole},
 		{"qemu", m.stepStartQEMU},
 		{"connect", m.stepConnect},
+		{"identity", m.stepIdentity},
 		{"configure guest", m.stepConfigureGuest},
+		{"guest devices", m.waitGuestDevices},
 		{"ready", m.stepReady},
 	}
 }
@@ -163,10 +175,16 @@ func runSteps(ctx context.Context, bt *booting, steps []step) error {
 		for _, f := range bt.files {
 			f.Close()
 		}
+		if bt.tap != nil {
+			bt.tap.Close()
+		}
 	}()
 	for _, s := range steps {
 		crashpoint(s.name)
-		if err := s.run(ctx, bt); err != nil {
+		start := time.Now()
+		err := s.run(ctx, bt)
+		bt.timings = append(bt.timings, fmt.Sprintf("%s=%.1fms", s.name, float64(time.Since(start).Microseconds())/1000))
+		if err != nil {
 			if errors.Is(err, errStopped) {
 				return err
 			}
@@ -182,10 +200,15 @@ func (m *Manager) boot(ctx context.Context, b *box, r *run) {
 	defer r.cancel()
 	start := time.Now()
 	bt := &booting{b: b, r: r, spec: b.rec.Sandbox.Spec, configure: true}
+	m.chooseStart(bt)
+	if bt.tmpl != nil {
+		defer bt.tmpl.Release()
+	}
 	err := runSteps(ctx, bt, m.bootSteps())
 	id := bt.spec.ID
 	if err == nil {
-		m.log.Info("sandbox ready", "sandbox", id, "bootSeconds", time.Since(start).Seconds())
+		m.log.Info("sandbox ready", "sandbox", id, "bootSeconds", time.Since(start).Seconds(),
+			"start", m.record(b).Sandbox.Start, "steps", strings.Join(bt.timings, " "))
 		return
 	}
 	m.bootFailed(b, r, "boot", err)
@@ -234,6 +257,10 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 	if err != nil {
 		return err
 	}
+	if bt.tmpl != nil { // hot-plugged after the restore
+		bt.tap, bt.mac = tap, cfg.MAC
+		return nil
+	}
 	bt.files = append(bt.files, tap)
 	bt.mach.NIC = &qemu.NIC{MAC: cfg.MAC}
 	return nil
@@ -241,6 +268,9 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 
 // stepDisks describes the boot disks for QEMU.
 func (m *Manager) stepDisks(ctx context.Context, bt *booting) error {
+	if bt.tmpl != nil {
+		return nil // hot-plugged after the restore
+	}
 	for _, d := range bt.spec.Disks {
 		bd, err := m.blockDevice(bt.b.dir, d, bt.b.keys[d.ID], false)
 		if err != nil {
@@ -317,6 +347,15 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	bt.mach.VCPUs, bt.mach.MemoryMiB = bt.spec.VCPUs, bt.spec.MemoryMiB
 	bt.mach.Kernel, bt.mach.Initrd, bt.mach.KernelArgs = m.cfg.Kernel, m.cfg.Initrd, m.cfg.KernelArgs
 	bt.mach.Paused = true
+	if bt.tmpl != nil {
+		ram, err := bt.tmpl.RAM()
+		if err != nil {
+			return err
+		}
+		bt.mach.Memory = &qemu.MemoryFile{FD: 3 + len(bt.files)}
+		bt.files = append(bt.files, ram)
+		bt.mach.Incoming = true
+	}
 	var env []string
 	if m.cfg.Confine {
 		c, e, err := m.confinement(b)
@@ -387,6 +426,13 @@ func (m *Manager) stepConnect(ctx context.Context, bt *booting) error {
 				return err
 			}
 		}
+	} else if bt.tmpl != nil {
+		if err := m.restore(ctx, bt, q); err != nil {
+			return err
+		}
+		if err := q.Execute(ctx, "cont", nil, nil); err != nil {
+			return err
+		}
 	} else {
 		// The boot disks' QoS, before the guest touches them.
 		for _, d := range bt.spec.Disks {
@@ -417,10 +463,7 @@ func (m *Manager) stepConfigureGuest(ctx context.Context, bt *booting) error {
 	if !bt.configure || net == nil {
 		return nil
 	}
-	bt.r.mu.Lock()
-	agent := bt.r.agent
-	bt.r.mu.Unlock()
-	return agent.ConfigureNetwork(ctx, guestNetConfig(*net))
+	return m.configureNetwork(ctx, bt, guestNetConfig(*net))
 }
 
 // stepReady moves the sandbox to Ready unless a Stop came first.

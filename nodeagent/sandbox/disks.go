@@ -158,16 +158,36 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	// Recorded before QEMU hears of it: a crash from here on is reconciled
 	// with QEMU's block list by the next agent.
 	m.update(b, func(rec *record) { dd := d; rec.PendingDisk = &dd })
+	// plugDisk undoes its own steps when one fails.
+	if err := m.plugDisk(ctx, r, q, bd, d, m.record(b).UID != 0); err != nil {
+		m.update(b, func(rec *record) { rec.PendingDisk = nil })
+		return Sandbox{}, fmt.Errorf("attach disk %s to %q: %w", d.ID, id, err)
+	}
+	crashpoint("attach:record")
+	m.mu.Lock()
+	b.rec.Sandbox.Disks = append(b.rec.Sandbox.Disks, d)
+	b.rec.PendingDisk = nil
+	m.persistLocked(b)
+	dd := d
+	m.publishLocked(Event{Type: EventDiskAttached, Sandbox: b.snapshot(), Disk: &dd})
+	m.mu.Unlock()
+	m.log.Info("disk attached", "sandbox", id, "disk", d.ID)
+	return m.Get(id)
+}
+
+// plugDisk hot-plugs bd (disk d) into a running QEMU: its cephx key, its
+// file (a confined QEMU can no longer open paths), its block node, its
+// virtio-blk device and its QoS. On a failure it undoes what it did.
+func (m *Manager) plugDisk(ctx context.Context, r *run, q *qemu.QMP, bd qemu.BlockDevice, d Disk, confined bool) error {
+	// Every undo has a deadline, whatever the caller's context.
 	var undo []func(context.Context)
-	fail := func(err error) (Sandbox, error) {
-		// Every undo has a deadline, whatever the caller's context.
+	fail := func(err error) error {
 		cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
 		defer cancel()
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i](cleanup)
 		}
-		m.update(b, func(rec *record) { rec.PendingDisk = nil })
-		return Sandbox{}, fmt.Errorf("attach disk %s to %q: %w", d.ID, id, err)
+		return err
 	}
 	crashpoint("attach:object-add")
 	if s := bd.Secret(); s != nil {
@@ -178,7 +198,7 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 			_ = q.Execute(c, "object-del", map[string]any{"id": qemu.SecretID(d.ID)}, nil)
 		})
 	}
-	if bd.RBD == nil && m.record(b).UID != 0 {
+	if bd.RBD == nil && confined {
 		if err := passFile(ctx, q, &bd); err != nil {
 			return fail(err)
 		}
@@ -203,16 +223,7 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 			return fail(err)
 		}
 	}
-	crashpoint("attach:record")
-	m.mu.Lock()
-	b.rec.Sandbox.Disks = append(b.rec.Sandbox.Disks, d)
-	b.rec.PendingDisk = nil
-	m.persistLocked(b)
-	dd := d
-	m.publishLocked(Event{Type: EventDiskAttached, Sandbox: b.snapshot(), Disk: &dd})
-	m.mu.Unlock()
-	m.log.Info("disk attached", "sandbox", id, "disk", d.ID)
-	return m.Get(id)
+	return nil
 }
 
 // DetachDisk unplugs a disk from a Ready sandbox; see Service.

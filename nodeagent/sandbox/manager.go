@@ -13,6 +13,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/cgroup"
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/client"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
@@ -44,7 +45,12 @@ type Config struct {
 	// BootTimeout bounds the time from QEMU start to the guest agent's
 	// first answer; StopTimeout is Stop's default.
 	BootTimeout, StopTimeout time.Duration
-	Log                      *slog.Logger
+	// FastStart is FastStartOff (every sandbox boots cold) or
+	// FastStartTemplate: sandboxes of TemplateClasses start from a VM
+	// template, whose unwritten memory pages all of them share.
+	FastStart       string
+	TemplateClasses []vmtemplate.Class
+	Log             *slog.Logger
 }
 
 // UIDRange is Count ids from First, which nothing else on the node uses.
@@ -73,6 +79,9 @@ func (c *Config) defaults() {
 	if c.UIDs.Count == 0 {
 		c.UIDs = UIDRange{First: DefaultUIDFirst, Count: DefaultUIDCount}
 	}
+	if c.FastStart == "" {
+		c.FastStart = FastStartOff
+	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
 	}
@@ -98,6 +107,15 @@ func (c Config) Validate() error {
 	if c.UIDs.First < 1 || c.UIDs.Count < 1 || c.UIDs.First+c.UIDs.Count > 1<<31-1 {
 		return fmt.Errorf("qemu uids %d+%d: want a range of positive ids below 2^31: %w", c.UIDs.First, c.UIDs.Count, errdefs.ErrInvalidArgument)
 	}
+	switch c.FastStart {
+	case "", FastStartOff:
+	case FastStartTemplate:
+		if len(c.TemplateClasses) == 0 {
+			return fmt.Errorf("fast start %q needs at least one size class: %w", c.FastStart, errdefs.ErrInvalidArgument)
+		}
+	default:
+		return fmt.Errorf("fast start %q: want off or template: %w", c.FastStart, errdefs.ErrInvalidArgument)
+	}
 	switch c.Accel {
 	case "", "auto", qemu.AccelKVM, qemu.AccelTCG:
 	default:
@@ -118,6 +136,10 @@ type Manager struct {
 	// guest); accelKnown closes once it is set. Creates wait for it.
 	accel      string
 	accelKnown chan struct{}
+
+	// tmpls keeps the VM templates (nil unless fast start is "template");
+	// it starts building once the accelerator is known.
+	tmpls *vmtemplate.Factory
 
 	mu    sync.Mutex
 	boxes map[string]*box
@@ -140,8 +162,16 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if err := os.MkdirAll(m.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox state dir: %w", err)
 	}
+	if cfg.FastStart == FastStartTemplate {
+		m.tmpls = vmtemplate.New(vmtemplate.Config{QEMU: cfg.QEMU, Kernel: cfg.Kernel, Initrd: cfg.Initrd,
+			KernelArgs: cfg.KernelArgs, Dir: filepath.Join(cfg.StateDir, "templates"), Classes: cfg.TemplateClasses,
+			BootTimeout: cfg.BootTimeout, Log: m.log})
+	}
 	go func() {
 		m.accel = m.chooseAccel(ctx)
+		if m.tmpls != nil {
+			m.tmpls.Start(m.accel)
+		}
 		close(m.accelKnown)
 	}()
 	entries, err := os.ReadDir(m.dir)
@@ -221,6 +251,9 @@ func (m *Manager) Close() {
 	// Outside m.mu: the lock order is b.op, then run.mu, then Manager.mu.
 	for _, r := range runs {
 		r.detach()
+	}
+	if m.tmpls != nil {
+		m.tmpls.Close()
 	}
 }
 

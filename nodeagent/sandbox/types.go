@@ -113,6 +113,8 @@ type Sandbox struct {
 	Resources cgroup.Resources `json:"resources"`
 	// Cgroup is the sandbox's cgroup path while it has one.
 	Cgroup string `json:"cgroup,omitempty"`
+	// Start is how it started: StartCold or StartTemplate.
+	Start string `json:"start,omitempty"`
 }
 
 // EventType says what happened.

@@ -62,6 +62,8 @@ var testReaper = newReaper()
 func testAgent(t *testing.T) *agent {
 	a := newAgent(slog.New(slog.NewTextHandler(io.Discard, nil)), "test")
 	a.reaper = testReaper
+	// The tests may run as root: SetIdentity must not touch this host.
+	a.identity = &fakeIdentity{}
 	a.reaper.start()
 	return a
 }

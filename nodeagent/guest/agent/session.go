@@ -28,10 +28,16 @@ type agent struct {
 	netMu sync.Mutex
 	// powerOff runs after Shutdown is answered; nil does nothing (tests).
 	powerOff func()
+	// identity is what SetIdentity changes: the guest itself, or a fake
+	// (tests).
+	identity identitySystem
+	// identityMu serialises SetIdentity calls.
+	identityMu sync.Mutex
 }
 
 func newAgent(log *slog.Logger, version string) *agent {
-	return &agent{log: log, version: version, reaper: newReaper(), sysBlock: "/sys/block"}
+	return &agent{log: log, version: version, reaper: newReaper(), sysBlock: "/sys/block",
+		identity: osIdentity{machineIDPath: "/etc/machine-id"}}
 }
 
 // session is one host connection: from the guest's Hello to the host's
@@ -181,6 +187,23 @@ func (s *session) request(id uint32, req agentproto.Request) {
 			s.a.netMu.Lock()
 			defer s.a.netMu.Unlock()
 			s.reply(id, nil, configureNetwork(cfg))
+		}()
+	case agentproto.MethodSetIdentity:
+		var ident agentproto.Identity
+		if err := decodeParams(req.Params, &ident); err != nil {
+			s.reply(id, nil, err)
+			return
+		}
+		go func() {
+			s.a.identityMu.Lock()
+			defer s.a.identityMu.Unlock()
+			err := setIdentity(s.a.identity, ident)
+			if err != nil {
+				s.log.Error("set identity", "error", err)
+			} else {
+				s.log.Info("identity set", "hostname", ident.Hostname, "machineId", ident.MachineID, "clock", ident.UnixNano != 0)
+			}
+			s.reply(id, nil, err)
 		}()
 	case agentproto.MethodBlockDevices:
 		go func() {

@@ -54,6 +54,8 @@ const (
 	MethodBlockDevices = "BlockDevices"
 	// MethodShutdown: none → none; the guest powers off after answering.
 	MethodShutdown = "Shutdown"
+	// MethodSetIdentity: Identity → none.
+	MethodSetIdentity = "SetIdentity"
 )
 
 // PingResult answers Ping.
@@ -189,6 +191,65 @@ func (r Route) Parse() (dst netip.Prefix, gw netip.Addr, err error) {
 		return dst, gw, fmt.Errorf("gateway %s and dst %s differ in family", gw, dst)
 	}
 	return dst, gw, nil
+}
+
+// Identity is what makes one guest itself rather than any of the clones
+// of the VM template it may have been restored from: those share memory
+// state, so the host sends it on every start, cold or restored.
+type Identity struct {
+	// Hostname is 1 to 64 of [A-Za-z0-9.-], neither starting nor ending
+	// with '-' or '.'.
+	Hostname string `json:"hostname"`
+	// MachineID is /etc/machine-id: 32 lowercase hex digits, not all 0.
+	MachineID string `json:"machineId"`
+	// Entropy, MinEntropy to MaxEntropy bytes from the host's CSPRNG, is
+	// mixed into the guest kernel's pool (credited in full) before its
+	// CRNG reseeds.
+	Entropy []byte `json:"entropy"`
+	// UnixNano is the host's wall clock when it sent the request; 0 leaves
+	// the guest's clock alone.
+	UnixNano int64 `json:"unixNano,omitempty"`
+}
+
+// Bounds of Identity.Entropy, in bytes.
+const (
+	MinEntropy = 32
+	MaxEntropy = 512
+)
+
+// maxHostname is the longest Linux hostname (__NEW_UTS_LEN).
+const maxHostname = 64
+
+// Validate checks i. Errors name the field and its value (the entropy's
+// length only: it is secret).
+func (i Identity) Validate() error {
+	h := i.Hostname
+	switch {
+	case len(h) == 0 || len(h) > maxHostname:
+		return fmt.Errorf("hostname of %d bytes: want 1 to %d", len(h), maxHostname)
+	case strings.IndexFunc(h, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.')
+	}) >= 0:
+		return fmt.Errorf("hostname %q: want only letters, digits, '-' and '.'", h)
+	case strings.ContainsAny(h[:1], "-.") || strings.ContainsAny(h[len(h)-1:], "-."):
+		return fmt.Errorf("hostname %q starts or ends with '-' or '.'", h)
+	}
+	m := i.MachineID
+	switch {
+	case len(m) != 32:
+		return fmt.Errorf("machine id of %d bytes: want 32 lowercase hex digits", len(m))
+	case strings.IndexFunc(m, func(r rune) bool { return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') }) >= 0:
+		return fmt.Errorf("machine id %q: want 32 lowercase hex digits", m)
+	case strings.Trim(m, "0") == "":
+		return fmt.Errorf("machine id %q is all zeros", m)
+	}
+	if len(i.Entropy) < MinEntropy || len(i.Entropy) > MaxEntropy {
+		return fmt.Errorf("entropy of %d bytes: want %d to %d", len(i.Entropy), MinEntropy, MaxEntropy)
+	}
+	if i.UnixNano < 0 {
+		return fmt.Errorf("unix nano %d is before 1970", i.UnixNano)
+	}
+	return nil
 }
 
 // ExecSpec is a process to run in the guest.

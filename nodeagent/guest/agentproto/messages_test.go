@@ -3,6 +3,7 @@ package agentproto
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -117,6 +118,74 @@ func FuzzNetConfig(f *testing.F) {
 			if err != nil || !dst.IsValid() {
 				t.Fatalf("valid config, bad route %+v: %v", r, err)
 			}
+		}
+	})
+}
+
+func TestIdentityValidate(t *testing.T) {
+	ok := Identity{Hostname: "pod-123.sandbox", MachineID: "0123456789abcdef0123456789abcdef", Entropy: make([]byte, 32), UnixNano: 1}
+	with := func(f func(*Identity)) Identity { i := ok; f(&i); return i }
+	for _, tc := range []struct {
+		name string
+		id   Identity
+		want string // in the error; "" for none
+	}{
+		{"valid", ok, ""},
+		{"no clock", with(func(i *Identity) { i.UnixNano = 0 }), ""},
+		{"longest", with(func(i *Identity) { i.Hostname = strings.Repeat("a", 64); i.Entropy = make([]byte, MaxEntropy) }), ""},
+		{"one-char hostname", with(func(i *Identity) { i.Hostname = "a" }), ""},
+		{"no hostname", with(func(i *Identity) { i.Hostname = "" }), "hostname of 0 bytes"},
+		{"long hostname", with(func(i *Identity) { i.Hostname = strings.Repeat("a", 65) }), "hostname of 65 bytes"},
+		{"underscore", with(func(i *Identity) { i.Hostname = "a_b" }), `hostname "a_b"`},
+		{"NUL", with(func(i *Identity) { i.Hostname = "a\x00b" }), "hostname"},
+		{"bad UTF-8", with(func(i *Identity) { i.Hostname = "a\xffb" }), "hostname"},
+		{"leading dash", with(func(i *Identity) { i.Hostname = "-a" }), `hostname "-a"`},
+		{"trailing dot", with(func(i *Identity) { i.Hostname = "a." }), `hostname "a."`},
+		{"lone dot", with(func(i *Identity) { i.Hostname = "." }), `hostname "."`},
+		{"short machine id", with(func(i *Identity) { i.MachineID = "0123" }), "machine id of 4 bytes"},
+		{"non-hex machine id", with(func(i *Identity) { i.MachineID = "0123456789abcdef0123456789abcdeg" }), `machine id "0123456789abcdef0123456789abcdeg"`},
+		{"uppercase machine id", with(func(i *Identity) { i.MachineID = "0123456789ABCDEF0123456789ABCDEF" }), `machine id "0123456789ABCDEF0123456789ABCDEF"`},
+		{"zero machine id", with(func(i *Identity) { i.MachineID = strings.Repeat("0", 32) }), "all zeros"},
+		{"no entropy", with(func(i *Identity) { i.Entropy = nil }), "entropy of 0 bytes"},
+		{"little entropy", with(func(i *Identity) { i.Entropy = make([]byte, MinEntropy-1) }), "entropy of 31 bytes"},
+		{"oversize entropy", with(func(i *Identity) { i.Entropy = make([]byte, MaxEntropy+1) }), "entropy of 513 bytes"},
+		{"negative clock", with(func(i *Identity) { i.UnixNano = -1 }), "unix nano -1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.id.Validate()
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate() = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// The wire format of Identity: entropy is base64.
+func TestIdentityJSON(t *testing.T) {
+	id := Identity{Hostname: "h", MachineID: "0123456789abcdef0123456789abcdef", Entropy: []byte{1, 2, 3}, UnixNano: 5}
+	want := `{"hostname":"h","machineId":"0123456789abcdef0123456789abcdef","entropy":"AQID","unixNano":5}`
+	b, err := json.Marshal(id)
+	if err != nil || string(b) != want {
+		t.Fatalf("%s, %v; want %s", b, err, want)
+	}
+	var back Identity
+	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, id) {
+		t.Fatalf("round trip gave %+v, %v", back, err)
+	}
+}
+
+// FuzzIdentity: whatever JSON the host sends, Validate does not panic, and
+// an identity it accepts keeps the documented bounds.
+func FuzzIdentity(f *testing.F) {
+	f.Add([]byte(`{"hostname":"pod-1","machineId":"0123456789abcdef0123456789abcdef","entropy":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","unixNano":1}`))
+	f.Add([]byte(`{"hostname":"-","machineId":"","entropy":null}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var id Identity
+		if json.Unmarshal(data, &id) != nil || id.Validate() != nil {
+			return
+		}
+		if len(id.Hostname) < 1 || len(id.Hostname) > 64 || len(id.MachineID) != 32 || len(id.Entropy) < MinEntropy || len(id.Entropy) > MaxEntropy || id.UnixNano < 0 {
+			t.Fatalf("accepted %+v", id)
 		}
 	})
 }

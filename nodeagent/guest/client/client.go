@@ -491,6 +491,20 @@ func (c *Client) ConfigureNetwork(ctx context.Context, cfg agentproto.NetConfig)
 	return nil
 }
 
+// SetIdentity gives the guest its own hostname, machine id, fresh kernel
+// entropy and, unless id.UnixNano is 0, wall clock. Call it on every start,
+// cold or restored from a template many clones share, with id.UnixNano
+// read right before the call.
+func (c *Client) SetIdentity(ctx context.Context, id agentproto.Identity) error {
+	if err := id.Validate(); err != nil {
+		return fmt.Errorf("guest agent: set identity: %w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if err := c.call(ctx, agentproto.MethodSetIdentity, id, nil); err != nil {
+		return fmt.Errorf("guest agent: set identity: %w", err)
+	}
+	return nil
+}
+
 // BlockDevices lists the guest's virtio-blk disks.
 func (c *Client) BlockDevices(ctx context.Context) ([]agentproto.BlockDevice, error) {
 	var devs []agentproto.BlockDevice
