@@ -238,6 +238,7 @@ func (a *app) statusCmd() *cobra.Command {
 						states = []string{"none"}
 					}
 					fmt.Fprintf(w, "sandboxes: accel %s, cgroups %s; %s\n", accel, cg, strings.Join(states, ", "))
+					printTemplates(w, resp)
 				}
 				// ENIs by state, in total then per VPC; attached counts
 				// those being attached too.
@@ -343,4 +344,24 @@ func printENIs(w io.Writer, enis []*apiv1.ENI) error {
 			stateName(e.GetState()), orDash(e.GetAssignedPod()), pod, cid)
 	}
 	return tw.Flush()
+}
+
+// printTemplates writes the fast start mode and the VM templates.
+func printTemplates(w io.Writer, resp *apiv1.StatusResponse) {
+	fs := resp.GetFastStart()
+	if fs == "" || fs == "off" {
+		fmt.Fprintln(w, "fast start: off (cold boots)")
+		return
+	}
+	fmt.Fprintf(w, "fast start: %s\n", fs)
+	for _, t := range resp.GetTemplates() {
+		line := fmt.Sprintf("  template %s: %s", t.GetClass(), t.GetState())
+		if t.GetState() == "ready" {
+			line += fmt.Sprintf(" (key %s, built in %.2fs, state %d KiB, %d clones)", t.GetKey(), t.GetBuildSeconds(), t.GetStateBytes()/1024, t.GetClones())
+		}
+		if e := t.GetError(); e != "" {
+			line += "; last build failed: " + e
+		}
+		fmt.Fprintln(w, line)
+	}
 }

@@ -37,7 +37,7 @@ func sandboxTable(sb *apiv1.Sandbox) func(io.Writer) error {
 
 func printSandboxes(w io.Writer, sbs []*apiv1.Sandbox, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tVCPUS\tMEM\tPID\tADDRESSES\tAGE\tREASON")
+	fmt.Fprintln(tw, "ID\tSTATE\tVCPUS\tMEM\tPID\tADDRESSES\tSTART\tAGE\tREASON")
 	for _, sb := range sbs {
 		spec := sb.GetSpec()
 		pid, age := "-", "-"
@@ -47,8 +47,8 @@ func printSandboxes(w io.Writer, sbs []*apiv1.Sandbox, now time.Time) error {
 		if sb.GetCreatedAt() != nil {
 			age = shortDuration(now.Sub(sb.GetCreatedAt().AsTime()))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\t%s\n", spec.GetId(), stateTitle(sb.GetState()), spec.GetVcpus(),
-			spec.GetMemoryMib(), pid, orDash(strings.Join(sb.GetAddresses(), ",")), age, orDash(sb.GetReason()))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%dMiB\t%s\t%s\t%s\t%s\t%s\n", spec.GetId(), stateTitle(sb.GetState()), spec.GetVcpus(),
+			spec.GetMemoryMib(), pid, orDash(strings.Join(sb.GetAddresses(), ",")), orDash(sb.GetStart()), age, orDash(sb.GetReason()))
 	}
 	return tw.Flush()
 }

@@ -241,7 +241,7 @@ func TestPrintSandboxes(t *testing.T) {
 	now := time.Date(2026, 1, 2, 15, 0, 0, 0, time.UTC)
 	sbs := []*apiv1.Sandbox{
 		{Spec: &apiv1.SandboxSpec{Id: "web-1", Vcpus: 2, MemoryMib: 512}, State: apiv1.Sandbox_READY, Pid: 4242,
-			Addresses: []string{"10.1.0.11/24", "fd00::11/64"}, CreatedAt: timestamppb.New(now.Add(-90 * time.Minute))},
+			Addresses: []string{"10.1.0.11/24", "fd00::11/64"}, CreatedAt: timestamppb.New(now.Add(-90 * time.Minute)), Start: "template"},
 		{Spec: &apiv1.SandboxSpec{Id: "db", Vcpus: 1, MemoryMib: 128}, State: apiv1.Sandbox_FAILED, Reason: "qemu exited: status 1",
 			CreatedAt: timestamppb.New(now.Add(-72 * time.Hour))},
 	}
@@ -251,9 +251,9 @@ func TestPrintSandboxes(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(b.String()), "\n")
 	want := [][]string{
-		{"ID", "STATE", "VCPUS", "MEM", "PID", "ADDRESSES", "AGE", "REASON"},
-		{"web-1", "Ready", "2", "512MiB", "4242", "10.1.0.11/24,fd00::11/64", "1h", "-"},
-		{"db", "Failed", "1", "128MiB", "-", "-", "3d", "qemu", "exited:", "status", "1"},
+		{"ID", "STATE", "VCPUS", "MEM", "PID", "ADDRESSES", "START", "AGE", "REASON"},
+		{"web-1", "Ready", "2", "512MiB", "4242", "10.1.0.11/24,fd00::11/64", "template", "1h", "-"},
+		{"db", "Failed", "1", "128MiB", "-", "-", "-", "3d", "qemu", "exited:", "status", "1"},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("table:\n%s", b.String())

@@ -61,6 +61,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		if sandboxes != nil {
 			info.Accel = sandboxes.Accel()
+			info.FastStart, info.Templates = sandboxes.FastStart(), sandboxes.Templates()
 			info.Sandboxes = map[string]uint32{}
 			for _, s := range sandboxes.List() {
 				info.Sandboxes[string(s.State)]++

@@ -14,6 +14,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/pkg/eniconfig"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 	"github.com/nodeinfra/nodeinfra/pkg/logging"
@@ -39,6 +40,8 @@ type NodeInfo struct {
 	CgroupMode      string
 	SandboxProblems []string
 	Sandboxes       map[string]uint32 // by state
+	FastStart       string
+	Templates       []vmtemplate.Info
 }
 
 var _ apiv1.ENIServiceServer = (*ENIServer)(nil)
@@ -182,6 +185,12 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 		resp.Sandboxes = map[string]uint32{}
 		for st, c := range n.Sandboxes {
 			resp.Sandboxes[strings.ToUpper(st)] = c
+		}
+		resp.FastStart = n.FastStart
+		for _, t := range n.Templates {
+			resp.Templates = append(resp.Templates, &apiv1.VMTemplate{Class: t.Class.String(), State: t.State, Key: t.Key,
+				BuiltAt: timestamp(t.BuiltAt), BuildSeconds: t.BuildSeconds, StateBytes: uint64(t.StateBytes),
+				Clones: t.Clones, Error: t.Error})
 		}
 	}
 	return resp, nil

@@ -88,6 +88,7 @@ func SandboxToProto(s sandbox.Sandbox) *apiv1.Sandbox {
 		Spec: SpecToProto(s.Spec), State: sandboxStateToProto[s.State], Reason: s.Reason,
 		Pid: int32(s.PID), Accel: s.Accel, Addresses: s.Addresses, WorkDir: s.WorkDir,
 		CreatedAt: timestamp(s.CreatedAt), ReadyAt: timestamp(s.ReadyAt), Cgroup: s.Cgroup,
+		Start: s.Start,
 	}
 	if !s.Resources.IsZero() {
 		p.Resources = ResourcesToProto(s.Resources)

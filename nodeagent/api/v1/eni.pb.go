@@ -16,6 +16,7 @@ package apiv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -1586,7 +1587,11 @@ type StatusResponse struct {
 	// serves ENIs and probes either way.
 	SandboxProblems []string `protobuf:"bytes,6,rep,name=sandbox_problems,json=sandboxProblems,proto3" json:"sandbox_problems,omitempty"`
 	// Sandboxes by state (CREATING, READY, ...).
-	Sandboxes     map[string]uint32 `protobuf:"bytes,7,rep,name=sandboxes,proto3" json:"sandboxes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	Sandboxes map[string]uint32 `protobuf:"bytes,7,rep,name=sandboxes,proto3" json:"sandboxes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// How sandboxes start: "off" (cold boots) or "template".
+	FastStart string `protobuf:"bytes,8,opt,name=fast_start,json=fastStart,proto3" json:"fast_start,omitempty"`
+	// The VM templates, one per size class, with --fast-start template.
+	Templates     []*VMTemplate `protobuf:"bytes,9,rep,name=templates,proto3" json:"templates,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1670,6 +1675,127 @@ func (x *StatusResponse) GetSandboxes() map[string]uint32 {
 	return nil
 }
 
+func (x *StatusResponse) GetFastStart() string {
+	if x != nil {
+		return x.FastStart
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetTemplates() []*VMTemplate {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+type VMTemplate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size class, "VCPUSxMIB" (e.g. "1x128").
+	Class string `protobuf:"bytes,1,opt,name=class,proto3" json:"class,omitempty"`
+	// "building", "ready" or "failed".
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// Fingerprint of what it was built from (QEMU, guest kernel, initramfs,
+	// kernel arguments, accelerator).
+	Key          string                 `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
+	BuiltAt      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=built_at,json=builtAt,proto3" json:"built_at,omitempty"`
+	BuildSeconds float64                `protobuf:"fixed64,5,opt,name=build_seconds,json=buildSeconds,proto3" json:"build_seconds,omitempty"`
+	// Size of its saved device state.
+	StateBytes uint64 `protobuf:"varint,6,opt,name=state_bytes,json=stateBytes,proto3" json:"state_bytes,omitempty"`
+	// Sandboxes started from it.
+	Clones uint64 `protobuf:"varint,7,opt,name=clones,proto3" json:"clones,omitempty"`
+	// The last build's failure.
+	Error         string `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VMTemplate) Reset() {
+	*x = VMTemplate{}
+	mi := &file_eni_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VMTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VMTemplate) ProtoMessage() {}
+
+func (x *VMTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_eni_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VMTemplate.ProtoReflect.Descriptor instead.
+func (*VMTemplate) Descriptor() ([]byte, []int) {
+	return file_eni_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *VMTemplate) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *VMTemplate) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *VMTemplate) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *VMTemplate) GetBuiltAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BuiltAt
+	}
+	return nil
+}
+
+func (x *VMTemplate) GetBuildSeconds() float64 {
+	if x != nil {
+		return x.BuildSeconds
+	}
+	return 0
+}
+
+func (x *VMTemplate) GetStateBytes() uint64 {
+	if x != nil {
+		return x.StateBytes
+	}
+	return 0
+}
+
+func (x *VMTemplate) GetClones() uint64 {
+	if x != nil {
+		return x.Clones
+	}
+	return 0
+}
+
+func (x *VMTemplate) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type ReportCNIRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ADD, DEL or CHECK.
@@ -1684,7 +1810,7 @@ type ReportCNIRequest struct {
 
 func (x *ReportCNIRequest) Reset() {
 	*x = ReportCNIRequest{}
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1822,7 @@ func (x *ReportCNIRequest) String() string {
 func (*ReportCNIRequest) ProtoMessage() {}
 
 func (x *ReportCNIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1835,7 @@ func (x *ReportCNIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportCNIRequest.ProtoReflect.Descriptor instead.
 func (*ReportCNIRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{27}
+	return file_eni_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReportCNIRequest) GetCommand() string {
@@ -1741,7 +1867,7 @@ type ReportCNIResponse struct {
 
 func (x *ReportCNIResponse) Reset() {
 	*x = ReportCNIResponse{}
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1879,7 @@ func (x *ReportCNIResponse) String() string {
 func (*ReportCNIResponse) ProtoMessage() {}
 
 func (x *ReportCNIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1892,7 @@ func (x *ReportCNIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportCNIResponse.ProtoReflect.Descriptor instead.
 func (*ReportCNIResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{28}
+	return file_eni_proto_rawDescGZIP(), []int{29}
 }
 
 type ProbeRequest struct {
@@ -1784,7 +1910,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_eni_proto_msgTypes[29]
+	mi := &file_eni_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1922,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[29]
+	mi := &file_eni_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1935,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{29}
+	return file_eni_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ProbeRequest) GetPodNamespace() string {
@@ -1858,7 +1984,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_eni_proto_msgTypes[30]
+	mi := &file_eni_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1996,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[30]
+	mi := &file_eni_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2009,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{30}
+	return file_eni_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProbeResponse) GetSuccess() bool {
@@ -1911,7 +2037,7 @@ var File_eni_proto protoreflect.FileDescriptor
 
 const file_eni_proto_rawDesc = "" +
 	"\n" +
-	"\teni.proto\x12\x16nodeinfra.nodeagent.v1\"\xb0\x01\n" +
+	"\teni.proto\x12\x16nodeinfra.nodeagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n" +
 	"\tENIConfig\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x10\n" +
 	"\x03vpc\x18\x02 \x01(\tR\x03vpc\x12\x1c\n" +
@@ -2011,7 +2137,7 @@ const file_eni_proto_rawDesc = "" +
 	"\x03vpc\x18\x01 \x01(\tR\x03vpc\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x1a\n" +
 	"\battached\x18\x03 \x01(\rR\battached\x12\x18\n" +
-	"\amissing\x18\x04 \x01(\rR\amissing\"\xfd\x02\n" +
+	"\amissing\x18\x04 \x01(\rR\amissing\"\xde\x03\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x125\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1f.nodeinfra.nodeagent.v1.VPCPoolR\x05pools\x12%\n" +
@@ -2020,10 +2146,24 @@ const file_eni_proto_rawDesc = "" +
 	"\vcgroup_mode\x18\x05 \x01(\tR\n" +
 	"cgroupMode\x12)\n" +
 	"\x10sandbox_problems\x18\x06 \x03(\tR\x0fsandboxProblems\x12S\n" +
-	"\tsandboxes\x18\a \x03(\v25.nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntryR\tsandboxes\x1a<\n" +
+	"\tsandboxes\x18\a \x03(\v25.nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntryR\tsandboxes\x12\x1d\n" +
+	"\n" +
+	"fast_start\x18\b \x01(\tR\tfastStart\x12@\n" +
+	"\ttemplates\x18\t \x03(\v2\".nodeinfra.nodeagent.v1.VMTemplateR\ttemplates\x1a<\n" +
 	"\x0eSandboxesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"e\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xf5\x01\n" +
+	"\n" +
+	"VMTemplate\x12\x14\n" +
+	"\x05class\x18\x01 \x01(\tR\x05class\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
+	"\x03key\x18\x03 \x01(\tR\x03key\x125\n" +
+	"\bbuilt_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\abuiltAt\x12#\n" +
+	"\rbuild_seconds\x18\x05 \x01(\x01R\fbuildSeconds\x12\x1f\n" +
+	"\vstate_bytes\x18\x06 \x01(\x04R\n" +
+	"stateBytes\x12\x16\n" +
+	"\x06clones\x18\a \x01(\x04R\x06clones\x12\x14\n" +
+	"\x05error\x18\b \x01(\tR\x05error\"e\n" +
 	"\x10ReportCNIRequest\x12\x18\n" +
 	"\acommand\x18\x01 \x01(\tR\acommand\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\rR\x04code\x12#\n" +
@@ -2078,7 +2218,7 @@ func file_eni_proto_rawDescGZIP() []byte {
 }
 
 var file_eni_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_eni_proto_goTypes = []any{
 	(ENIState)(0),                   // 0: nodeinfra.nodeagent.v1.ENIState
 	(*ENIConfig)(nil),               // 1: nodeinfra.nodeagent.v1.ENIConfig
@@ -2108,11 +2248,13 @@ var file_eni_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 25: nodeinfra.nodeagent.v1.StatusRequest
 	(*VPCPool)(nil),                 // 26: nodeinfra.nodeagent.v1.VPCPool
 	(*StatusResponse)(nil),          // 27: nodeinfra.nodeagent.v1.StatusResponse
-	(*ReportCNIRequest)(nil),        // 28: nodeinfra.nodeagent.v1.ReportCNIRequest
-	(*ReportCNIResponse)(nil),       // 29: nodeinfra.nodeagent.v1.ReportCNIResponse
-	(*ProbeRequest)(nil),            // 30: nodeinfra.nodeagent.v1.ProbeRequest
-	(*ProbeResponse)(nil),           // 31: nodeinfra.nodeagent.v1.ProbeResponse
-	nil,                             // 32: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	(*VMTemplate)(nil),              // 28: nodeinfra.nodeagent.v1.VMTemplate
+	(*ReportCNIRequest)(nil),        // 29: nodeinfra.nodeagent.v1.ReportCNIRequest
+	(*ReportCNIResponse)(nil),       // 30: nodeinfra.nodeagent.v1.ReportCNIResponse
+	(*ProbeRequest)(nil),            // 31: nodeinfra.nodeagent.v1.ProbeRequest
+	(*ProbeResponse)(nil),           // 32: nodeinfra.nodeagent.v1.ProbeResponse
+	nil,                             // 33: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
 }
 var file_eni_proto_depIdxs = []int32{
 	1,  // 0: nodeinfra.nodeagent.v1.ENI.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
@@ -2129,40 +2271,42 @@ var file_eni_proto_depIdxs = []int32{
 	0,  // 11: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
 	3,  // 12: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
 	26, // 13: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
-	32, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
-	6,  // 15: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
-	7,  // 16: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
-	9,  // 17: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
-	11, // 18: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
-	12, // 19: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
-	14, // 20: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
-	16, // 21: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
-	18, // 22: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
-	20, // 23: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
-	21, // 24: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
-	23, // 25: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
-	25, // 26: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
-	30, // 27: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
-	28, // 28: nodeinfra.nodeagent.v1.ENIService.ReportCNI:input_type -> nodeinfra.nodeagent.v1.ReportCNIRequest
-	2,  // 29: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
-	8,  // 30: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
-	10, // 31: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
-	5,  // 32: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
-	13, // 33: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
-	15, // 34: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	17, // 35: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	19, // 36: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	17, // 37: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	22, // 38: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
-	24, // 39: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	27, // 40: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
-	31, // 41: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
-	29, // 42: nodeinfra.nodeagent.v1.ENIService.ReportCNI:output_type -> nodeinfra.nodeagent.v1.ReportCNIResponse
-	29, // [29:43] is the sub-list for method output_type
-	15, // [15:29] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	33, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	28, // 15: nodeinfra.nodeagent.v1.StatusResponse.templates:type_name -> nodeinfra.nodeagent.v1.VMTemplate
+	34, // 16: nodeinfra.nodeagent.v1.VMTemplate.built_at:type_name -> google.protobuf.Timestamp
+	6,  // 17: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
+	7,  // 18: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
+	9,  // 19: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
+	11, // 20: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
+	12, // 21: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
+	14, // 22: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
+	16, // 23: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
+	18, // 24: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
+	20, // 25: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
+	21, // 26: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
+	23, // 27: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
+	25, // 28: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
+	31, // 29: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
+	29, // 30: nodeinfra.nodeagent.v1.ENIService.ReportCNI:input_type -> nodeinfra.nodeagent.v1.ReportCNIRequest
+	2,  // 31: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
+	8,  // 32: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
+	10, // 33: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
+	5,  // 34: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
+	13, // 35: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
+	15, // 36: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	17, // 37: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	19, // 38: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	17, // 39: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	22, // 40: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
+	24, // 41: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	27, // 42: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
+	32, // 43: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
+	30, // 44: nodeinfra.nodeagent.v1.ENIService.ReportCNI:output_type -> nodeinfra.nodeagent.v1.ReportCNIResponse
+	31, // [31:45] is the sub-list for method output_type
+	17, // [17:31] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_eni_proto_init() }
@@ -2180,7 +2324,7 @@ func file_eni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eni_proto_rawDesc), len(file_eni_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -594,7 +594,10 @@ type Sandbox struct {
 	// The cgroup limits in force (the spec's, then updates).
 	Resources *Resources `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
 	// The sandbox's cgroup, as /proc/PID/cgroup shows it.
-	Cgroup        string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Cgroup string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	// How it started: "cold" (a boot) or "template" (restored from its size
+	// class's VM template, `nodeagent serve --fast-start template`).
+	Start         string `protobuf:"bytes,13,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -709,6 +712,13 @@ func (x *Sandbox) GetResources() *Resources {
 func (x *Sandbox) GetCgroup() string {
 	if x != nil {
 		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *Sandbox) GetStart() string {
+	if x != nil {
+		return x.Start
 	}
 	return ""
 }
@@ -1827,7 +1837,7 @@ const file_sandbox_proto_rawDesc = "" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12\x12\n" +
 	"\x04user\x18\x03 \x01(\tR\x04user\x12\x10\n" +
-	"\x03key\x18\x04 \x01(\tR\x03key\"\xd7\x04\n" +
+	"\x03key\x18\x04 \x01(\tR\x03key\"\xed\x04\n" +
 	"\aSandbox\x127\n" +
 	"\x04spec\x18\x01 \x01(\v2#.nodeinfra.nodeagent.v1.SandboxSpecR\x04spec\x12;\n" +
 	"\x05state\x18\x02 \x01(\x0e2%.nodeinfra.nodeagent.v1.Sandbox.StateR\x05state\x12\x16\n" +
@@ -1842,7 +1852,8 @@ const file_sandbox_proto_rawDesc = "" +
 	"\bready_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\x12?\n" +
 	"\tresources\x18\v \x01(\v2!.nodeinfra.nodeagent.v1.ResourcesR\tresources\x12\x16\n" +
-	"\x06cgroup\x18\f \x01(\tR\x06cgroup\"^\n" +
+	"\x06cgroup\x18\f \x01(\tR\x06cgroup\x12\x14\n" +
+	"\x05start\x18\r \x01(\tR\x05start\"^\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bCREATING\x10\x01\x12\t\n" +
