@@ -31,6 +31,7 @@ type Metrics struct {
 	reconcileRuns    *prometheus.CounterVec
 	reconcileRepairs prometheus.Counter
 	boot             prometheus.Histogram
+	starts           *prometheus.CounterVec
 	failures         *prometheus.CounterVec
 	ooms             *prometheus.CounterVec
 	probes           *prometheus.CounterVec
@@ -69,6 +70,10 @@ func New(pools PoolSource, accel func() string) *Metrics {
 			Help:    "From a sandbox's create to its guest agent's first answer (Ready).",
 			Buckets: bootBuckets,
 		}),
+		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodeagent_sandbox_starts_total",
+			Help: "Sandboxes that reached Ready, by how they started (cold: a boot; template: restored from a VM template).",
+		}, []string{"start"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeagent_sandbox_failures_total",
 			Help: "Sandboxes that went Failed, by reason (boot, qemu_exit, guest_protocol, other).",
@@ -85,13 +90,16 @@ func New(pools PoolSource, accel func() string) *Metrics {
 	for _, r := range []string{"boot", "qemu_exit", "guest_protocol", "other"} {
 		m.failures.WithLabelValues(r)
 	}
+	for _, s := range []string{"cold", "template"} {
+		m.starts.WithLabelValues(s)
+	}
 	for _, k := range []string{"sandbox", "group"} {
 		m.ooms.WithLabelValues(k)
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.reconcileRuns.WithLabelValues(o)
 	}
-	m.Registry.MustRegister(m.GRPC, m.cni, m.reconcileRuns, m.reconcileRepairs, m.boot, m.failures, m.ooms, m.probes,
+	m.Registry.MustRegister(m.GRPC, m.cni, m.reconcileRuns, m.reconcileRepairs, m.boot, m.starts, m.failures, m.ooms, m.probes,
 		&poolCollector{src: pools}, &buildInfo{accel: accel},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
+	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 )
 
 // SandboxSource is what the sandbox metrics read: the sandboxes, their
@@ -27,6 +28,9 @@ const statsTimeout = 2 * time.Second
 // for the boot durations, failures and OOM kills.
 func (m *Metrics) WatchSandboxes(ctx context.Context, src SandboxSource) {
 	m.Registry.MustRegister(&sandboxCollector{src: src})
+	if t, ok := src.(TemplateSource); ok {
+		m.Registry.MustRegister(&templateCollector{src: t})
+	}
 	started := time.Now()
 	go func() {
 		for ctx.Err() == nil {
@@ -53,6 +57,9 @@ func (m *Metrics) observeEvent(e sandbox.Event, started time.Time) {
 		case sandbox.StateReady:
 			if !s.ReadyAt.IsZero() && s.ReadyAt.After(started) && s.ReadyAt.After(s.CreatedAt) {
 				m.boot.Observe(s.ReadyAt.Sub(s.CreatedAt).Seconds())
+				if s.Start != "" {
+					m.starts.WithLabelValues(s.Start).Inc()
+				}
 			}
 		case sandbox.StateFailed:
 			m.failures.WithLabelValues(failureKind(s.Reason)).Inc()
@@ -129,6 +136,27 @@ func (c *sandboxCollector) Collect(ch chan<- prometheus.Metric) {
 		for disk, d := range st.Disks {
 			ch <- prometheus.MustNewConstMetric(diskRDesc, prometheus.CounterValue, float64(d.ReadBytes), id, disk)
 			ch <- prometheus.MustNewConstMetric(diskWDesc, prometheus.CounterValue, float64(d.WriteBytes), id, disk)
+		}
+	}
+}
+
+// TemplateSource reports the VM templates at scrape time.
+type TemplateSource interface{ Templates() []vmtemplate.Info }
+
+var templateDesc = prometheus.NewDesc("nodeagent_vm_templates", "VM templates sandboxes start from (--fast-start template), by size class and state (building, ready, failed): 1 for the class's current state.", []string{"class", "state"}, nil)
+
+type templateCollector struct{ src TemplateSource }
+
+func (c *templateCollector) Describe(ch chan<- *prometheus.Desc) { ch <- templateDesc }
+
+func (c *templateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, t := range c.src.Templates() {
+		for _, st := range []string{vmtemplate.StateBuilding, vmtemplate.StateReady, vmtemplate.StateFailed} {
+			v := 0.0
+			if t.State == st {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(templateDesc, prometheus.GaugeValue, v, t.Class.String(), st)
 		}
 	}
 }

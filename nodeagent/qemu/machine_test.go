@@ -97,3 +97,39 @@ func TestProbeKVM(t *testing.T) {
 		t.Error("a bogus kernel passed the KVM probe")
 	}
 }
+
+// A template and its clones: RAM in a file passed as a descriptor (shared
+// for the template, private for a clone), a clone waiting for its state,
+// and no sandbox ID in a template's kernel command line or name.
+func TestMachineArgsTemplateAndClone(t *testing.T) {
+	dir := t.TempDir()
+	tmpl := Machine{Name: "1x128", Dir: dir, Accel: AccelTCG, VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Initrd: "/i",
+		Template: true, Memory: &MemoryFile{FD: 3, Share: true}}
+	args, err := tmpl.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := strings.Join(args, " ")
+	for _, want := range []string{"-name nodeinfra-template-1x128", "memory-backend-file,id=mem,size=128M,mem-path=/proc/self/fd/3,share=on"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("template args lack %q:\n%s", want, line)
+		}
+	}
+	for _, bad := range []string{"nodeinfra.id=", "memory-backend-memfd", "-incoming"} {
+		if strings.Contains(line, bad) {
+			t.Errorf("template args have %q:\n%s", bad, line)
+		}
+	}
+	clone := Machine{Name: "pod-a", Dir: dir, Accel: AccelTCG, VCPUs: 1, MemoryMiB: 128, Kernel: "/k", Initrd: "/i",
+		Memory: &MemoryFile{FD: 4}, Incoming: true, Paused: true}
+	args, err = clone.Args()
+	if err != nil {
+		t.Fatal(err)
+	}
+	line = strings.Join(args, " ")
+	for _, want := range []string{"-name sandbox-pod-a", "mem-path=/proc/self/fd/4,share=off", "-incoming defer", "-S"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("clone args lack %q:\n%s", want, line)
+		}
+	}
+}
