@@ -171,6 +171,7 @@ func (m *Manager) AttachDisk(ctx context.Context, id string, d Disk) (Sandbox, e
 	dd := d
 	m.publishLocked(Event{Type: EventDiskAttached, Sandbox: b.snapshot(), Disk: &dd})
 	m.mu.Unlock()
+	r.disks.forget()
 	m.log.Info("disk attached", "sandbox", id, "disk", d.ID)
 	return m.Get(id)
 }
@@ -280,6 +281,7 @@ func (m *Manager) DetachDisk(ctx context.Context, id, diskID string) (Sandbox, e
 	m.persistLocked(b)
 	m.publishLocked(Event{Type: EventDiskDetached, Sandbox: b.snapshot(), Disk: disk})
 	m.mu.Unlock()
+	r.disks.forget()
 	m.log.Info("disk detached", "sandbox", id, "disk", diskID)
 	return m.Get(id)
 }

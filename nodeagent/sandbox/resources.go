@@ -211,15 +211,19 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 	r.mu.Lock()
 	g, q := r.group, r.qmp
 	r.mu.Unlock()
+	m.mu.Lock()
+	hasDisks := len(b.rec.Sandbox.Disks) > 0
+	m.mu.Unlock()
 	// QEMU and the kernel are asked at once: the QMP round trip waits for
-	// QEMU's main loop, the cgroup files for nothing but the reads.
+	// QEMU's main loop, the cgroup files for nothing but the reads. A VM
+	// without disks has no counters to ask QEMU for.
 	var disks map[string]BlockStats
 	var qerr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if q != nil {
-			disks, qerr = q.QueryBlockStats(ctx)
+		if q != nil && hasDisks {
+			disks, qerr = r.disks.get(ctx, q)
 		}
 	}()
 	var out Stats

@@ -47,6 +47,9 @@ type run struct {
 	// reconnects counts the guest agent connections lost (not to a
 	// violation) and made again.
 	reconnects int
+
+	// disks is the last reading of QEMU's disk counters.
+	disks diskStats
 }
 
 func newRun(b *box) *run {
