@@ -27,8 +27,10 @@ func procStatus(t *testing.T, pid int) map[string]string {
 
 // Each QEMU runs under seccomp, as its own unprivileged uid and gid,
 // chrooted into its sandbox dir.
-func TestSandboxQEMUConfined(t *testing.T) {
-	e := newEnv(t)
+func TestSandboxQEMUConfined(t *testing.T) { testQEMUConfined(t) }
+
+func testQEMUConfined(t *testing.T, flags ...string) {
+	e := newScenario(t, true, flags...)
 	uids := map[string]bool{}
 	for _, id := range []string{"vm-conf-1", "vm-conf-2"} {
 		s := e.create(&apiv1.SandboxSpec{Id: id})

@@ -62,8 +62,10 @@ func pingFrom(n ns.NetNS, addr string) error {
 // ENI: the guest has the ENI's MAC and address, reaches a pod of its VPC,
 // that pod reaches it, the node does not, and the host side keeps no
 // address. Deleting the sandbox gives eth0 back as cni-eni left it.
-func TestSandboxOnPodNetwork(t *testing.T) {
-	e := newEnv(t)
+func TestSandboxOnPodNetwork(t *testing.T) { testOnPodNetwork(t) }
+
+func testOnPodNetwork(t *testing.T, flags ...string) {
+	e := newScenario(t, true, flags...)
 	v := e.VPC("vpc-s", "10.66.0.1/24")
 	ea, eb := e.ENI(v, "10.66.0.11/24"), e.ENI(v, "10.66.0.12/24")
 	rt := e.runtime()
@@ -149,8 +151,10 @@ func (e *env) podOn(rt *fabric.Runtime, name string, n fabric.ENI) *fabric.Pod {
 
 // Exec carries stdin, stdout, stderr and the exit code, through the API
 // and through the CLI; create, stop and delete are idempotent by ID.
-func TestSandboxExecAndIdempotency(t *testing.T) {
-	e := newEnv(t)
+func TestSandboxExecAndIdempotency(t *testing.T) { testExecAndIdempotency(t) }
+
+func testExecAndIdempotency(t *testing.T, flags ...string) {
+	e := newScenario(t, true, flags...)
 	spec := &apiv1.SandboxSpec{Id: "vm-exec", Vcpus: 1, MemoryMib: 128}
 	e.create(spec)
 	out, errOut, exit := e.exec("vm-exec", "hello from stdin\n", "sh", "-c", "read l; echo \"got $l\"; echo oops >&2; exit 7")
@@ -179,7 +183,7 @@ func TestSandboxExecAndIdempotency(t *testing.T) {
 		t.Errorf("same ID, other spec: %v, want AlreadyExists", err)
 	}
 
-	if body := metrics(t, e); !strings.Contains(body, `nodeagent_sandboxes{state="Ready"} 1`) {
+	if body := metrics(t, e.env); !strings.Contains(body, `nodeagent_sandboxes{state="Ready"} 1`) {
 		t.Errorf("metrics lack one Ready sandbox:\n%s", grepLines(body, "nodeagent_sandboxes"))
 	}
 	list := e.CLI("sandbox", "list")
@@ -320,8 +324,10 @@ func TestSandboxOneNetnsOneSandbox(t *testing.T) {
 
 // kill -9 of the agent leaves the VMs running; the next agent re-adopts
 // them (Ready, exec works) and can stop them.
-func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
-	e := newEnv(t)
+func TestSandboxReadoptionAfterAgentKill(t *testing.T) { testReadoptionAfterAgentKill(t) }
+
+func testReadoptionAfterAgentKill(t *testing.T, flags ...string) {
+	e := newScenario(t, true, flags...)
 	// vm-keep-2 holds a pod's ENI, so its tap and eth0's addresses must
 	// survive the restarts too.
 	v := e.VPC("vpc-r", "10.68.0.1/24")
@@ -339,6 +345,7 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 	}
 	for _, id := range []string{"vm-keep-1", "vm-keep-2"} {
 		s := e.waitState(id, apiv1.Sandbox_READY, 30*time.Second)
+		e.checkStart(s)
 		if id == "vm-keep-1" && s.Pid != before {
 			t.Errorf("re-adopted pid %d, want %d", s.Pid, before)
 		}
@@ -378,8 +385,10 @@ func TestSandboxReadoptionAfterAgentKill(t *testing.T) {
 
 // A QEMU that dies is reported Failed within a second with its exit
 // reason, and its tap, cgroup, sockets and files are cleaned up.
-func TestSandboxQEMUDeathIsReported(t *testing.T) {
-	e := newEnv(t)
+func TestSandboxQEMUDeathIsReported(t *testing.T) { testQEMUDeathIsReported(t) }
+
+func testQEMUDeathIsReported(t *testing.T, flags ...string) {
+	e := newScenario(t, true, flags...)
 	v := e.VPC("vpc-d", "10.67.0.1/24")
 	n := e.ENI(v, "10.67.0.11/24")
 	p := e.podOn(e.runtime(), "doomed", n)
@@ -470,11 +479,13 @@ func cgroupDirsOf(pid int) []string {
 // QMP, opened by QEMU's rbd driver) is read back by a second sandbox that
 // boots with it after the first is deleted; a host file disk hot-plugs
 // and unplugs.
-func TestSandboxRBDVolume(t *testing.T) {
+func TestSandboxRBDVolume(t *testing.T) { testRBDVolume(t) }
+
+func testRBDVolume(t *testing.T, flags ...string) {
 	cluster := testutil.Ceph(t)
 	// In the machine's namespace: QEMU's rbd driver talks to the monitors
 	// on the machine's loopback.
-	e := newEnvIn(t, false, "--ceph-conf", cluster.Conf, "--ceph-user", "admin", "--ceph-keyring", cluster.Keyring)
+	e := newScenario(t, false, append([]string{"--ceph-conf", cluster.Conf, "--ceph-user", "admin", "--ceph-keyring", cluster.Keyring}, flags...)...)
 	image := "sbx-" + randHex(4)
 	rbd := func(args ...string) {
 		t.Helper()

@@ -42,7 +42,7 @@ type Machine struct {
 	// KernelArgs are appended to the default guest command line.
 	KernelArgs []string
 	// NIC, when set, is a virtio-net device on the tap whose file the
-	// launcher passes as fd 3 (exec.Cmd.ExtraFiles[0]).
+	// launcher passes (fd 3: exec.Cmd.ExtraFiles[0], unless NIC.FD says).
 	NIC *NIC
 	// Disks are attached at boot as virtio-blk devices.
 	Disks []BlockDevice
@@ -131,9 +131,31 @@ func (f MemoryFile) object(size string) string {
 	return fmt.Sprintf("memory-backend-file,id=mem,size=%s,mem-path=/proc/self/fd/%d,share=%s", size, f.FD, share)
 }
 
-// NIC is the VM's network card.
+// NIC is the VM's network card: on a tap, descriptor FD (3 when 0), or
+// on nothing (Dummy: a hub port that leads nowhere, for a template's card
+// and for its clones without a pod network).
 type NIC struct {
-	MAC string
+	MAC   string
+	FD    int
+	Dummy bool
+}
+
+// TemplateMAC is a VM template's card's MAC, which its clones keep until
+// the guest agent gives the card the pod's (Interface.FromMAC).
+const TemplateMAC = "02:00:5e:10:00:01"
+
+func (n NIC) args() []string {
+	backend := "hubport,id=net0,hubid=0"
+	if !n.Dummy {
+		fd := n.FD
+		if fd == 0 {
+			fd = 3
+		}
+		// With fd=, QEMU reads the vnet header setting off the tap itself.
+		backend = fmt.Sprintf("tap,id=net0,fd=%d,vhost=off", fd)
+	}
+	// No option ROM: PXE has nothing to boot here.
+	return []string{"-netdev", backend, "-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + n.MAC}
 }
 
 // Accelerators.
@@ -285,9 +307,7 @@ func (m Machine) Args() ([]string, error) {
 		a = append(a, "-serial", "null")
 	}
 	if m.NIC != nil {
-		// With fd=, QEMU reads the vnet header setting off the tap itself.
-		a = append(a, "-netdev", "tap,id=net0,fd=3,vhost=off",
-			"-device", "virtio-net-pci,netdev=net0,mac="+m.NIC.MAC)
+		a = append(a, m.NIC.args()...)
 	}
 	for _, d := range m.Disks {
 		if s := d.Secret(); s != nil {

@@ -79,21 +79,3 @@ func (q *QMP) waitMigration(ctx context.Context, what string) error {
 		}
 	}
 }
-
-// NICID is the hot-plugged network card's device, NetdevID its back end.
-const (
-	NICID    = "nic0"
-	NetdevID = "net0"
-)
-
-// PlugNIC hot-plugs the VM's network card on tap (its descriptor goes to
-// QEMU over QMP), as Machine.NIC does at start.
-func (q *QMP) PlugNIC(ctx context.Context, tap *os.File, mac string) error {
-	if err := q.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "tap"}, nil, tap); err != nil {
-		return err
-	}
-	if err := q.Execute(ctx, "netdev_add", map[string]any{"type": "tap", "id": NetdevID, "fd": "tap", "vhost": false}, nil); err != nil {
-		return err
-	}
-	return q.Execute(ctx, "device_add", map[string]any{"driver": "virtio-net-pci", "id": NICID, "netdev": NetdevID, "mac": mac}, nil)
-}

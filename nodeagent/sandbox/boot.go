@@ -126,10 +126,8 @@ type booting struct {
 	proc  *process
 
 	// tmpl, when set, is the template the sandbox starts from
-	// (faststart.go); its network card is then hot-plugged on tap.
+	// (faststart.go).
 	tmpl *vmtemplate.Template
-	tap  *os.File
-	mac  string
 	// timings are the steps' durations, for the log.
 	timings []string
 }
@@ -174,9 +172,6 @@ func runSteps(ctx context.Context, bt *booting, steps []step) error {
 	defer func() {
 		for _, f := range bt.files {
 			f.Close()
-		}
-		if bt.tap != nil {
-			bt.tap.Close()
 		}
 	}()
 	for _, s := range steps {
@@ -257,12 +252,13 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 	if err != nil {
 		return err
 	}
-	if bt.tmpl != nil { // hot-plugged after the restore
-		bt.tap, bt.mac = tap, cfg.MAC
-		return nil
-	}
+	bt.mach.NIC = &qemu.NIC{MAC: cfg.MAC, FD: 3 + len(bt.files)}
 	bt.files = append(bt.files, tap)
-	bt.mach.NIC = &qemu.NIC{MAC: cfg.MAC}
+	if bt.tmpl != nil {
+		// A clone has its template's card, on the pod's tap: the guest
+		// agent gives it the pod's MAC (stepConfigureGuest).
+		bt.mach.NIC.MAC = qemu.TemplateMAC
+	}
 	return nil
 }
 
@@ -355,6 +351,9 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 		bt.mach.Memory = &qemu.MemoryFile{FD: 3 + len(bt.files)}
 		bt.files = append(bt.files, ram)
 		bt.mach.Incoming = true
+		if bt.mach.NIC == nil { // the template's card, leading nowhere
+			bt.mach.NIC = &qemu.NIC{MAC: qemu.TemplateMAC, Dummy: true}
+		}
 	}
 	var env []string
 	if m.cfg.Confine {

@@ -3,15 +3,15 @@ package sandbox
 // Fast start: a sandbox restored from its size class's VM template
 // (nodeagent/vmtemplate) instead of a cold boot. QEMU starts with the
 // template's RAM mapped privately and waits for its device state; the
-// sandbox's disks and network card are hot-plugged before the guest runs
-// on, and the guest agent then gives it its own identity (hostname,
-// machine ID, fresh entropy, the host's clock) and network.
+// sandbox's disks are hot-plugged before the guest runs on; its network
+// card is the template's, on the pod's tap, and the guest agent gives it
+// the pod's MAC and addresses, and the guest its own identity (hostname,
+// machine ID, fresh entropy, the host's clock).
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -19,7 +19,6 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/guest/agentproto"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
-	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
 
 // Ways a sandbox starts (Config.FastStart, Sandbox.Start).
@@ -58,8 +57,8 @@ func (m *Manager) chooseStart(bt *booting) {
 }
 
 // restore loads the template's device state into the paused clone, then
-// plugs in the sandbox's disks and network card; the guest sees them as
-// hot-plugged devices when it runs on.
+// plugs in the sandbox's disks; the guest sees them as hot-plugged devices
+// when it runs on.
 func (m *Manager) restore(ctx context.Context, bt *booting, q *qemu.QMP) error {
 	state, err := bt.tmpl.State()
 	if err != nil {
@@ -78,11 +77,6 @@ func (m *Manager) restore(ctx context.Context, bt *booting, q *qemu.QMP) error {
 		}
 		if err := m.plugDisk(ctx, bt.r, q, bd, d, confined); err != nil {
 			return fmt.Errorf("disk %s: %w", d.ID, err)
-		}
-	}
-	if bt.tap != nil {
-		if err := q.PlugNIC(ctx, bt.tap, bt.mac); err != nil {
-			return fmt.Errorf("network card: %w", err)
 		}
 	}
 	return nil
@@ -153,23 +147,18 @@ func serial(id string) string {
 	return id
 }
 
-// configureNetwork applies the pod's network; a clone's card was just
-// hot-plugged and may not be probed yet, so its absence is waited out.
+// configureNetwork applies the pod's network; a clone's card still has
+// its template's MAC, which the guest agent changes to the pod's.
 func (m *Manager) configureNetwork(ctx context.Context, bt *booting, cfg agentproto.NetConfig) error {
 	bt.r.mu.Lock()
 	agent := bt.r.agent
 	bt.r.mu.Unlock()
-	for {
-		err := agent.ConfigureNetwork(ctx, cfg)
-		if err == nil || bt.tmpl == nil || !errors.Is(err, errdefs.ErrNotFound) {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w (waited for the hot-plugged card: %v)", err, ctx.Err())
-		case <-time.After(5 * time.Millisecond):
+	if bt.tmpl != nil {
+		for i := range cfg.Interfaces {
+			cfg.Interfaces[i].FromMAC = qemu.TemplateMAC
 		}
 	}
+	return agent.ConfigureNetwork(ctx, cfg)
 }
 
 // hostname is the guest's hostname for sandbox id: the ID cut to what a

@@ -286,7 +286,9 @@ func (f *Factory) build(c Class) (*Template, error) {
 	}()
 	m := qemu.Machine{Name: c.String(), Dir: dir, Accel: f.cfg.Accel, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB,
 		Kernel: f.cfg.Kernel, Initrd: f.cfg.Initrd, KernelArgs: f.cfg.KernelArgs, Template: true,
-		Memory: &qemu.MemoryFile{FD: 3, Share: true}}
+		Memory: &qemu.MemoryFile{FD: 3, Share: true},
+		// Clones keep the card; the guest agent gives it the pod's MAC.
+		NIC: &qemu.NIC{MAC: qemu.TemplateMAC, Dummy: true}}
 	args, err := m.Args()
 	if err != nil {
 		return nil, err

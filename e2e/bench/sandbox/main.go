@@ -5,6 +5,14 @@
 // with the same machine to its first guest output, and the idle memory
 // (PSS and unique) per VM. 10 sandboxes one after another, then 5 at once.
 // It prints a markdown table.
+//
+// Then, in the same run, it compares the agent's two ways of starting a
+// sandbox: a cold boot (the agent above, --fast-start off) against a
+// restore from a VM template (a second agent, --fast-start template):
+// create call to Ready, 10 in a row and 5 at once, and the idle memory per
+// sandbox with 10 running, against the targets (ready ≤ 150 ms median,
+// unique memory ≤ 32 MiB); it prints where the time of a start goes, from
+// the steps the agent logs for each sandbox (fast.go).
 package main
 
 import (
@@ -15,11 +23,16 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
@@ -33,27 +46,60 @@ func main() {
 	par := flag.Int("par", 5, "sandboxes at once")
 	mem := flag.Uint("memory", 128, "guest memory, MiB")
 	idle := flag.Duration("idle", 3*time.Second, "how long a VM idles before its memory is read")
+	fastSeq := flag.Int("fast-seq", 10, "template-started sandboxes one after another")
+	fastPar := flag.Int("fast-par", 5, "template-started sandboxes at once")
+	memCount := flag.Int("fast-mem-count", 10, "sandboxes running, in each start mode, when the cold-vs-template idle memory is read")
+	accel := flag.String("accel", "auto", "auto (KVM where it works, else TCG), kvm or tcg: for the bare QEMU and both agents")
+	tmplTimeout := flag.Duration("template-timeout", 3*time.Minute, "how long the agent may take to build the VM template")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "sandboxbench: needs root")
 		os.Exit(2)
 	}
-	if err := run(*bin, *seq, *par, uint32(*mem), *idle); err != nil {
+	if *seq < 1 || *par < 1 || *fastSeq < 1 || *fastPar < 1 || *memCount < 1 {
+		fmt.Fprintln(os.Stderr, "sandboxbench: --seq, --par, --fast-seq, --fast-par and --fast-mem-count must be at least 1")
+		os.Exit(2)
+	}
+	if *accel != "auto" && *accel != qemu.AccelKVM && *accel != qemu.AccelTCG {
+		fmt.Fprintf(os.Stderr, "sandboxbench: --accel %q: want auto, kvm or tcg\n", *accel)
+		os.Exit(2)
+	}
+	// A signal cancels the run, whose deferred clean-up deletes the
+	// sandboxes and stops the agents; later signals are ignored meanwhile.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c := config{bin: *bin, seq: *seq, par: *par, mem: uint32(*mem), idle: *idle, accel: *accel,
+		fastSeq: *fastSeq, fastPar: *fastPar, memCount: *memCount, tmplTimeout: *tmplTimeout}
+	if err := run(ctx, c); err != nil {
 		fmt.Fprintln(os.Stderr, "sandboxbench:", err)
 		os.Exit(1)
 	}
+}
+
+type config struct {
+	bin              string
+	seq, par         int
+	mem              uint32
+	idle             time.Duration
+	accel            string
+	fastSeq, fastPar int
+	memCount         int
+	tmplTimeout      time.Duration
 }
 
 // sample is one VM: time to ready (or first output) and idle memory.
 type sample struct {
 	ready     time.Duration
 	pss, uniq int64 // KiB
+	// shmem is its Pss_Shmem, shared its Shared_Clean+Shared_Dirty (KiB):
+	// for a template's clone, mostly the template's memory.
+	shmem, shared int64
 }
 
 type series struct{ seq, par []sample }
 
-func run(bin string, seq, par int, mem uint32, idle time.Duration) error {
-	bin, _ = filepath.Abs(bin)
+func run(ctx context.Context, c config) error {
+	bin, _ := filepath.Abs(c.bin)
 	kernel := filepath.Join(bin, "nodeagent-guest", "vmlinux")
 	initrd := filepath.Join(bin, "nodeagent-guest", "initramfs.cpio")
 	tmp, err := os.MkdirTemp("", "sandboxbench-")
@@ -61,112 +107,253 @@ func run(bin string, seq, par int, mem uint32, idle time.Duration) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	defer reap(tmp) // runs first: whatever QEMU of this run is left
 
-	accel := qemu.AccelTCG
-	if err := qemu.ProbeKVM(context.Background(), "qemu-system-x86_64", kernel); err == nil {
-		accel = qemu.AccelKVM
-	} else {
-		fmt.Fprintf(os.Stderr, "sandboxbench: KVM unusable (%v); measuring under TCG\n", err)
+	accel, whyNotKVM := c.accel, ""
+	if accel == "auto" {
+		accel = qemu.AccelTCG
+		if err := qemu.ProbeKVM(ctx, "qemu-system-x86_64", kernel); err == nil {
+			accel = qemu.AccelKVM
+		} else {
+			whyNotKVM = err.Error()
+			fmt.Fprintf(os.Stderr, "sandboxbench: KVM unusable (%v); measuring under TCG\n", err)
+		}
 	}
+	seq, par, mem, idle := c.seq, c.par, c.mem, c.idle
 
-	// The bare boots first, then ours, then the bare ones again, so that a
-	// machine that warms up or slows down shows in both columns.
+	// The bare boots first, then ours (cold boots, which are also the cold
+	// column of the fast start table), then the fast starts.
 	var bare, ours series
 	fmt.Fprintln(os.Stderr, "sandboxbench: bare qemu, sequential")
-	if bare.seq, err = bareRuns(tmp, kernel, initrd, accel, mem, seq, 1, idle); err != nil {
+	if bare.seq, err = bareRuns(ctx, tmp, kernel, initrd, accel, mem, seq, 1, idle); err != nil {
 		return err
 	}
 	fmt.Fprintln(os.Stderr, "sandboxbench: bare qemu, parallel")
-	if bare.par, err = bareRuns(tmp, kernel, initrd, accel, mem, par, par, idle); err != nil {
+	if bare.par, err = bareRuns(ctx, tmp, kernel, initrd, accel, mem, par, par, idle); err != nil {
 		return err
 	}
-	agent, cl, err := startAgent(tmp, bin, kernel, initrd)
+
+	cold, err := startAgent(ctx, tmp, "cold", bin, kernel, initrd, accel, "--fast-start", "off")
 	if err != nil {
 		return err
 	}
-	defer func() { _ = agent.Process.Kill(); _ = agent.Wait() }()
+	defer cold.stop()
+	var coldMem []sample
 	fmt.Fprintln(os.Stderr, "sandboxbench: nodeagent, sequential")
-	if ours.seq, err = agentRuns(cl, "seq", mem, seq, 1, idle); err != nil {
-		return err
+	// Topped up to --fast-mem-count sandboxes before the memory is read.
+	ours.seq, coldMem, err = agentRuns(ctx, cold.cl, runOpts{prefix: "seq", mem: mem, n: seq, conc: 1,
+		total: max(seq, c.memCount), idle: idle, start: "cold"})
+	if err != nil {
+		return cold.failed(err)
 	}
 	fmt.Fprintln(os.Stderr, "sandboxbench: nodeagent, parallel")
-	if ours.par, err = agentRuns(cl, "par", mem, par, par, idle); err != nil {
+	if ours.par, _, err = agentRuns(ctx, cold.cl, runOpts{prefix: "par", mem: mem, n: par, conc: par, total: par, idle: idle, start: "cold"}); err != nil {
+		return cold.failed(err)
+	}
+	cold.stop()
+
+	fast, err := fastRuns(ctx, c, tmp, bin, kernel, initrd, accel)
+	if err != nil {
 		return err
 	}
 	printTable(accel, mem, seq, par, bare, ours)
+	coldSteps, err := readySteps(cold.log, "bench-seq-")
+	if err != nil {
+		return err
+	}
+	printFastTable(c, accel, whyNotKVM, ours, coldMem, coldSteps, fast)
 	return nil
 }
 
-// startAgent runs `nodeagent serve` with no cgroups (the bare QEMU has
-// none either) and no HTTP endpoints.
-func startAgent(tmp, bin, kernel, initrd string) (*exec.Cmd, *agentclient.Client, error) {
-	sock := filepath.Join(tmp, "agent.sock")
-	log, err := os.Create(filepath.Join(tmp, "agent.log"))
-	if err != nil {
-		return nil, nil, err
-	}
-	cmd := exec.Command(filepath.Join(bin, "nodeagent"), "serve", "--socket", sock, "--state-dir", filepath.Join(tmp, "state"),
-		"--metrics-addr", "", "--probe-addr", "", "--cgroup-parent", "", "--guest-kernel", kernel, "--guest-initrd", initrd)
-	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		return nil, nil, err
-	}
-	for i := 0; i < 500; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			cl, err := agentclient.Dial(sock)
-			return cmd, cl, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	return nil, nil, fmt.Errorf("nodeagent did not start; see %s", log.Name())
+// agent is a running `nodeagent serve` of this benchmark.
+type agent struct {
+	name string
+	cmd  *exec.Cmd
+	cl   *agentclient.Client
+	log  string        // its stderr and stdout
+	done chan struct{} // closed once it exited
+	once sync.Once
 }
 
-// agentRuns creates n sandboxes, at most conc at a time, timing each
-// create call until Ready (the guest agent's first answer), reads their
-// idle memory and deletes them.
-func agentRuns(cl *agentclient.Client, prefix string, mem uint32, n, conc int, idle time.Duration) ([]sample, error) {
-	ctx := context.Background()
-	out := make([]sample, n)
-	pids := make([]int, n)
-	id := func(i int) string { return fmt.Sprintf("bench-%s-%d", prefix, i) }
-	// Deleted whatever happens: QEMU outlives the agent.
+// startAgent runs `nodeagent serve` with no cgroups (the bare QEMU has
+// none either), no HTTP endpoints and its own socket, state and log file
+// (named for name) in tmp; args are more flags.
+func startAgent(ctx context.Context, tmp, name, bin, kernel, initrd, accel string, args ...string) (*agent, error) {
+	sock := filepath.Join(tmp, name+".sock")
+	log, err := os.Create(filepath.Join(tmp, "agent-"+name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	defer log.Close() // the agent has its own descriptor
+	args = append([]string{"serve", "--socket", sock, "--state-dir", filepath.Join(tmp, "state-"+name),
+		"--metrics-addr", "", "--probe-addr", "", "--cgroup-parent", "", "--guest-kernel", kernel, "--guest-initrd", initrd,
+		"--accel", accel}, args...)
+	cmd := exec.Command(filepath.Join(bin, "nodeagent"), args...)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	a := &agent{name: name, cmd: cmd, log: log.Name(), done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(a.done) }()
+	for i := 0; i < 500; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			if a.cl, err = agentclient.Dial(sock); err != nil {
+				a.stop()
+				return nil, err
+			}
+			return a, nil
+		}
+		select {
+		case <-a.done:
+			return nil, a.failed(fmt.Errorf("nodeagent (%s) exited at start: %s", name, cmd.ProcessState))
+		case <-ctx.Done():
+			a.stop()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	a.stop()
+	return nil, a.failed(fmt.Errorf("nodeagent (%s) did not start", name))
+}
+
+// stop ends the agent (SIGTERM, SIGKILL after 15 s) and waits for it;
+// its sandboxes must be deleted first, as QEMU outlives the agent.
+func (a *agent) stop() {
+	a.once.Do(func() {
+		if a.cl != nil {
+			_ = a.cl.Close()
+		}
+		_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-a.done:
+		case <-time.After(15 * time.Second):
+			_ = a.cmd.Process.Kill()
+			<-a.done
+		}
+	})
+}
+
+// failed adds the end of the agent's log to err.
+func (a *agent) failed(err error) error {
+	b, _ := os.ReadFile(a.log)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > 15 {
+		lines = lines[len(lines)-15:]
+	}
+	return fmt.Errorf("%w\n--- the end of the %s agent's log ---\n%s", err, a.name, strings.Join(lines, "\n"))
+}
+
+// runOpts is one batch of sandboxes through the agent.
+type runOpts struct {
+	prefix  string // of the sandbox IDs, bench-PREFIX-I
+	mem     uint32
+	n, conc int // timed sandboxes, and how many at a time
+	// total is how many run when their idle memory is read: the n timed
+	// ones and total-n more, created after them one at a time, untimed
+	// (IDs bench-PREFIXx-I). 0 reads no memory (and does not idle).
+	total int
+	idle  time.Duration
+	start string // what each sandbox's Start must be: "cold" or "template"
+	// atIdle, if set, runs once the sandboxes idled, all still running.
+	atIdle func() error
+}
+
+// agentRuns creates o.n sandboxes, at most o.conc at a time, timing each
+// create call until Ready (the guest agent's first answer), checks that
+// each started as o.start says, tops them up to o.total, reads their idle
+// memory and deletes them. It returns the timed sandboxes and the memory
+// of all o.total.
+func agentRuns(ctx context.Context, cl *agentclient.Client, o runOpts) (timed, all []sample, _ error) {
+	total := o.total
+	if total > 0 && total < o.n {
+		total = o.n
+	}
+	samples := make([]sample, max(total, o.n))
+	pids := make([]int, len(samples))
+	id := func(i int) string {
+		if i >= o.n {
+			return fmt.Sprintf("bench-%sx-%d", o.prefix, i-o.n)
+		}
+		return fmt.Sprintf("bench-%s-%d", o.prefix, i)
+	}
+	// Deleted whatever happens (also when ctx is cancelled): QEMU
+	// outlives the agent.
 	defer func() {
-		for i := 0; i < n; i++ {
-			_, _ = cl.DeleteSandbox(ctx, &apiv1.DeleteSandboxRequest{Id: id(i)})
+		for i := range samples {
+			dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			_, derr := cl.DeleteSandbox(dctx, &apiv1.DeleteSandboxRequest{Id: id(i)})
+			cancel()
+			if derr != nil && status.Code(derr) != codes.NotFound {
+				fmt.Fprintf(os.Stderr, "sandboxbench: delete %s: %v\n", id(i), derr)
+			}
 		}
 	}()
-	err := inParallel(n, conc, func(i int) error {
+	create := func(i int) error {
 		start := time.Now()
-		s, err := cl.CreateSandbox(ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: id(i), Vcpus: 1, MemoryMib: mem}, Wait: true})
+		s, err := cl.CreateSandbox(ctx, &apiv1.CreateSandboxRequest{Spec: &apiv1.SandboxSpec{Id: id(i), Vcpus: 1, MemoryMib: o.mem}, Wait: true})
 		if err != nil {
-			return err
+			return fmt.Errorf("sandbox %s: %w", id(i), err)
 		}
 		if s.State != apiv1.Sandbox_READY {
 			return fmt.Errorf("sandbox %s: %s: %s", id(i), s.State, s.Reason)
 		}
-		out[i].ready = time.Since(start)
+		samples[i].ready = time.Since(start)
 		pids[i] = int(s.Pid)
+		if s.Start != o.start {
+			return fmt.Errorf("sandbox %s started %q, not %q: the bench would measure the wrong thing (why: the agent's log)", id(i), s.Start, o.start)
+		}
 		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
-	time.Sleep(idle)
+	if err := inParallel(o.n, o.conc, create); err != nil {
+		return nil, nil, err
+	}
+	if total == 0 {
+		return samples, nil, nil
+	}
+	for i := o.n; i < total; i++ {
+		if err := create(i); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := sleep(ctx, o.idle); err != nil {
+		return nil, nil, err
+	}
 	for i, pid := range pids {
-		out[i].pss, out[i].uniq = memory(pid)
+		samples[i].pss, samples[i].uniq, samples[i].shmem, samples[i].shared = memory(pid)
 	}
-	return out, nil
+	if o.atIdle != nil {
+		if err := o.atIdle(); err != nil {
+			return nil, nil, err
+		}
+	}
+	return samples[:o.n], samples, nil
+}
+
+// sleep waits d, or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // inParallel runs f(0), ..., f(n-1), at most conc at a time (in order
-// when conc is 1), and returns the first error.
+// when conc is 1), and returns the first error; none starts after one
+// failed.
 func inParallel(n, conc int, f func(i int) error) error {
 	errs := make(chan error, n)
 	sem := make(chan struct{}, conc)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
 		sem <- struct{}{}
+		if len(errs) > 0 {
+			<-sem
+			break
+		}
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -183,7 +370,7 @@ func inParallel(n, conc int, f func(i int) error) error {
 
 // bareRuns boots n bare QEMUs (conc at a time) with the sandbox's machine
 // and times each from start to the guest's first console output.
-func bareRuns(tmp, kernel, initrd, accel string, mem uint32, n, conc int, idle time.Duration) ([]sample, error) {
+func bareRuns(ctx context.Context, tmp, kernel, initrd, accel string, mem uint32, n, conc int, idle time.Duration) ([]sample, error) {
 	out := make([]sample, n)
 	cmds := make([]*exec.Cmd, n)
 	defer func() {
@@ -230,18 +417,21 @@ func bareRuns(tmp, kernel, initrd, accel string, mem uint32, n, conc int, idle t
 	if err != nil {
 		return nil, err
 	}
-	time.Sleep(idle)
+	if err := sleep(ctx, idle); err != nil {
+		return nil, err
+	}
 	for i, c := range cmds {
-		out[i].pss, out[i].uniq = memory(c.Process.Pid)
+		out[i].pss, out[i].uniq, out[i].shmem, out[i].shared = memory(c.Process.Pid)
 	}
 	return out, nil
 }
 
-// memory returns a process's PSS and unique (private) memory in KiB.
-func memory(pid int) (pss, uniq int64) {
+// memory returns a process's PSS, unique (private) memory, Pss_Shmem and
+// shared memory in KiB.
+func memory(pid int) (pss, uniq, shmem, shared int64) {
 	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
 	if err != nil {
-		return 0, 0
+		return 0, 0, 0, 0
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -256,9 +446,13 @@ func memory(pid int) (pss, uniq int64) {
 			pss = v
 		case "Private_Clean:", "Private_Dirty:":
 			uniq += v
+		case "Pss_Shmem:":
+			shmem = v
+		case "Shared_Clean:", "Shared_Dirty:":
+			shared += v
 		}
 	}
-	return pss, uniq
+	return pss, uniq, shmem, shared
 }
 
 func durations(s []sample) []time.Duration {

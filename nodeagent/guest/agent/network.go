@@ -51,11 +51,14 @@ func configureNetwork(cfg agentproto.NetConfig) error {
 // its new name.
 func configureInterface(links []netlink.Link, ifc agentproto.Interface) (netlink.Link, error) {
 	mac, _ := net.ParseMAC(ifc.MAC) // validated
-	var link netlink.Link
-	for _, l := range links {
-		if bytes.Equal(l.Attrs().HardwareAddr, mac) {
-			link = l
-			break
+	link := linkByMAC(links, mac)
+	if link == nil && ifc.FromMAC != "" {
+		from, _ := net.ParseMAC(ifc.FromMAC)
+		if link = linkByMAC(links, from); link != nil {
+			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+				return nil, fmt.Errorf("set %s mac %s: %w", link.Attrs().Name, ifc.MAC, err)
+			}
+			link.Attrs().HardwareAddr = mac
 		}
 	}
 	if link == nil {
@@ -139,6 +142,15 @@ func replaceRoute(link netlink.Link, r agentproto.Route) error {
 			return coded(agentproto.CodeFailedPrecondition, fmt.Errorf("add route %s dev %s: %w", desc, link.Attrs().Name, err))
 		}
 		return fmt.Errorf("add route %s dev %s: %w", desc, link.Attrs().Name, err)
+	}
+	return nil
+}
+
+func linkByMAC(links []netlink.Link, mac net.HardwareAddr) netlink.Link {
+	for _, l := range links {
+		if bytes.Equal(l.Attrs().HardwareAddr, mac) {
+			return l
+		}
 	}
 	return nil
 }

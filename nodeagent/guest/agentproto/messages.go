@@ -77,6 +77,9 @@ type NetConfig struct {
 type Interface struct {
 	// MAC finds the link.
 	MAC string `json:"mac"`
+	// FromMAC, when set, finds the link when none has MAC yet: that link
+	// is given MAC (a VM template's clone has its template's card).
+	FromMAC string `json:"fromMac,omitempty"`
 	// Name, when set, is what the link is renamed to (e.g. "eth0").
 	Name string `json:"name,omitempty"`
 	// MTU, when not 0, is set on the link.
@@ -120,6 +123,9 @@ func (c NetConfig) Validate() error {
 	for i, ifc := range c.Interfaces {
 		if _, err := net.ParseMAC(ifc.MAC); err != nil {
 			return fmt.Errorf("interface %d: bad mac %q", i, ifc.MAC)
+		}
+		if _, err := net.ParseMAC(ifc.FromMAC); ifc.FromMAC != "" && err != nil {
+			return fmt.Errorf("interface %d: bad from mac %q", i, ifc.FromMAC)
 		}
 		if len(ifc.Name) > maxIfname || strings.ContainsAny(ifc.Name, "/: \t\n\x00") || ifc.Name == "." || ifc.Name == ".." {
 			return fmt.Errorf("interface %d: bad name %q", i, ifc.Name)
