@@ -526,3 +526,36 @@ func validParent(p string) error {
 	}
 	return nil
 }
+
+// Rename gives group name under the parent a new name, in every
+// hierarchy, with its processes, limits and accounting (a sandbox from
+// the warm pool becomes its tenant's). On a failure halfway it renames
+// back what it renamed.
+func (m *Manager) Rename(name, newName string) (Group, error) {
+	if err := ValidName(name); err != nil {
+		return nil, err
+	}
+	if err := ValidName(newName); err != nil {
+		return nil, err
+	}
+	from, to := m.backend.dirs(path.Join(m.parent, name)), m.backend.dirs(path.Join(m.parent, newName))
+	var done []int
+	for i := range from {
+		err := os.Rename(from[i], to[i])
+		if errors.Is(err, fs.ErrNotExist) {
+			// Co-mounted controllers (cpu,cpuacct) share a directory
+			// that an earlier rename moved already.
+			if _, serr := os.Stat(to[i]); serr == nil {
+				continue
+			}
+		}
+		if err != nil {
+			for j := len(done) - 1; j >= 0; j-- {
+				_ = os.Rename(to[done[j]], from[done[j]])
+			}
+			return nil, fmt.Errorf("rename cgroup %s to %s: %w", name, newName, err)
+		}
+		done = append(done, i)
+	}
+	return m.Load(newName)
+}

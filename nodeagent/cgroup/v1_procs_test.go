@@ -239,3 +239,37 @@ func TestV1CreateIn(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Rename keeps a group's process and limits: a pooled sandbox becomes its
+// tenant's without leaving its cgroup (its memory stays charged there).
+func TestV1Rename(t *testing.T) {
+	m := newV1Manager(t)
+	g := createV1(t, m, "pool-a", Resources{Pids: ptr(int64(20))})
+	c := start(t, exec.Command("/bin/sh", "-c", "echo ready; read a"))
+	if got := c.line(t); got != "ready" {
+		t.Fatalf("shell said %q", got)
+	}
+	if err := g.Add(c.cmd.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	r, err := m.Rename("pool-a", "tenant-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Kill(); _ = c.wait(t, 5*time.Second); _ = r.Delete() }()
+	if pids, err := r.Processes(); err != nil || len(pids) != 1 || pids[0] != c.cmd.Process.Pid {
+		t.Errorf("renamed group's processes: %v, %v", pids, err)
+	}
+	if st, err := r.Stats(); err != nil || st.PidsLimit != 20 {
+		t.Errorf("renamed group's pids limit: %+v, %v", st, err)
+	}
+	if _, err := m.Load("pool-a"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("old name still loads: %v", err)
+	}
+	if _, err := m.Rename("pool-a", "x"); err == nil {
+		t.Error("renamed a group that is gone")
+	}
+	if _, err := m.Rename("tenant-a", "../x"); err == nil {
+		t.Error("renamed to an invalid name")
+	}
+}

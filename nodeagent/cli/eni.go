@@ -354,6 +354,13 @@ func printTemplates(w io.Writer, resp *apiv1.StatusResponse) {
 		return
 	}
 	fmt.Fprintf(w, "fast start: %s\n", fs)
+	for _, p := range resp.GetPool() {
+		line := fmt.Sprintf("  pool %s: %d ready, %d booting", p.GetClass(), p.GetReady(), p.GetBooting())
+		if e := p.GetError(); e != "" {
+			line += "; last boot failed: " + e
+		}
+		fmt.Fprintln(w, line)
+	}
 	for _, t := range resp.GetTemplates() {
 		line := fmt.Sprintf("  template %s: %s", t.GetClass(), t.GetState())
 		if t.GetState() == "ready" {

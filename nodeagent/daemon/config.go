@@ -62,8 +62,9 @@ type SandboxConfig struct {
 	UIDs    string
 	// FastStart is "off" (cold boots) or "template" (sandboxes of
 	// FastStartClasses start from a VM template; see README).
-	FastStart        string
-	FastStartClasses string // "VCPUSxMIB,..."
+	FastStart         string
+	FastStartClasses  string // "VCPUSxMIB,..."
+	FastStartPoolSize int    // idle VMs per class with "pool"
 }
 
 // uidRange parses UIDs.
@@ -97,6 +98,7 @@ func DefaultConfig() Config {
 			Confine:           true,
 			FastStart:         sandbox.FastStartOff,
 			FastStartClasses:  "1x128",
+			FastStartPoolSize: 2,
 			UIDs:              fmt.Sprintf("%d-%d", sandbox.DefaultUIDFirst, sandbox.DefaultUIDFirst+sandbox.DefaultUIDCount-1),
 		},
 	}
@@ -146,14 +148,17 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--memory-overhead %d: want 16-65536 MiB", sb.MemoryOverheadMiB)
 	}
 	switch sb.FastStart {
-	case sandbox.FastStartOff, sandbox.FastStartTemplate:
+	case sandbox.FastStartOff, sandbox.FastStartTemplate, sandbox.FastStartPool:
 	default:
-		return fmt.Errorf("--fast-start %q: want off or template", sb.FastStart)
+		return fmt.Errorf("--fast-start %q: want off, pool or template", sb.FastStart)
+	}
+	if sb.FastStartPoolSize < 1 || sb.FastStartPoolSize > 64 {
+		return fmt.Errorf("--fast-start-pool-size %d: want 1-64", sb.FastStartPoolSize)
 	}
 	if classes, err := vmtemplate.ParseClasses(sb.FastStartClasses); err != nil {
 		return fmt.Errorf("--fast-start-classes: %w", err)
-	} else if sb.FastStart == sandbox.FastStartTemplate && len(classes) == 0 {
-		return fmt.Errorf("--fast-start template needs --fast-start-classes")
+	} else if sb.FastStart != sandbox.FastStartOff && len(classes) == 0 {
+		return fmt.Errorf("--fast-start %s needs --fast-start-classes", sb.FastStart)
 	}
 	if sb.BootTimeout < time.Second {
 		return fmt.Errorf("--boot-timeout %v: at least 1s", sb.BootTimeout)

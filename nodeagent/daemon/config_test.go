@@ -11,7 +11,7 @@ import (
 func TestConfigValidate(t *testing.T) {
 	good := Config{Socket: "/run/x.sock", StateDir: "/var/lib/x", MetricsAddr: "127.0.0.1:9808", ProbeAddr: "", ReconcileInterval: time.Second, LogLevel: "info",
 		Sandbox: SandboxConfig{Accel: "auto", CgroupParent: "/nodeagent", BootTimeout: time.Minute, UIDs: "1000-1999", MemoryOverheadMiB: 256,
-			FastStart: "off", FastStartClasses: "1x128"}}
+			FastStart: "off", FastStartClasses: "1x128", FastStartPoolSize: 2}}
 	if err := good.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
 	}
@@ -36,7 +36,8 @@ func TestConfigValidate(t *testing.T) {
 		"uids backwards":     func(c *Config) { c.Sandbox.UIDs = "2000-1000" },
 		"root uid":           func(c *Config) { c.Sandbox.UIDs = "0-10" },
 		"uids not a range":   func(c *Config) { c.Sandbox.UIDs = "1000" },
-		"bad fast start":     func(c *Config) { c.Sandbox.FastStart = "pool" },
+		"bad fast start":     func(c *Config) { c.Sandbox.FastStart = "snapshot" },
+		"empty pool":         func(c *Config) { c.Sandbox.FastStart, c.Sandbox.FastStartPoolSize = "pool", 0 },
 		"bad class":          func(c *Config) { c.Sandbox.FastStartClasses = "1x16" },
 		"class not a size":   func(c *Config) { c.Sandbox.FastStartClasses = "big" },
 		"template, no class": func(c *Config) { c.Sandbox.FastStart, c.Sandbox.FastStartClasses = "template", "" },

@@ -61,7 +61,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		if sandboxes != nil {
 			info.Accel = sandboxes.Accel()
-			info.FastStart, info.Templates = sandboxes.FastStart(), sandboxes.Templates()
+			info.FastStart, info.Templates, info.Pool = sandboxes.FastStart(), sandboxes.Templates(), sandboxes.Pool()
 			info.Sandboxes = map[string]uint32{}
 			for _, s := range sandboxes.List() {
 				info.Sandboxes[string(s.State)]++
@@ -201,7 +201,7 @@ func openSandboxes(ctx context.Context, cfg Config, log *slog.Logger) (*sandbox.
 		StateDir: cfg.StateDir, QEMU: sb.QEMU, Kernel: kernel, Initrd: initrd, Accel: sb.Accel, KernelArgs: strings.Fields(sb.KernelArgs),
 		Ceph:    sandbox.CephCredentials{Conf: sb.CephConf, User: sb.CephUser, Keyring: sb.CephKeyring},
 		Cgroups: host.cgroups, OverheadMiB: sb.MemoryOverheadMiB, BootTimeout: sb.BootTimeout, Log: log,
-		FastStart: sb.FastStart, TemplateClasses: classes,
+		FastStart: sb.FastStart, TemplateClasses: classes, PoolSize: sb.FastStartPoolSize,
 	})
 	return m, host, err
 }

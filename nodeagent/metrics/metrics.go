@@ -72,7 +72,7 @@ func New(pools PoolSource, accel func() string) *Metrics {
 		}),
 		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeagent_sandbox_starts_total",
-			Help: "Sandboxes that reached Ready, by how they started (cold: a boot; template: restored from a VM template).",
+			Help: "Sandboxes that reached Ready, by how they started (cold: a boot; template: restored from a VM template; pool: taken from the warm pool).",
 		}, []string{"start"}),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodeagent_sandbox_failures_total",
@@ -90,7 +90,7 @@ func New(pools PoolSource, accel func() string) *Metrics {
 	for _, r := range []string{"boot", "qemu_exit", "guest_protocol", "other"} {
 		m.failures.WithLabelValues(r)
 	}
-	for _, s := range []string{"cold", "template"} {
+	for _, s := range []string{"cold", "template", "pool"} {
 		m.starts.WithLabelValues(s)
 	}
 	for _, k := range []string{"sandbox", "group"} {

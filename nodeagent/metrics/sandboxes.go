@@ -31,6 +31,9 @@ func (m *Metrics) WatchSandboxes(ctx context.Context, src SandboxSource) {
 	if t, ok := src.(TemplateSource); ok {
 		m.Registry.MustRegister(&templateCollector{src: t})
 	}
+	if p, ok := src.(WarmPoolSource); ok {
+		m.Registry.MustRegister(&poolVMCollector{src: p})
+	}
 	started := time.Now()
 	go func() {
 		for ctx.Err() == nil {
@@ -158,5 +161,21 @@ func (c *templateCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(templateDesc, prometheus.GaugeValue, v, t.Class.String(), st)
 		}
+	}
+}
+
+// WarmPoolSource reports the warm pool at scrape time.
+type WarmPoolSource interface{ Pool() []sandbox.PoolInfo }
+
+var poolVMDesc = prometheus.NewDesc("nodeagent_pool_vms", "VMs of the warm pool (--fast-start pool), by size class and state (ready: idle, to be taken; booting: refilling).", []string{"class", "state"}, nil)
+
+type poolVMCollector struct{ src WarmPoolSource }
+
+func (c *poolVMCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolVMDesc }
+
+func (c *poolVMCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, p := range c.src.Pool() {
+		ch <- prometheus.MustNewConstMetric(poolVMDesc, prometheus.GaugeValue, float64(p.Ready), p.Class.String(), "ready")
+		ch <- prometheus.MustNewConstMetric(poolVMDesc, prometheus.GaugeValue, float64(p.Booting), p.Class.String(), "booting")
 	}
 }

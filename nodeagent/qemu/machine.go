@@ -52,6 +52,10 @@ type Machine struct {
 	// Paused starts the VM stopped (-S): the caller puts QEMU in its
 	// cgroup, then sends "cont".
 	Paused bool
+	// TBSizeMiB is TCG's translation cache (0: DefaultTBSizeMiB). Code
+	// the guest runs is translated into it once; when it is full, all of
+	// it is dropped and translated again as it runs.
+	TBSizeMiB int
 	// Memory, when set, backs guest RAM with a file QEMU gets as a
 	// descriptor (a template's memfd) instead of a memfd of its own.
 	Memory *MemoryFile
@@ -157,6 +161,11 @@ func (n NIC) args() []string {
 	// No option ROM: PXE has nothing to boot here.
 	return []string{"-netdev", backend, "-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + n.MAC}
 }
+
+// DefaultTBSizeMiB is the translation cache of a sandbox under TCG: it
+// meets the boot time and memory targets (README: 16 MiB gave 0.56-0.60 s
+// and 64 MiB unique, 8 MiB 0.64 s and 55 MiB).
+const DefaultTBSizeMiB = 12
 
 // Accelerators.
 const (
@@ -271,7 +280,11 @@ func (m Machine) Args() ([]string, error) {
 		kargs = append(kargs, "nodeinfra.id="+m.Name)
 	}
 	kargs = append(kargs, m.KernelArgs...)
-	accel, cpu := "tcg,tb-size=12", "max"
+	tb := m.TBSizeMiB
+	if tb == 0 {
+		tb = DefaultTBSizeMiB
+	}
+	accel, cpu := "tcg,tb-size="+strconv.Itoa(tb), "max"
 	if m.Accel == AccelKVM {
 		accel, cpu = "kvm", "host"
 	}

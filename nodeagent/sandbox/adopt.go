@@ -26,7 +26,7 @@ func (m *Manager) adopt(b *box) {
 	}
 	r := newRun(b)
 	b.cur = r
-	proc, err := adoptProcess(pid, qemu.ProcessName(id))
+	proc, err := adoptProcess(pid, b.rec.qemuName())
 	if err != nil {
 		r.failure = "qemu exited while no agent was watching it"
 		if pid == 0 {
@@ -35,14 +35,14 @@ func (m *Manager) adopt(b *box) {
 		// A QEMU whose pid was never recorded (the agent died as it started
 		// it) still carries the sandbox's name: end it, it has no owner.
 		// In the background: the agent's start does not wait for it.
-		orphans := findByName(qemu.ProcessName(id), b.dir)
+		orphans := findByName(b.rec.qemuName(), b.dir)
 		if len(orphans) > 0 {
 			r.failure = "qemu started by an agent that died before recording it; ended"
 		}
 		m.log.Warn("sandbox's qemu is gone; cleaning up", "sandbox", id, "pid", pid, "reason", r.failure, "error", err)
 		go func() {
 			for _, p := range orphans {
-				if o, err := adoptProcess(p, qemu.ProcessName(id)); err == nil {
+				if o, err := adoptProcess(p, b.rec.qemuName()); err == nil {
 					o.signal(syscall.SIGKILL)
 					select {
 					case <-o.done:
@@ -68,12 +68,12 @@ func (m *Manager) adopt(b *box) {
 		// A guest that was Ready has its network; one still Creating may not.
 		configure: was == StateCreating}
 	go m.watch(b, r)
-	if was == StateCreating && b.rec.Sandbox.Start == StartTemplate {
+	if was == StateCreating && (b.rec.Sandbox.Start == StartTemplate || b.rec.Sandbox.Start == StartPool) {
 		// Its restore or hot-plugs may be half done, and its template is
 		// gone with the last agent: end it.
 		go func() {
 			defer cancel()
-			m.bootFailed(b, r, "re-adopt", errors.New("the agent restarted while the sandbox was starting from a template"))
+			m.bootFailed(b, r, "re-adopt", errors.New("the agent restarted while the sandbox was starting from a template or the pool"))
 		}()
 		return
 	}

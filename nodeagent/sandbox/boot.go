@@ -61,6 +61,31 @@ func (m *Manager) Create(ctx context.Context, spec Spec, wait bool) (Sandbox, er
 	dir := filepath.Join(m.dir, spec.ID)
 	var keys map[string]string
 	spec.Disks, keys = withoutKeys(spec.Disks)
+	if pb := m.takePooledLocked(spec); pb != nil {
+		poolID, err := m.adoptPooledLocked(pb, spec, keys)
+		if err != nil {
+			m.log.Error("cannot take a pool vm; booting", "sandbox", spec.ID, "error", err)
+			go m.removePoolVM(pb)
+			go m.fillPool()
+		} else {
+			r := pb.cur
+			m.mu.Unlock()
+			hctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+			r.mu.Lock()
+			r.cancel = cancel
+			r.mu.Unlock()
+			m.log.Info("creating sandbox from the warm pool", "sandbox", spec.ID, "vcpus", spec.VCPUs, "memoryMiB", spec.MemoryMiB,
+				"netns", spec.NetNS, "disks", len(spec.Disks))
+			go func() {
+				defer cancel()
+				m.handOver(hctx, pb, r, poolID)
+			}()
+			if wait {
+				return m.waitBooted(ctx, pb)
+			}
+			return m.Get(spec.ID)
+		}
+	}
 	b = &box{dir: dir, changed: make(chan struct{}), keys: keys, rec: record{Sandbox: Sandbox{
 		Spec: spec, State: StateCreating, Disks: append([]Disk(nil), spec.Disks...),
 		WorkDir: dir, CreatedAt: time.Now().UTC(), Accel: m.accel}}}
@@ -128,6 +153,9 @@ type booting struct {
 	// tmpl, when set, is the template the sandbox starts from
 	// (faststart.go).
 	tmpl *vmtemplate.Template
+	// fast: a template's clone or a pool VM becoming a sandbox, whose
+	// guest must take its identity, and whose disks were hot-plugged.
+	fast bool
 	// timings are the steps' durations, for the log.
 	timings []string
 }
@@ -197,6 +225,7 @@ func (m *Manager) boot(ctx context.Context, b *box, r *run) {
 	bt := &booting{b: b, r: r, spec: b.rec.Sandbox.Spec, configure: true}
 	m.chooseStart(bt)
 	if bt.tmpl != nil {
+		bt.fast = true
 		defer bt.tmpl.Release()
 	}
 	err := runSteps(ctx, bt, m.bootSteps())
@@ -237,6 +266,16 @@ func (m *Manager) bootFailed(b *box, r *run, what string, err error) {
 // its addresses, so that a crash in between still lets the next agent
 // give them back.
 func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
+	if rec := m.record(bt.b); rec.Pool {
+		tap, err := podnet.NewHeldTap(rec.PoolTap)
+		if err != nil {
+			return err
+		}
+		bt.mach.NIC = &qemu.NIC{MAC: qemu.TemplateMAC, FD: 3 + len(bt.files)}
+		bt.files = append(bt.files, tap)
+		m.update(bt.b, func(rec *record) { rec.GuestMAC = qemu.TemplateMAC })
+		return nil
+	}
 	if bt.spec.NetNS == "" {
 		return nil
 	}
@@ -343,6 +382,9 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 	bt.mach.VCPUs, bt.mach.MemoryMiB = bt.spec.VCPUs, bt.spec.MemoryMiB
 	bt.mach.Kernel, bt.mach.Initrd, bt.mach.KernelArgs = m.cfg.Kernel, m.cfg.Initrd, m.cfg.KernelArgs
 	bt.mach.Paused = true
+	if m.record(b).Pool {
+		bt.mach.TBSizeMiB = poolTBSizeMiB
+	}
 	if bt.tmpl != nil {
 		ram, err := bt.tmpl.RAM()
 		if err != nil {

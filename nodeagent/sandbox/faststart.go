@@ -45,6 +45,9 @@ func (m *Manager) FastStart() string { return m.cfg.FastStart }
 // boot, logged with why).
 func (m *Manager) chooseStart(bt *booting) {
 	start := StartCold
+	if m.record(bt.b).Pool {
+		return
+	}
 	if m.tmpls != nil {
 		t, err := m.tmpls.Get(vmtemplate.Class{VCPUs: bt.spec.VCPUs, MemoryMiB: bt.spec.MemoryMiB})
 		if err != nil {
@@ -53,7 +56,12 @@ func (m *Manager) chooseStart(bt *booting) {
 			bt.tmpl, start = t, StartTemplate
 		}
 	}
-	m.update(bt.b, func(rec *record) { rec.Sandbox.Start = start })
+	m.update(bt.b, func(rec *record) {
+		rec.Sandbox.Start = start
+		if bt.tmpl != nil {
+			rec.GuestMAC = qemu.TemplateMAC
+		}
+	})
 }
 
 // restore loads the template's device state into the paused clone, then
@@ -96,7 +104,7 @@ func (m *Manager) stepIdentity(ctx context.Context, bt *booting) error {
 	}
 	id.UnixNano = time.Now().UnixNano()
 	err := agent.SetIdentity(ctx, id)
-	if err != nil && bt.tmpl == nil {
+	if err != nil && !bt.fast {
 		m.log.Warn("guest agent took no identity", "sandbox", bt.spec.ID, "error", err)
 		return nil
 	}
@@ -106,7 +114,7 @@ func (m *Manager) stepIdentity(ctx context.Context, bt *booting) error {
 // waitGuestDevices waits until a clone's guest has found its hot-plugged
 // disks, so that Ready means what it means after a cold boot.
 func (m *Manager) waitGuestDevices(ctx context.Context, bt *booting) error {
-	if bt.tmpl == nil || len(bt.spec.Disks) == 0 {
+	if !bt.fast || len(bt.spec.Disks) == 0 {
 		return nil
 	}
 	bt.r.mu.Lock()
@@ -153,9 +161,9 @@ func (m *Manager) configureNetwork(ctx context.Context, bt *booting, cfg agentpr
 	bt.r.mu.Lock()
 	agent := bt.r.agent
 	bt.r.mu.Unlock()
-	if bt.tmpl != nil {
+	if from := m.record(bt.b).GuestMAC; from != "" {
 		for i := range cfg.Interfaces {
-			cfg.Interfaces[i].FromMAC = qemu.TemplateMAC
+			cfg.Interfaces[i].FromMAC = from
 		}
 	}
 	return agent.ConfigureNetwork(ctx, cfg)

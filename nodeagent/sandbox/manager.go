@@ -50,6 +50,9 @@ type Config struct {
 	// template, whose unwritten memory pages all of them share.
 	FastStart       string
 	TemplateClasses []vmtemplate.Class
+	// PoolSize is how many idle VMs the warm pool keeps per class of
+	// TemplateClasses, with FastStartPool.
+	PoolSize int
 	Log             *slog.Logger
 }
 
@@ -109,12 +112,15 @@ func (c Config) Validate() error {
 	}
 	switch c.FastStart {
 	case "", FastStartOff:
-	case FastStartTemplate:
+	case FastStartTemplate, FastStartPool:
+		if c.FastStart == FastStartPool && (c.PoolSize < 1 || c.PoolSize > 64) {
+			return fmt.Errorf("warm pool size %d: want 1-64 per class: %w", c.PoolSize, errdefs.ErrInvalidArgument)
+		}
 		if len(c.TemplateClasses) == 0 {
 			return fmt.Errorf("fast start %q needs at least one size class: %w", c.FastStart, errdefs.ErrInvalidArgument)
 		}
 	default:
-		return fmt.Errorf("fast start %q: want off or template: %w", c.FastStart, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("fast start %q: want off, pool or template: %w", c.FastStart, errdefs.ErrInvalidArgument)
 	}
 	switch c.Accel {
 	case "", "auto", qemu.AccelKVM, qemu.AccelTCG:
@@ -140,6 +146,8 @@ type Manager struct {
 	// tmpls keeps the VM templates (nil unless fast start is "template");
 	// it starts building once the accelerator is known.
 	tmpls *vmtemplate.Factory
+	// pool is the warm pool (nil unless fast start is "pool").
+	pool *pool
 
 	mu    sync.Mutex
 	boxes map[string]*box
@@ -167,12 +175,19 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			KernelArgs: cfg.KernelArgs, Dir: filepath.Join(cfg.StateDir, "templates"), Classes: cfg.TemplateClasses,
 			BootTimeout: cfg.BootTimeout, Log: m.log})
 	}
+	if cfg.FastStart == FastStartPool {
+		m.pool = &pool{size: cfg.PoolSize, classes: cfg.TemplateClasses, idle: map[vmtemplate.Class][]*box{},
+			booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}
+	}
 	go func() {
 		m.accel = m.chooseAccel(ctx)
 		if m.tmpls != nil {
 			m.tmpls.Start(m.accel)
 		}
 		close(m.accelKnown)
+		if m.pool != nil {
+			m.fillPool()
+		}
 	}()
 	entries, err := os.ReadDir(m.dir)
 	if err != nil {
@@ -189,6 +204,12 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			continue
 		}
 		b := &box{dir: dir, rec: rec, changed: make(chan struct{})}
+		if rec.Pool {
+			// An idle pool VM of an earlier agent: ended, not re-adopted
+			// (the pool is built again; its cgroup is an orphan).
+			go m.discardPoolVM(b)
+			continue
+		}
 		m.boxes[rec.Sandbox.Spec.ID] = b
 		switch rec.Sandbox.State {
 		case StateCreating, StateReady, StateStopping:
@@ -236,10 +257,23 @@ func (m *Manager) chooseAccel(ctx context.Context) string {
 // Close lets go of the running sandboxes without stopping them (the next
 // agent re-adopts them).
 func (m *Manager) Close() {
+	var idle []*box
+	if p := m.pool; p != nil {
+		p.mu.Lock()
+		p.closed = true
+		for _, bs := range p.idle {
+			idle = append(idle, bs...)
+		}
+		p.idle = map[vmtemplate.Class][]*box{}
+		p.mu.Unlock()
+	}
+	for _, b := range idle {
+		m.removePoolVM(b) // cleaned at shutdown: the next agent builds its own
+	}
 	m.mu.Lock()
 	var runs []*run
 	for _, b := range m.boxes {
-		if r := b.cur; r != nil {
+		if r := b.cur; r != nil && !b.rec.Pool {
 			runs = append(runs, r)
 		}
 	}
@@ -273,8 +307,10 @@ func (m *Manager) List() []Sandbox {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]Sandbox, 0, len(m.boxes))
-	for _, b := range m.boxes {
-		out = append(out, b.snapshot())
+	for id, b := range m.boxes {
+		if !isPoolID(id) {
+			out = append(out, b.snapshot())
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Spec.ID < out[j].Spec.ID })
 	return out
@@ -288,7 +324,9 @@ func (m *Manager) Watch(ctx context.Context, includeCurrent bool) <-chan Event {
 	if includeCurrent {
 		ids := make([]string, 0, len(m.boxes))
 		for id := range m.boxes {
-			ids = append(ids, id)
+			if !isPoolID(id) {
+				ids = append(ids, id)
+			}
 		}
 		sort.Strings(ids)
 		for _, id := range ids {
@@ -313,6 +351,9 @@ func (m *Manager) Watch(ctx context.Context, includeCurrent bool) <-chan Event {
 
 // publishLocked sends an event to the watchers; m.mu is held.
 func (m *Manager) publishLocked(e Event) {
+	if isPoolID(e.Sandbox.Spec.ID) {
+		return // pool VMs are no one's sandboxes yet
+	}
 	e.Time = time.Now()
 	for ch := range m.subs {
 		select {

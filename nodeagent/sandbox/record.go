@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
+	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
 	"github.com/nodeinfra/nodeinfra/pkg/atomicfile"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
 )
@@ -33,6 +34,24 @@ type record struct {
 	// told of it, so that a crash halfway lets the next agent reconcile the
 	// record with QEMU's block list (stepReconcileDisks).
 	PendingDisk *Disk `json:"pendingDisk,omitempty"`
+	// Pool marks a warm pool VM, not a sandbox yet (pool.go); PoolTap is
+	// its tap while held in the agent's namespace.
+	Pool    bool   `json:"pool,omitempty"`
+	PoolTap string `json:"poolTap,omitempty"`
+	// QEMUName is QEMU's -name when it is not qemu.ProcessName of the ID
+	// (a sandbox taken from the pool keeps its VM's).
+	QEMUName string `json:"qemuName,omitempty"`
+	// GuestMAC is the MAC the guest's card has until the guest agent
+	// gives it the pod's (a template's clone, a pool VM).
+	GuestMAC string `json:"guestMac,omitempty"`
+}
+
+// qemuName is the name on QEMU's command line.
+func (r record) qemuName() string {
+	if r.QEMUName != "" {
+		return r.QEMUName
+	}
+	return qemu.ProcessName(r.Sandbox.Spec.ID)
 }
 
 const recordFile = "sandbox.json"

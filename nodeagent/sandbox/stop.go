@@ -210,6 +210,11 @@ func (m *Manager) release(rec record, group cgroup.Group) []string {
 			problems = append(problems, "pod network: "+err.Error())
 		}
 	}
+	if rec.PoolTap != "" {
+		if err := podnet.DeleteHeldTap(rec.PoolTap); err != nil {
+			problems = append(problems, "held tap: "+err.Error())
+		}
+	}
 	return problems
 }
 

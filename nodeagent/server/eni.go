@@ -14,6 +14,7 @@ import (
 	"github.com/nodeinfra/nodeinfra/nodeagent/eni"
 	"github.com/nodeinfra/nodeinfra/nodeagent/metrics"
 	"github.com/nodeinfra/nodeinfra/nodeagent/probe"
+	"github.com/nodeinfra/nodeinfra/nodeagent/sandbox"
 	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/pkg/eniconfig"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
@@ -42,6 +43,7 @@ type NodeInfo struct {
 	Sandboxes       map[string]uint32 // by state
 	FastStart       string
 	Templates       []vmtemplate.Info
+	Pool            []sandbox.PoolInfo
 }
 
 var _ apiv1.ENIServiceServer = (*ENIServer)(nil)
@@ -191,6 +193,9 @@ func (s *ENIServer) Status(ctx context.Context, _ *apiv1.StatusRequest) (*apiv1.
 			resp.Templates = append(resp.Templates, &apiv1.VMTemplate{Class: t.Class.String(), State: t.State, Key: t.Key,
 				BuiltAt: timestamp(t.BuiltAt), BuildSeconds: t.BuildSeconds, StateBytes: uint64(t.StateBytes),
 				Clones: t.Clones, Error: t.Error})
+		}
+		for _, p := range n.Pool {
+			resp.Pool = append(resp.Pool, &apiv1.PoolClass{Class: p.Class.String(), Ready: uint32(p.Ready), Booting: uint32(p.Booting), Error: p.Error})
 		}
 	}
 	return resp, nil

@@ -1588,10 +1588,12 @@ type StatusResponse struct {
 	SandboxProblems []string `protobuf:"bytes,6,rep,name=sandbox_problems,json=sandboxProblems,proto3" json:"sandbox_problems,omitempty"`
 	// Sandboxes by state (CREATING, READY, ...).
 	Sandboxes map[string]uint32 `protobuf:"bytes,7,rep,name=sandboxes,proto3" json:"sandboxes,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	// How sandboxes start: "off" (cold boots) or "template".
+	// How sandboxes start: "off" (cold boots), "pool" or "template".
 	FastStart string `protobuf:"bytes,8,opt,name=fast_start,json=fastStart,proto3" json:"fast_start,omitempty"`
 	// The VM templates, one per size class, with --fast-start template.
-	Templates     []*VMTemplate `protobuf:"bytes,9,rep,name=templates,proto3" json:"templates,omitempty"`
+	Templates []*VMTemplate `protobuf:"bytes,9,rep,name=templates,proto3" json:"templates,omitempty"`
+	// The warm pool, per size class, with --fast-start pool.
+	Pool          []*PoolClass `protobuf:"bytes,10,rep,name=pool,proto3" json:"pool,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1689,6 +1691,84 @@ func (x *StatusResponse) GetTemplates() []*VMTemplate {
 	return nil
 }
 
+func (x *StatusResponse) GetPool() []*PoolClass {
+	if x != nil {
+		return x.Pool
+	}
+	return nil
+}
+
+type PoolClass struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The size class, "VCPUSxMIB".
+	Class string `protobuf:"bytes,1,opt,name=class,proto3" json:"class,omitempty"`
+	// Idle VMs ready to be taken, and VMs booting to refill the pool.
+	Ready   uint32 `protobuf:"varint,2,opt,name=ready,proto3" json:"ready,omitempty"`
+	Booting uint32 `protobuf:"varint,3,opt,name=booting,proto3" json:"booting,omitempty"`
+	// The last boot failure, until a boot succeeds.
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolClass) Reset() {
+	*x = PoolClass{}
+	mi := &file_eni_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolClass) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolClass) ProtoMessage() {}
+
+func (x *PoolClass) ProtoReflect() protoreflect.Message {
+	mi := &file_eni_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolClass.ProtoReflect.Descriptor instead.
+func (*PoolClass) Descriptor() ([]byte, []int) {
+	return file_eni_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PoolClass) GetClass() string {
+	if x != nil {
+		return x.Class
+	}
+	return ""
+}
+
+func (x *PoolClass) GetReady() uint32 {
+	if x != nil {
+		return x.Ready
+	}
+	return 0
+}
+
+func (x *PoolClass) GetBooting() uint32 {
+	if x != nil {
+		return x.Booting
+	}
+	return 0
+}
+
+func (x *PoolClass) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type VMTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The size class, "VCPUSxMIB" (e.g. "1x128").
@@ -1712,7 +1792,7 @@ type VMTemplate struct {
 
 func (x *VMTemplate) Reset() {
 	*x = VMTemplate{}
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1724,7 +1804,7 @@ func (x *VMTemplate) String() string {
 func (*VMTemplate) ProtoMessage() {}
 
 func (x *VMTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[27]
+	mi := &file_eni_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1737,7 +1817,7 @@ func (x *VMTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VMTemplate.ProtoReflect.Descriptor instead.
 func (*VMTemplate) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{27}
+	return file_eni_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VMTemplate) GetClass() string {
@@ -1810,7 +1890,7 @@ type ReportCNIRequest struct {
 
 func (x *ReportCNIRequest) Reset() {
 	*x = ReportCNIRequest{}
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1902,7 @@ func (x *ReportCNIRequest) String() string {
 func (*ReportCNIRequest) ProtoMessage() {}
 
 func (x *ReportCNIRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[28]
+	mi := &file_eni_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1915,7 @@ func (x *ReportCNIRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportCNIRequest.ProtoReflect.Descriptor instead.
 func (*ReportCNIRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{28}
+	return file_eni_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReportCNIRequest) GetCommand() string {
@@ -1867,7 +1947,7 @@ type ReportCNIResponse struct {
 
 func (x *ReportCNIResponse) Reset() {
 	*x = ReportCNIResponse{}
-	mi := &file_eni_proto_msgTypes[29]
+	mi := &file_eni_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +1959,7 @@ func (x *ReportCNIResponse) String() string {
 func (*ReportCNIResponse) ProtoMessage() {}
 
 func (x *ReportCNIResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[29]
+	mi := &file_eni_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +1972,7 @@ func (x *ReportCNIResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportCNIResponse.ProtoReflect.Descriptor instead.
 func (*ReportCNIResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{29}
+	return file_eni_proto_rawDescGZIP(), []int{30}
 }
 
 type ProbeRequest struct {
@@ -1910,7 +1990,7 @@ type ProbeRequest struct {
 
 func (x *ProbeRequest) Reset() {
 	*x = ProbeRequest{}
-	mi := &file_eni_proto_msgTypes[30]
+	mi := &file_eni_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2002,7 @@ func (x *ProbeRequest) String() string {
 func (*ProbeRequest) ProtoMessage() {}
 
 func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[30]
+	mi := &file_eni_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2015,7 @@ func (x *ProbeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeRequest.ProtoReflect.Descriptor instead.
 func (*ProbeRequest) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{30}
+	return file_eni_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ProbeRequest) GetPodNamespace() string {
@@ -1984,7 +2064,7 @@ type ProbeResponse struct {
 
 func (x *ProbeResponse) Reset() {
 	*x = ProbeResponse{}
-	mi := &file_eni_proto_msgTypes[31]
+	mi := &file_eni_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2076,7 @@ func (x *ProbeResponse) String() string {
 func (*ProbeResponse) ProtoMessage() {}
 
 func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_eni_proto_msgTypes[31]
+	mi := &file_eni_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2089,7 @@ func (x *ProbeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResponse.ProtoReflect.Descriptor instead.
 func (*ProbeResponse) Descriptor() ([]byte, []int) {
-	return file_eni_proto_rawDescGZIP(), []int{31}
+	return file_eni_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ProbeResponse) GetSuccess() bool {
@@ -2137,7 +2217,7 @@ const file_eni_proto_rawDesc = "" +
 	"\x03vpc\x18\x01 \x01(\tR\x03vpc\x12\x12\n" +
 	"\x04free\x18\x02 \x01(\rR\x04free\x12\x1a\n" +
 	"\battached\x18\x03 \x01(\rR\battached\x12\x18\n" +
-	"\amissing\x18\x04 \x01(\rR\amissing\"\xde\x03\n" +
+	"\amissing\x18\x04 \x01(\rR\amissing\"\x95\x04\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x125\n" +
 	"\x05pools\x18\x02 \x03(\v2\x1f.nodeinfra.nodeagent.v1.VPCPoolR\x05pools\x12%\n" +
@@ -2149,10 +2229,17 @@ const file_eni_proto_rawDesc = "" +
 	"\tsandboxes\x18\a \x03(\v25.nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntryR\tsandboxes\x12\x1d\n" +
 	"\n" +
 	"fast_start\x18\b \x01(\tR\tfastStart\x12@\n" +
-	"\ttemplates\x18\t \x03(\v2\".nodeinfra.nodeagent.v1.VMTemplateR\ttemplates\x1a<\n" +
+	"\ttemplates\x18\t \x03(\v2\".nodeinfra.nodeagent.v1.VMTemplateR\ttemplates\x125\n" +
+	"\x04pool\x18\n" +
+	" \x03(\v2!.nodeinfra.nodeagent.v1.PoolClassR\x04pool\x1a<\n" +
 	"\x0eSandboxesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xf5\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"g\n" +
+	"\tPoolClass\x12\x14\n" +
+	"\x05class\x18\x01 \x01(\tR\x05class\x12\x14\n" +
+	"\x05ready\x18\x02 \x01(\rR\x05ready\x12\x18\n" +
+	"\abooting\x18\x03 \x01(\rR\abooting\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xf5\x01\n" +
 	"\n" +
 	"VMTemplate\x12\x14\n" +
 	"\x05class\x18\x01 \x01(\tR\x05class\x12\x14\n" +
@@ -2218,7 +2305,7 @@ func file_eni_proto_rawDescGZIP() []byte {
 }
 
 var file_eni_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_eni_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_eni_proto_goTypes = []any{
 	(ENIState)(0),                   // 0: nodeinfra.nodeagent.v1.ENIState
 	(*ENIConfig)(nil),               // 1: nodeinfra.nodeagent.v1.ENIConfig
@@ -2248,13 +2335,14 @@ var file_eni_proto_goTypes = []any{
 	(*StatusRequest)(nil),           // 25: nodeinfra.nodeagent.v1.StatusRequest
 	(*VPCPool)(nil),                 // 26: nodeinfra.nodeagent.v1.VPCPool
 	(*StatusResponse)(nil),          // 27: nodeinfra.nodeagent.v1.StatusResponse
-	(*VMTemplate)(nil),              // 28: nodeinfra.nodeagent.v1.VMTemplate
-	(*ReportCNIRequest)(nil),        // 29: nodeinfra.nodeagent.v1.ReportCNIRequest
-	(*ReportCNIResponse)(nil),       // 30: nodeinfra.nodeagent.v1.ReportCNIResponse
-	(*ProbeRequest)(nil),            // 31: nodeinfra.nodeagent.v1.ProbeRequest
-	(*ProbeResponse)(nil),           // 32: nodeinfra.nodeagent.v1.ProbeResponse
-	nil,                             // 33: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
-	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*PoolClass)(nil),               // 28: nodeinfra.nodeagent.v1.PoolClass
+	(*VMTemplate)(nil),              // 29: nodeinfra.nodeagent.v1.VMTemplate
+	(*ReportCNIRequest)(nil),        // 30: nodeinfra.nodeagent.v1.ReportCNIRequest
+	(*ReportCNIResponse)(nil),       // 31: nodeinfra.nodeagent.v1.ReportCNIResponse
+	(*ProbeRequest)(nil),            // 32: nodeinfra.nodeagent.v1.ProbeRequest
+	(*ProbeResponse)(nil),           // 33: nodeinfra.nodeagent.v1.ProbeResponse
+	nil,                             // 34: nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
 }
 var file_eni_proto_depIdxs = []int32{
 	1,  // 0: nodeinfra.nodeagent.v1.ENI.config:type_name -> nodeinfra.nodeagent.v1.ENIConfig
@@ -2271,42 +2359,43 @@ var file_eni_proto_depIdxs = []int32{
 	0,  // 11: nodeinfra.nodeagent.v1.DetachResponse.eni_state:type_name -> nodeinfra.nodeagent.v1.ENIState
 	3,  // 12: nodeinfra.nodeagent.v1.ListAttachmentsResponse.attachments:type_name -> nodeinfra.nodeagent.v1.Attachment
 	26, // 13: nodeinfra.nodeagent.v1.StatusResponse.pools:type_name -> nodeinfra.nodeagent.v1.VPCPool
-	33, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
-	28, // 15: nodeinfra.nodeagent.v1.StatusResponse.templates:type_name -> nodeinfra.nodeagent.v1.VMTemplate
-	34, // 16: nodeinfra.nodeagent.v1.VMTemplate.built_at:type_name -> google.protobuf.Timestamp
-	6,  // 17: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
-	7,  // 18: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
-	9,  // 19: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
-	11, // 20: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
-	12, // 21: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
-	14, // 22: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
-	16, // 23: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
-	18, // 24: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
-	20, // 25: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
-	21, // 26: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
-	23, // 27: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
-	25, // 28: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
-	31, // 29: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
-	29, // 30: nodeinfra.nodeagent.v1.ENIService.ReportCNI:input_type -> nodeinfra.nodeagent.v1.ReportCNIRequest
-	2,  // 31: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
-	8,  // 32: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
-	10, // 33: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
-	5,  // 34: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
-	13, // 35: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
-	15, // 36: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
-	17, // 37: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	19, // 38: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
-	17, // 39: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
-	22, // 40: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
-	24, // 41: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
-	27, // 42: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
-	32, // 43: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
-	30, // 44: nodeinfra.nodeagent.v1.ENIService.ReportCNI:output_type -> nodeinfra.nodeagent.v1.ReportCNIResponse
-	31, // [31:45] is the sub-list for method output_type
-	17, // [17:31] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	34, // 14: nodeinfra.nodeagent.v1.StatusResponse.sandboxes:type_name -> nodeinfra.nodeagent.v1.StatusResponse.SandboxesEntry
+	29, // 15: nodeinfra.nodeagent.v1.StatusResponse.templates:type_name -> nodeinfra.nodeagent.v1.VMTemplate
+	28, // 16: nodeinfra.nodeagent.v1.StatusResponse.pool:type_name -> nodeinfra.nodeagent.v1.PoolClass
+	35, // 17: nodeinfra.nodeagent.v1.VMTemplate.built_at:type_name -> google.protobuf.Timestamp
+	6,  // 18: nodeinfra.nodeagent.v1.ENIService.RegisterENI:input_type -> nodeinfra.nodeagent.v1.RegisterENIRequest
+	7,  // 19: nodeinfra.nodeagent.v1.ENIService.RemoveENI:input_type -> nodeinfra.nodeagent.v1.RemoveENIRequest
+	9,  // 20: nodeinfra.nodeagent.v1.ENIService.ListENIs:input_type -> nodeinfra.nodeagent.v1.ListENIsRequest
+	11, // 21: nodeinfra.nodeagent.v1.ENIService.AssignPod:input_type -> nodeinfra.nodeagent.v1.AssignPodRequest
+	12, // 22: nodeinfra.nodeagent.v1.ENIService.UnassignPod:input_type -> nodeinfra.nodeagent.v1.UnassignPodRequest
+	14, // 23: nodeinfra.nodeagent.v1.ENIService.ListAssignments:input_type -> nodeinfra.nodeagent.v1.ListAssignmentsRequest
+	16, // 24: nodeinfra.nodeagent.v1.ENIService.Attach:input_type -> nodeinfra.nodeagent.v1.AttachRequest
+	18, // 25: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:input_type -> nodeinfra.nodeagent.v1.ConfirmAttachRequest
+	20, // 26: nodeinfra.nodeagent.v1.ENIService.GetAttachment:input_type -> nodeinfra.nodeagent.v1.GetAttachmentRequest
+	21, // 27: nodeinfra.nodeagent.v1.ENIService.Detach:input_type -> nodeinfra.nodeagent.v1.DetachRequest
+	23, // 28: nodeinfra.nodeagent.v1.ENIService.ListAttachments:input_type -> nodeinfra.nodeagent.v1.ListAttachmentsRequest
+	25, // 29: nodeinfra.nodeagent.v1.ENIService.Status:input_type -> nodeinfra.nodeagent.v1.StatusRequest
+	32, // 30: nodeinfra.nodeagent.v1.ENIService.Probe:input_type -> nodeinfra.nodeagent.v1.ProbeRequest
+	30, // 31: nodeinfra.nodeagent.v1.ENIService.ReportCNI:input_type -> nodeinfra.nodeagent.v1.ReportCNIRequest
+	2,  // 32: nodeinfra.nodeagent.v1.ENIService.RegisterENI:output_type -> nodeinfra.nodeagent.v1.ENI
+	8,  // 33: nodeinfra.nodeagent.v1.ENIService.RemoveENI:output_type -> nodeinfra.nodeagent.v1.RemoveENIResponse
+	10, // 34: nodeinfra.nodeagent.v1.ENIService.ListENIs:output_type -> nodeinfra.nodeagent.v1.ListENIsResponse
+	5,  // 35: nodeinfra.nodeagent.v1.ENIService.AssignPod:output_type -> nodeinfra.nodeagent.v1.Assignment
+	13, // 36: nodeinfra.nodeagent.v1.ENIService.UnassignPod:output_type -> nodeinfra.nodeagent.v1.UnassignPodResponse
+	15, // 37: nodeinfra.nodeagent.v1.ENIService.ListAssignments:output_type -> nodeinfra.nodeagent.v1.ListAssignmentsResponse
+	17, // 38: nodeinfra.nodeagent.v1.ENIService.Attach:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	19, // 39: nodeinfra.nodeagent.v1.ENIService.ConfirmAttach:output_type -> nodeinfra.nodeagent.v1.ConfirmAttachResponse
+	17, // 40: nodeinfra.nodeagent.v1.ENIService.GetAttachment:output_type -> nodeinfra.nodeagent.v1.AttachResponse
+	22, // 41: nodeinfra.nodeagent.v1.ENIService.Detach:output_type -> nodeinfra.nodeagent.v1.DetachResponse
+	24, // 42: nodeinfra.nodeagent.v1.ENIService.ListAttachments:output_type -> nodeinfra.nodeagent.v1.ListAttachmentsResponse
+	27, // 43: nodeinfra.nodeagent.v1.ENIService.Status:output_type -> nodeinfra.nodeagent.v1.StatusResponse
+	33, // 44: nodeinfra.nodeagent.v1.ENIService.Probe:output_type -> nodeinfra.nodeagent.v1.ProbeResponse
+	31, // 45: nodeinfra.nodeagent.v1.ENIService.ReportCNI:output_type -> nodeinfra.nodeagent.v1.ReportCNIResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_eni_proto_init() }
@@ -2324,7 +2413,7 @@ func file_eni_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eni_proto_rawDesc), len(file_eni_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -595,8 +595,9 @@ type Sandbox struct {
 	Resources *Resources `protobuf:"bytes,11,opt,name=resources,proto3" json:"resources,omitempty"`
 	// The sandbox's cgroup, as /proc/PID/cgroup shows it.
 	Cgroup string `protobuf:"bytes,12,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
-	// How it started: "cold" (a boot) or "template" (restored from its size
-	// class's VM template, `nodeagent serve --fast-start template`).
+	// How it started: "cold" (a boot), "pool" (a VM of the warm pool,
+	// `nodeagent serve --fast-start pool`) or "template" (restored from its
+	// size class's VM template, `--fast-start template`).
 	Start         string `protobuf:"bytes,13,opt,name=start,proto3" json:"start,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
