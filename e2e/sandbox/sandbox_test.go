@@ -76,10 +76,7 @@ func testOnPodNetwork(t *testing.T, flags ...string) {
 		t.Errorf("sandbox addresses %v, want [10.66.0.11/24]", s.Addresses)
 	}
 	// The admin finds the VM with ps by its sandbox ID.
-	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(int(s.Pid)) + "/cmdline")
-	if !strings.Contains(string(cmdline), "sandbox-vm-net") {
-		t.Errorf("qemu's command line lacks the sandbox ID: %q", cmdline)
-	}
+	e.checkFindable(s)
 
 	addr := e.sh("vm-net", "ip addr show eth0")
 	if !strings.Contains(addr, "10.66.0.11/24") || !strings.Contains(addr, strings.ToLower(ea.MAC)) {
@@ -105,7 +102,7 @@ func testOnPodNetwork(t *testing.T, flags ...string) {
 	}
 
 	e.deleteSandbox("vm-net")
-	if len(fabric.QEMUPids("vm-net")) > 0 {
+	if len(e.qemuPids("vm-net")) > 0 {
 		t.Error("qemu still runs after delete")
 	}
 	links = podLinks(t, pa.NS)
@@ -196,7 +193,7 @@ func testExecAndIdempotency(t *testing.T, flags ...string) {
 			t.Fatalf("stop #%d: %v, %v", i+1, s, err)
 		}
 	}
-	if len(fabric.QEMUPids("vm-exec")) > 0 {
+	if len(e.qemuPids("vm-exec")) > 0 {
 		t.Error("qemu runs after stop")
 	}
 	if _, _, err := e.execErr("vm-exec"); code(err) != codes.FailedPrecondition {
@@ -337,7 +334,7 @@ func testReadoptionAfterAgentKill(t *testing.T, flags ...string) {
 	e.create(&apiv1.SandboxSpec{Id: "vm-keep-2", Netns: p.NS.Path()})
 	before := e.get("vm-keep-1").Pid
 	e.Agent.Kill()
-	if len(fabric.QEMUPids("vm-keep-1")) == 0 || len(fabric.QEMUPids("vm-keep-2")) == 0 {
+	if len(e.qemuPids("vm-keep-1")) == 0 || len(e.qemuPids("vm-keep-2")) == 0 {
 		t.Fatal("the VMs died with the agent")
 	}
 	if err := e.Agent.Start(); err != nil {
@@ -360,7 +357,7 @@ func testReadoptionAfterAgentKill(t *testing.T, flags ...string) {
 	if err != nil || s.State != apiv1.Sandbox_STOPPED {
 		t.Fatalf("stop a re-adopted sandbox: %v, %v", s, err)
 	}
-	if len(fabric.QEMUPids("vm-keep-1")) > 0 {
+	if len(e.qemuPids("vm-keep-1")) > 0 {
 		t.Error("qemu of a re-adopted sandbox runs after stop")
 	}
 	// A QEMU that dies while no agent watches is found dead and cleaned up.

@@ -178,6 +178,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.FastStart == FastStartPool {
 		m.pool = &pool{size: cfg.PoolSize, classes: cfg.TemplateClasses, idle: map[vmtemplate.Class][]*box{},
 			booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}
+		m.pool.ctx, m.pool.cancel = context.WithCancel(context.Background())
 	}
 	go func() {
 		m.accel = m.chooseAccel(ctx)
@@ -257,18 +258,30 @@ func (m *Manager) chooseAccel(ctx context.Context) string {
 // Close lets go of the running sandboxes without stopping them (the next
 // agent re-adopts them).
 func (m *Manager) Close() {
-	var idle []*box
 	if p := m.pool; p != nil {
+		// Cleaned at shutdown (the next agent builds its own): boots in
+		// flight end and remove their VMs, then the idle ones go.
 		p.mu.Lock()
 		p.closed = true
+		p.mu.Unlock()
+		p.cancel()
+		done := make(chan struct{})
+		go func() { p.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * undoTimeout):
+			m.log.Warn("pool vms still booting at shutdown; the next agent removes them")
+		}
+		p.mu.Lock()
+		var idle []*box
 		for _, bs := range p.idle {
 			idle = append(idle, bs...)
 		}
 		p.idle = map[vmtemplate.Class][]*box{}
 		p.mu.Unlock()
-	}
-	for _, b := range idle {
-		m.removePoolVM(b) // cleaned at shutdown: the next agent builds its own
+		for _, b := range idle {
+			m.removePoolVM(b)
+		}
 	}
 	m.mu.Lock()
 	var runs []*run

@@ -51,6 +51,11 @@ func isPoolID(id string) bool { return strings.HasPrefix(id, poolPrefix) }
 type pool struct {
 	size    int
 	classes []vmtemplate.Class
+	// ctx ends the boots in flight when the agent shuts down; wg waits
+	// for them.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu      sync.Mutex
 	idle    map[vmtemplate.Class][]*box
@@ -93,7 +98,11 @@ func (m *Manager) fillPool() {
 	for _, c := range p.classes {
 		for n := len(p.idle[c]) + p.booting[c]; n < p.size; n++ {
 			p.booting[c]++
-			go m.bootPoolVM(c)
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				m.bootPoolVM(c)
+			}()
 		}
 	}
 }
@@ -121,7 +130,7 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 		m.mu.Lock()
 		m.boxes[id] = b
 		m.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+		ctx, cancel := context.WithTimeout(p.ctx, m.cfg.BootTimeout)
 		r.cancel = cancel
 		m.boot(ctx, b, r)
 		if st, _ := m.state(b); st != StateReady {
@@ -129,7 +138,7 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 			m.removePoolVM(b)
 			return fmt.Errorf("pool vm boot: %s", reason)
 		}
-		return m.warmUp(b, r)
+		return m.warmUp(p.ctx, b, r)
 	}()
 	p.mu.Lock()
 	p.booting[c]--
@@ -143,6 +152,7 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 	}
 	p.mu.Unlock()
 	switch {
+	case err != nil && closed:
 	case err != nil:
 		m.log.Error("warm pool vm failed; retrying in 5s", "class", c.String(), "error", err)
 		time.AfterFunc(5*time.Second, m.fillPool)
@@ -156,8 +166,8 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 // warmUp runs the guest agent's identity and network code once, so that
 // its first run for a tenant is not its first run at all (under TCG, code
 // run the first time is translated first).
-func (m *Manager) warmUp(b *box, r *run) error {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+func (m *Manager) warmUp(ctx context.Context, b *box, r *run) error {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
 	defer cancel()
 	r.mu.Lock()
 	agent := r.agent
