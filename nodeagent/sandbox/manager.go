@@ -53,7 +53,7 @@ type Config struct {
 	// PoolSize is how many idle VMs the warm pool keeps per class of
 	// TemplateClasses, with FastStartPool.
 	PoolSize int
-	Log             *slog.Logger
+	Log      *slog.Logger
 }
 
 // UIDRange is Count ids from First, which nothing else on the node uses.
