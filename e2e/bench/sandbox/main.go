@@ -6,13 +6,16 @@
 // (PSS and unique) per VM. 10 sandboxes one after another, then 5 at once.
 // It prints a markdown table.
 //
-// Then, in the same run, it compares the agent's two ways of starting a
-// sandbox: a cold boot (the agent above, --fast-start off) against a
-// restore from a VM template (a second agent, --fast-start template):
-// create call to Ready, 10 in a row and 5 at once, and the idle memory per
-// sandbox with 10 running, against the targets (ready ≤ 150 ms median,
-// unique memory ≤ 32 MiB); it prints where the time of a start goes, from
-// the steps the agent logs for each sandbox (fast.go).
+// Then, in the same run, it compares the agent's ways of starting a
+// sandbox: a cold boot (the agent above, --fast-start off) against a VM
+// taken from a warm pool (a second agent, --fast-start pool, its pool as
+// big as the burst and full before each) and a restore from a VM template
+// (a third agent, --fast-start template): create call to Ready, 10 in a
+// row and 5 at once, and the idle memory per sandbox with 10 running (for
+// the pool, its refilled idle VMs apart), against the targets (ready ≤ 150
+// ms median for both; unique memory ≤ 32 MiB for the template); it prints
+// where the time of a start goes, from the steps the agent logs for each
+// sandbox (fast.go).
 package main
 
 import (
@@ -48,16 +51,19 @@ func main() {
 	idle := flag.Duration("idle", 3*time.Second, "how long a VM idles before its memory is read")
 	fastSeq := flag.Int("fast-seq", 10, "template-started sandboxes one after another")
 	fastPar := flag.Int("fast-par", 5, "template-started sandboxes at once")
-	memCount := flag.Int("fast-mem-count", 10, "sandboxes running, in each start mode, when the cold-vs-template idle memory is read")
-	accel := flag.String("accel", "auto", "auto (KVM where it works, else TCG), kvm or tcg: for the bare QEMU and both agents")
+	memCount := flag.Int("fast-mem-count", 10, "sandboxes running, in each start mode (cold, pool, template), when their idle memory is read")
+	accel := flag.String("accel", "auto", "auto (KVM where it works, else TCG), kvm or tcg: for the bare QEMU and the agents")
 	tmplTimeout := flag.Duration("template-timeout", 3*time.Minute, "how long the agent may take to build the VM template")
+	poolSeq := flag.Int("pool-seq", 10, "sandboxes taken from the warm pool one after another")
+	poolPar := flag.Int("pool-par", 5, "sandboxes taken from the warm pool at once")
+	poolTimeout := flag.Duration("pool-timeout", 3*time.Minute, "how long the agent may take to fill (or refill) its warm pool")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "sandboxbench: needs root")
 		os.Exit(2)
 	}
-	if *seq < 1 || *par < 1 || *fastSeq < 1 || *fastPar < 1 || *memCount < 1 {
-		fmt.Fprintln(os.Stderr, "sandboxbench: --seq, --par, --fast-seq, --fast-par and --fast-mem-count must be at least 1")
+	if *seq < 1 || *par < 1 || *fastSeq < 1 || *fastPar < 1 || *memCount < 1 || *poolSeq < 1 || *poolPar < 1 {
+		fmt.Fprintln(os.Stderr, "sandboxbench: --seq, --par, --fast-seq, --fast-par, --fast-mem-count, --pool-seq and --pool-par must be at least 1")
 		os.Exit(2)
 	}
 	if *accel != "auto" && *accel != qemu.AccelKVM && *accel != qemu.AccelTCG {
@@ -69,7 +75,12 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c := config{bin: *bin, seq: *seq, par: *par, mem: uint32(*mem), idle: *idle, accel: *accel,
-		fastSeq: *fastSeq, fastPar: *fastPar, memCount: *memCount, tmplTimeout: *tmplTimeout}
+		fastSeq: *fastSeq, fastPar: *fastPar, memCount: *memCount, tmplTimeout: *tmplTimeout,
+		poolSeq: *poolSeq, poolPar: *poolPar, poolTimeout: *poolTimeout}
+	if n := c.poolSize(); n > maxPoolSize {
+		fmt.Fprintf(os.Stderr, "sandboxbench: the warm pool would need %d VMs (the largest of --pool-seq, --pool-par and --fast-mem-count); the agent allows at most %d\n", n, maxPoolSize)
+		os.Exit(2)
+	}
 	if err := run(ctx, c); err != nil {
 		fmt.Fprintln(os.Stderr, "sandboxbench:", err)
 		os.Exit(1)
@@ -85,10 +96,13 @@ type config struct {
 	fastSeq, fastPar int
 	memCount         int
 	tmplTimeout      time.Duration
+	poolSeq, poolPar int
+	poolTimeout      time.Duration
 }
 
 // sample is one VM: time to ready (or first output) and idle memory.
 type sample struct {
+	pid       int
 	ready     time.Duration
 	pss, uniq int64 // KiB
 	// shmem is its Pss_Shmem, shared its Shared_Clean+Shared_Dirty (KiB):
@@ -156,23 +170,28 @@ func run(ctx context.Context, c config) error {
 	if err != nil {
 		return err
 	}
-	printTable(accel, mem, seq, par, bare, ours)
-	coldSteps, err := readySteps(cold.log, "bench-seq-")
+	pool, err := poolRuns(ctx, c, tmp, bin, kernel, initrd, accel)
 	if err != nil {
 		return err
 	}
-	printFastTable(c, accel, whyNotKVM, ours, coldMem, coldSteps, fast)
+	printTable(accel, mem, seq, par, bare, ours)
+	coldSteps, err := readySteps(cold.log, "bench-seq-", "cold")
+	if err != nil {
+		return err
+	}
+	printFastTable(c, accel, whyNotKVM, ours, coldMem, coldSteps, pool, fast)
 	return nil
 }
 
 // agent is a running `nodeagent serve` of this benchmark.
 type agent struct {
-	name string
-	cmd  *exec.Cmd
-	cl   *agentclient.Client
-	log  string        // its stderr and stdout
-	done chan struct{} // closed once it exited
-	once sync.Once
+	name     string
+	stateDir string
+	cmd      *exec.Cmd
+	cl       *agentclient.Client
+	log      string        // its stderr and stdout
+	done     chan struct{} // closed once it exited
+	once     sync.Once
 }
 
 // startAgent runs `nodeagent serve` with no cgroups (the bare QEMU has
@@ -180,12 +199,13 @@ type agent struct {
 // (named for name) in tmp; args are more flags.
 func startAgent(ctx context.Context, tmp, name, bin, kernel, initrd, accel string, args ...string) (*agent, error) {
 	sock := filepath.Join(tmp, name+".sock")
+	stateDir := filepath.Join(tmp, "state-"+name)
 	log, err := os.Create(filepath.Join(tmp, "agent-"+name+".log"))
 	if err != nil {
 		return nil, err
 	}
 	defer log.Close() // the agent has its own descriptor
-	args = append([]string{"serve", "--socket", sock, "--state-dir", filepath.Join(tmp, "state-"+name),
+	args = append([]string{"serve", "--socket", sock, "--state-dir", stateDir,
 		"--metrics-addr", "", "--probe-addr", "", "--cgroup-parent", "", "--guest-kernel", kernel, "--guest-initrd", initrd,
 		"--accel", accel}, args...)
 	cmd := exec.Command(filepath.Join(bin, "nodeagent"), args...)
@@ -193,7 +213,7 @@ func startAgent(ctx context.Context, tmp, name, bin, kernel, initrd, accel strin
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	a := &agent{name: name, cmd: cmd, log: log.Name(), done: make(chan struct{})}
+	a := &agent{name: name, stateDir: stateDir, cmd: cmd, log: log.Name(), done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(a.done) }()
 	for i := 0; i < 500; i++ {
 		if _, err := os.Stat(sock); err == nil {
@@ -253,9 +273,13 @@ type runOpts struct {
 	// (IDs bench-PREFIXx-I). 0 reads no memory (and does not idle).
 	total int
 	idle  time.Duration
-	start string // what each sandbox's Start must be: "cold" or "template"
-	// atIdle, if set, runs once the sandboxes idled, all still running.
-	atIdle func() error
+	start string // what each sandbox's Start must be: "cold", "pool" or "template"
+	// settle, if set, runs once all total sandboxes were created, before
+	// they idle.
+	settle func() error
+	// atIdle, if set, runs once the sandboxes idled and their memory was
+	// read, all still running; all are the total sandboxes.
+	atIdle func(all []sample) error
 }
 
 // agentRuns creates o.n sandboxes, at most o.conc at a time, timing each
@@ -269,7 +293,6 @@ func agentRuns(ctx context.Context, cl *agentclient.Client, o runOpts) (timed, a
 		total = o.n
 	}
 	samples := make([]sample, max(total, o.n))
-	pids := make([]int, len(samples))
 	id := func(i int) string {
 		if i >= o.n {
 			return fmt.Sprintf("bench-%sx-%d", o.prefix, i-o.n)
@@ -298,7 +321,7 @@ func agentRuns(ctx context.Context, cl *agentclient.Client, o runOpts) (timed, a
 			return fmt.Errorf("sandbox %s: %s: %s", id(i), s.State, s.Reason)
 		}
 		samples[i].ready = time.Since(start)
-		pids[i] = int(s.Pid)
+		samples[i].pid = int(s.Pid)
 		if s.Start != o.start {
 			return fmt.Errorf("sandbox %s started %q, not %q: the bench would measure the wrong thing (why: the agent's log)", id(i), s.Start, o.start)
 		}
@@ -315,14 +338,19 @@ func agentRuns(ctx context.Context, cl *agentclient.Client, o runOpts) (timed, a
 			return nil, nil, err
 		}
 	}
+	if o.settle != nil {
+		if err := o.settle(); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := sleep(ctx, o.idle); err != nil {
 		return nil, nil, err
 	}
-	for i, pid := range pids {
-		samples[i].pss, samples[i].uniq, samples[i].shmem, samples[i].shared = memory(pid)
+	for i := range samples {
+		samples[i].pss, samples[i].uniq, samples[i].shmem, samples[i].shared = memory(samples[i].pid)
 	}
 	if o.atIdle != nil {
-		if err := o.atIdle(); err != nil {
+		if err := o.atIdle(samples); err != nil {
 			return nil, nil, err
 		}
 	}
