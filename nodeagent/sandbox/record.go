@@ -97,6 +97,9 @@ type box struct {
 	// keys are the cephx keys that came with the spec's RBD disks, by disk
 	// ID: held in memory for the boot, never in the record.
 	keys map[string]string
+	// edits counts the record's changes; written is the count the file
+	// on disk holds (updateVolatile never puts back an older one).
+	edits, written uint64
 }
 
 // setState moves b to state with reason, persists it and tells watchers.
@@ -124,17 +127,50 @@ func (m *Manager) update(b *box, edit func(*record)) {
 
 // updateVolatile is update for what a reboot loses anyway and the
 // kernel or QEMU holds meanwhile (the limits of a running sandbox): the
-// record is written in the background, atomically, without the fsyncs.
-// Each write takes the record as it is then, under m.mu like every
-// other write, so the file never goes back to an older state.
+// record is written in the background, atomically, without the fsyncs,
+// and outside m.mu but for the rename (a call right after this one does
+// not wait for the file). A write renames only if no newer state was
+// written meanwhile, so the file never goes back to an older state.
 func (m *Manager) updateVolatile(b *box, edit func(*record)) {
 	m.mu.Lock()
 	edit(&b.rec)
+	b.edits++
 	m.mu.Unlock()
 	go func() {
 		m.mu.Lock()
+		if b.deleted {
+			m.mu.Unlock()
+			return
+		}
+		seq, dir := b.edits, b.dir
+		data, err := json.MarshalIndent(b.rec, "", "  ")
+		m.mu.Unlock()
+		if err != nil {
+			return
+		}
+		f, err := os.CreateTemp(dir, "."+recordFile+".tmp-*")
+		if err != nil {
+			return
+		}
+		tmp := f.Name()
+		defer os.Remove(tmp) // a no-op after the rename
+		_, err = f.Write(data)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Chmod(tmp, 0o600)
+		}
+		m.mu.Lock()
 		defer m.mu.Unlock()
-		m.persistLockedAs(b, false)
+		if err != nil || b.deleted || b.written >= seq || b.dir != dir {
+			return
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, recordFile)); err != nil {
+			m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+			return
+		}
+		b.written = seq
 	}()
 }
 
@@ -144,9 +180,12 @@ func (m *Manager) persistLockedAs(b *box, durable bool) {
 	if b.deleted {
 		return
 	}
+	b.edits++
 	if err := writeRecord(b.dir, b.rec, durable); err != nil {
 		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+		return
 	}
+	b.written = b.edits
 }
 
 // record returns a copy of b's record.

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -32,5 +33,33 @@ func TestRecordRoundTrip(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, recordFile), []byte("{"), 0o600)
 	if _, err := readRecord(dir); err == nil {
 		t.Error("a torn record was accepted")
+	}
+}
+
+// A volatile write in the background never puts back an older record
+// over a newer one written meanwhile.
+func TestUpdateVolatileNeverGoesBack(t *testing.T) {
+	dir := t.TempDir()
+	m := &Manager{log: slog.Default()}
+	b := &box{dir: dir, rec: record{Sandbox: Sandbox{Spec: Spec{ID: "a"}, PID: 1}}}
+	for i := 2; i < 50; i++ {
+		pid := i
+		if i%3 == 0 {
+			m.update(b, func(r *record) { r.Sandbox.PID = pid })
+		} else {
+			m.updateVolatile(b, func(r *record) { r.Sandbox.PID = pid })
+		}
+	}
+	m.update(b, func(r *record) { r.Sandbox.PID = 50 })
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		rec, err := readRecord(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Sandbox.PID != 50 {
+			t.Fatalf("the record went back to pid %d after the last write (50)", rec.Sandbox.PID)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
