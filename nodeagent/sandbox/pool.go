@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -218,13 +219,22 @@ func (m *Manager) removePoolVM(b *box) {
 // VM's cgroup is renamed, not moved).
 func (m *Manager) takePooledLocked(spec Spec) *box {
 	p := m.pool
-	if p == nil || spec.CgroupParent != "" {
+	if p == nil {
+		return nil
+	}
+	if spec.CgroupParent != "" {
+		m.log.Info("sandbox boots cold", "sandbox", spec.ID, "why", "the pool serves sandboxes under the agent's own cgroup parent only")
 		return nil
 	}
 	c := vmtemplate.Class{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(p.idle[c]) == 0 {
+		why := "no idle pool vm of this size (refilling)"
+		if !slices.Contains(p.classes, c) {
+			why = "no pool for this size class"
+		}
+		m.log.Info("sandbox boots cold", "sandbox", spec.ID, "class", c.String(), "why", why)
 		return nil
 	}
 	b := p.idle[c][0]

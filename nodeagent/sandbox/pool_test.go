@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"log/slog"
 	"testing"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
@@ -30,7 +31,7 @@ func TestPoolIDsAreNotSandboxIDs(t *testing.T) {
 func TestTakePooled(t *testing.T) {
 	c := vmtemplate.Class{VCPUs: 1, MemoryMiB: 128}
 	a, b := &box{}, &box{}
-	m := &Manager{pool: &pool{size: 2, classes: []vmtemplate.Class{c},
+	m := &Manager{log: slog.Default(), pool: &pool{size: 2, classes: []vmtemplate.Class{c},
 		idle: map[vmtemplate.Class][]*box{c: {a, b}}, booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}}
 	if got := m.takePooledLocked(Spec{VCPUs: 2, MemoryMiB: 128}); got != nil {
 		t.Error("took a VM of another class")
