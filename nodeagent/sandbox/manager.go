@@ -176,7 +176,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			BootTimeout: cfg.BootTimeout, Log: m.log})
 	}
 	if cfg.FastStart == FastStartPool {
-		m.pool = &pool{size: cfg.PoolSize, classes: cfg.TemplateClasses, idle: map[vmtemplate.Class][]*box{},
+		m.pool = &pool{size: cfg.PoolSize, classes: cfg.TemplateClasses, idle: map[vmtemplate.Class][]*box{}, keys: map[*box]string{},
 			booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}
 		m.pool.ctx, m.pool.cancel = context.WithCancel(context.Background())
 	}

@@ -60,6 +60,7 @@ type pool struct {
 
 	mu      sync.Mutex
 	idle    map[vmtemplate.Class][]*box
+	keys    map[*box]string // what each idle VM was booted from (vmtemplate.Fingerprint)
 	booting map[vmtemplate.Class]int
 	failed  map[vmtemplate.Class]string // the last boot failure
 	closed  bool
@@ -112,6 +113,7 @@ func (m *Manager) fillPool() {
 // idle in the pool.
 func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 	p := m.pool
+	key, _ := m.poolKey(c)
 	id := poolPrefix + c.String() + "-" + randomHex(4)
 	spec := Spec{ID: id, VCPUs: c.VCPUs, MemoryMiB: c.MemoryMiB}.WithDefaults()
 	dir := filepath.Join(m.dir, id)
@@ -145,6 +147,7 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 	p.booting[c]--
 	if err == nil && !p.closed {
 		p.idle[c] = append(p.idle[c], b)
+		p.keys[b] = key
 		delete(p.failed, c)
 	}
 	closed := p.closed
@@ -237,9 +240,29 @@ func (m *Manager) takePooledLocked(spec Spec) *box {
 		m.log.Info("sandbox boots cold", "sandbox", spec.ID, "class", c.String(), "why", why)
 		return nil
 	}
+	// Booted from the guest files and QEMU in place now? After an upgrade
+	// the class's idle VMs are ended and the pool refilled.
+	if key, err := m.poolKey(c); err != nil || key != p.keys[p.idle[c][0]] {
+		stale := p.idle[c]
+		p.idle[c] = nil
+		for _, b := range stale {
+			delete(p.keys, b)
+			go m.removePoolVM(b)
+		}
+		go m.fillPool()
+		m.log.Info("sandbox boots cold", "sandbox", spec.ID, "class", c.String(),
+			"why", "the pool's VMs were booted from other guest files or QEMU; refilling")
+		return nil
+	}
 	b := p.idle[c][0]
 	p.idle[c] = p.idle[c][1:]
+	delete(p.keys, b)
 	return b
+}
+
+// poolKey is the fingerprint of what a pool VM of class c boots from now.
+func (m *Manager) poolKey(c vmtemplate.Class) (string, error) {
+	return vmtemplate.Fingerprint(c, m.accel, m.cfg.KernelArgs, m.cfg.QEMU, m.cfg.Kernel, m.cfg.Initrd)
 }
 
 // adoptPooledLocked makes pool VM b the sandbox of spec: its directory,

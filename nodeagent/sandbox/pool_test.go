@@ -3,7 +3,10 @@ package sandbox
 import (
 	"errors"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/vmtemplate"
 	"github.com/nodeinfra/nodeinfra/pkg/errdefs"
@@ -27,12 +30,28 @@ func TestPoolIDsAreNotSandboxIDs(t *testing.T) {
 }
 
 // A pool serves only its classes, only under the agent's own cgroup
-// parent (its VMs' cgroups are renamed, not moved), oldest first.
+// parent (its VMs' cgroups are renamed, not moved), oldest first, and only
+// VMs booted from the guest files in place now.
 func TestTakePooled(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for _, f := range []string{"qemu", "vmlinux", "initrd"} {
+		files[f] = filepath.Join(dir, f)
+		if err := os.WriteFile(files[f], []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	c := vmtemplate.Class{VCPUs: 1, MemoryMiB: 128}
-	a, b := &box{}, &box{}
-	m := &Manager{log: slog.Default(), pool: &pool{size: 2, classes: []vmtemplate.Class{c},
-		idle: map[vmtemplate.Class][]*box{c: {a, b}}, booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}}
+	m := &Manager{log: slog.Default(), accel: "tcg", cfg: Config{QEMU: files["qemu"], Kernel: files["vmlinux"], Initrd: files["initrd"]}}
+	key, err := m.poolKey(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, d := &box{}, &box{}, &box{}
+	// closed: the test's takes start no refill.
+	m.pool = &pool{size: 2, classes: []vmtemplate.Class{c}, closed: true,
+		idle: map[vmtemplate.Class][]*box{c: {a, b, d}}, keys: map[*box]string{a: key, b: key, d: key},
+		booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}
 	if got := m.takePooledLocked(Spec{VCPUs: 2, MemoryMiB: 128}); got != nil {
 		t.Error("took a VM of another class")
 	}
@@ -42,12 +61,19 @@ func TestTakePooled(t *testing.T) {
 	if got := m.takePooledLocked(Spec{VCPUs: 1, MemoryMiB: 128}); got != a {
 		t.Error("did not take the oldest idle VM")
 	}
-	if info := m.Pool(); len(info) != 1 || info[0].Ready != 1 {
-		t.Errorf("Pool() = %+v, want one class with 1 ready", info)
+	if info := m.Pool(); len(info) != 1 || info[0].Ready != 2 {
+		t.Errorf("Pool() = %+v, want one class with 2 ready", info)
 	}
-	m.takePooledLocked(Spec{VCPUs: 1, MemoryMiB: 128})
+	// A new initramfs: the idle VMs are stale, the create boots cold.
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(files["initrd"], later, later); err != nil {
+		t.Fatal(err)
+	}
 	if got := m.takePooledLocked(Spec{VCPUs: 1, MemoryMiB: 128}); got != nil {
-		t.Error("took from an empty pool")
+		t.Error("took a VM booted from the old initramfs")
+	}
+	if info := m.Pool(); info[0].Ready != 0 {
+		t.Errorf("stale VMs still idle: %+v", info)
 	}
 	if (&Manager{}).takePooledLocked(Spec{VCPUs: 1, MemoryMiB: 128}) != nil {
 		t.Error("took from no pool")

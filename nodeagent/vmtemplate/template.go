@@ -166,10 +166,14 @@ func seal(f *os.File) error {
 	return nil
 }
 
-// fingerprint identifies what a template is made of: the class, the
-// accelerator, the kernel arguments and the files (QEMU, kernel,
-// initramfs with the guest agent) by device, inode, size and mtime. A
-// template whose fingerprint no longer matches is rebuilt.
+// Fingerprint identifies what a prepared VM (a template, a pool VM) is
+// made of: the class, the accelerator, the kernel arguments and the files
+// (QEMU, kernel, initramfs with the guest agent) by device, inode, size
+// and mtime. One whose fingerprint no longer matches is made again.
+func Fingerprint(c Class, accel string, kernelArgs []string, qemuBin, kernel, initrd string) (string, error) {
+	return fingerprint(c, accel, kernelArgs, qemuPath(qemuBin), kernel, initrd)
+}
+
 func fingerprint(c Class, accel string, kernelArgs []string, files ...string) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\x00%s\x00%s\x00", c, accel, strings.Join(kernelArgs, " "))
