@@ -177,7 +177,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	if cfg.FastStart == FastStartPool {
 		m.pool = &pool{size: cfg.PoolSize, classes: cfg.TemplateClasses, idle: map[vmtemplate.Class][]*box{}, keys: map[*box]string{},
-			booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}}
+			booting: map[vmtemplate.Class]int{}, failed: map[vmtemplate.Class]string{}, fails: map[vmtemplate.Class]int{}}
 		m.pool.ctx, m.pool.cancel = context.WithCancel(context.Background())
 	}
 	go func() {

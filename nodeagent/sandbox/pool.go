@@ -63,6 +63,7 @@ type pool struct {
 	keys    map[*box]string // what each idle VM was booted from (vmtemplate.Fingerprint)
 	booting map[vmtemplate.Class]int
 	failed  map[vmtemplate.Class]string // the last boot failure
+	fails   map[vmtemplate.Class]int    // boots failed in a row
 	closed  bool
 }
 
@@ -149,22 +150,37 @@ func (m *Manager) bootPoolVM(c vmtemplate.Class) {
 		p.idle[c] = append(p.idle[c], b)
 		p.keys[b] = key
 		delete(p.failed, c)
+		delete(p.fails, c)
 	}
 	closed := p.closed
+	var retry time.Duration
 	if err != nil {
 		p.failed[c] = err.Error()
+		p.fails[c]++
+		retry = poolRetry(p.fails[c])
 	}
 	p.mu.Unlock()
 	switch {
 	case err != nil && closed:
 	case err != nil:
-		m.log.Error("warm pool vm failed; retrying in 5s", "class", c.String(), "error", err)
-		time.AfterFunc(5*time.Second, m.fillPool)
+		m.log.Error("warm pool vm failed; retrying", "class", c.String(), "in", retry.String(), "error", err)
+		time.AfterFunc(retry, m.fillPool)
 	case closed:
 		m.removePoolVM(b)
 	default:
 		m.log.Info("warm pool vm ready", "class", c.String(), "vm", id)
 	}
+}
+
+// poolRetry is the wait before booting again after n failed boots in a
+// row: 5 s, doubling, at most 5 minutes (a broken guest kernel must not
+// keep the node's CPUs booting).
+func poolRetry(n int) time.Duration {
+	d := 5 * time.Second
+	for i := 1; i < n && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	return min(d, 5*time.Minute)
 }
 
 // warmUp runs the guest agent's identity and network code once, so that

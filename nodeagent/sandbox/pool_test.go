@@ -79,3 +79,11 @@ func TestTakePooled(t *testing.T) {
 		t.Error("took from no pool")
 	}
 }
+
+func TestPoolRetryBacksOff(t *testing.T) {
+	for n, want := range map[int]time.Duration{1: 5 * time.Second, 2: 10 * time.Second, 4: 40 * time.Second, 7: 5 * time.Minute, 100: 5 * time.Minute} {
+		if got := poolRetry(n); got != want {
+			t.Errorf("poolRetry(%d) = %v, want %v", n, got, want)
+		}
+	}
+}
