@@ -144,9 +144,10 @@ type NIC struct {
 	Dummy bool
 }
 
-// TemplateMAC is a VM template's card's MAC, which its clones keep until
-// the guest agent gives the card the pod's (Interface.FromMAC).
-const TemplateMAC = "02:00:5e:10:00:01"
+// PlaceholderMAC is the MAC of a card made before its pod is known (a VM
+// template's, which its clones keep, and a pool VM's) until the guest
+// agent gives it the pod's (Interface.FromMAC).
+const PlaceholderMAC = "02:00:5e:10:00:01"
 
 func (n NIC) args() []string {
 	backend := "hubport,id=net0,hubid=0"

@@ -271,9 +271,9 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 		if err != nil {
 			return err
 		}
-		bt.mach.NIC = &qemu.NIC{MAC: qemu.TemplateMAC, FD: 3 + len(bt.files)}
+		bt.mach.NIC = &qemu.NIC{MAC: qemu.PlaceholderMAC, FD: 3 + len(bt.files)}
 		bt.files = append(bt.files, tap)
-		m.update(bt.b, func(rec *record) { rec.GuestMAC = qemu.TemplateMAC })
+		m.update(bt.b, func(rec *record) { rec.GuestMAC = qemu.PlaceholderMAC })
 		return nil
 	}
 	if bt.spec.NetNS == "" {
@@ -296,7 +296,7 @@ func (m *Manager) stepPodNetwork(ctx context.Context, bt *booting) error {
 	if bt.tmpl != nil {
 		// A clone has its template's card, on the pod's tap: the guest
 		// agent gives it the pod's MAC (stepConfigureGuest).
-		bt.mach.NIC.MAC = qemu.TemplateMAC
+		bt.mach.NIC.MAC = qemu.PlaceholderMAC
 	}
 	return nil
 }
@@ -394,7 +394,7 @@ func (m *Manager) stepStartQEMU(ctx context.Context, bt *booting) error {
 		bt.files = append(bt.files, ram)
 		bt.mach.Incoming = true
 		if bt.mach.NIC == nil { // the template's card, leading nowhere
-			bt.mach.NIC = &qemu.NIC{MAC: qemu.TemplateMAC, Dummy: true}
+			bt.mach.NIC = &qemu.NIC{MAC: qemu.PlaceholderMAC, Dummy: true}
 		}
 	}
 	var env []string

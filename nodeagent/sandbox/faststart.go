@@ -56,12 +56,14 @@ func (m *Manager) chooseStart(bt *booting) {
 			bt.tmpl, start = t, StartTemplate
 		}
 	}
-	m.update(bt.b, func(rec *record) {
-		rec.Sandbox.Start = start
-		if bt.tmpl != nil {
-			rec.GuestMAC = qemu.TemplateMAC
-		}
-	})
+	// Persisted with the boot's next record write (the cgroup step's or
+	// QEMU's pid), before QEMU starts: no write of its own.
+	m.mu.Lock()
+	bt.b.rec.Sandbox.Start = start
+	if bt.tmpl != nil {
+		bt.b.rec.GuestMAC = qemu.PlaceholderMAC
+	}
+	m.mu.Unlock()
 }
 
 // restore loads the template's device state into the paused clone, then
@@ -77,17 +79,7 @@ func (m *Manager) restore(ctx context.Context, bt *booting, q *qemu.QMP) error {
 	if err != nil {
 		return fmt.Errorf("restore from template %s: %w", bt.tmpl.Class, err)
 	}
-	confined := m.record(bt.b).UID != 0
-	for _, d := range bt.spec.Disks {
-		bd, err := m.blockDevice(bt.b.dir, d, bt.b.keys[d.ID], true)
-		if err != nil {
-			return err
-		}
-		if err := m.plugDisk(ctx, bt.r, q, bd, d, confined); err != nil {
-			return fmt.Errorf("disk %s: %w", d.ID, err)
-		}
-	}
-	return nil
+	return m.plugBootDisks(ctx, bt)
 }
 
 // stepIdentity gives the guest its own hostname, machine ID, entropy and

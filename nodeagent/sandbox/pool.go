@@ -48,6 +48,35 @@ const poolTBSizeMiB = 64
 
 func isPoolID(id string) bool { return strings.HasPrefix(id, poolPrefix) }
 
+// validPoolID checks a pool VM's ID as bootPoolVM makes them:
+// "_pool-<class>-<8 hex>".
+func validPoolID(id string) bool {
+	rest, ok := strings.CutPrefix(id, poolPrefix)
+	class, hex, ok2 := strings.Cut(rest, "-")
+	if _, err := vmtemplate.ParseClass(class); !ok || !ok2 || err != nil {
+		return false
+	}
+	return isHex(hex, 8)
+}
+
+// validPoolTap checks a held tap's name as bootPoolVM makes them.
+func validPoolTap(name string) bool {
+	rest, ok := strings.CutPrefix(name, "np")
+	return ok && isHex(rest, 8)
+}
+
+func isHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // pool holds the idle pool VMs by class.
 type pool struct {
 	size    int
@@ -193,7 +222,7 @@ func (m *Manager) warmUp(ctx context.Context, b *box, r *run) error {
 	agent := r.agent
 	r.mu.Unlock()
 	err := agent.ConfigureNetwork(ctx, agentproto.NetConfig{Interfaces: []agentproto.Interface{
-		{MAC: warmMAC, FromMAC: qemu.TemplateMAC, Name: podIfname}}})
+		{MAC: warmMAC, FromMAC: qemu.PlaceholderMAC, Name: podIfname}}})
 	if err != nil {
 		m.removePoolVM(b)
 		return fmt.Errorf("warm up: %w", err)
@@ -365,14 +394,15 @@ func (m *Manager) stepMoveTap(ctx context.Context, bt *booting) error {
 		return err
 	}
 	m.update(bt.b, func(rec *record) { rec.Net = &cfg })
-	if err := podnet.MoveTap(m.record(bt.b).PoolTap, bt.spec.NetNS, cfg); err != nil {
+	if err := podnet.MoveTap(m.record(bt.b).poolTap(), bt.spec.NetNS, cfg); err != nil {
 		return err
 	}
 	m.update(bt.b, func(rec *record) { rec.PoolTap = "" })
 	return podnet.Resume(bt.spec.NetNS, cfg)
 }
 
-// plugBootDisks hot-plugs a sandbox's boot disks into its running VM.
+// plugBootDisks hot-plugs a sandbox's boot disks into its running VM (a
+// pool VM's or a template's clone).
 func (m *Manager) plugBootDisks(ctx context.Context, bt *booting) error {
 	bt.r.mu.Lock()
 	q := bt.r.qmp

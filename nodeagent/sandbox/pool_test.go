@@ -87,3 +87,29 @@ func TestPoolRetryBacksOff(t *testing.T) {
 		}
 	}
 }
+
+// What an old or tampered record names is used only if the agent could
+// have made it: a recorded QEMU name is a marker re-adoption matches (and
+// kills by), a held tap a link it deletes.
+func TestRecordedPoolNamesAreChecked(t *testing.T) {
+	r := record{Sandbox: Sandbox{Spec: Spec{ID: "web-1"}}}
+	for name, want := range map[string]string{
+		"sandbox-_pool-1x128-0a1b2c3d": "sandbox-_pool-1x128-0a1b2c3d",
+		"":                             "sandbox-web-1",
+		"-S":                           "sandbox-web-1",
+		"sandbox-other":                "sandbox-web-1",
+		"sandbox-_pool-1x128-0A1B2C3D": "sandbox-web-1",
+		"sandbox-_pool-big-0a1b2c3d":   "sandbox-web-1",
+	} {
+		r.QEMUName = name
+		if got := r.qemuName(); got != want {
+			t.Errorf("qemuName with %q recorded = %q, want %q", name, got, want)
+		}
+	}
+	for tap, want := range map[string]string{"np0a1b2c3d": "np0a1b2c3d", "eth0": "", "np0a1b": "", "tap0": "", "np0a1b2c3z": ""} {
+		r.PoolTap = tap
+		if got := r.poolTap(); got != want {
+			t.Errorf("poolTap with %q recorded = %q, want %q", tap, got, want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
@@ -46,12 +47,25 @@ type record struct {
 	GuestMAC string `json:"guestMac,omitempty"`
 }
 
-// qemuName is the name on QEMU's command line.
+// qemuName is the name on QEMU's command line, the marker re-adoption
+// looks for on a pid's command line (and kills by, for a pool VM). A
+// record may be old or tampered with: a recorded name counts only if it is
+// a pool VM's (the one name a sandbox keeps from elsewhere).
 func (r record) qemuName() string {
-	if r.QEMUName != "" {
+	if id, ok := strings.CutPrefix(r.QEMUName, qemu.ProcessName("")); ok && validPoolID(id) {
 		return r.QEMUName
 	}
 	return qemu.ProcessName(r.Sandbox.Spec.ID)
+}
+
+// poolTap is the record's held tap, if it names one the agent could have
+// made ("np" and 8 hex digits): only that is deleted from the agent's
+// namespace.
+func (r record) poolTap() string {
+	if validPoolTap(r.PoolTap) {
+		return r.PoolTap
+	}
+	return ""
 }
 
 const recordFile = "sandbox.json"

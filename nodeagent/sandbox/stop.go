@@ -210,8 +210,8 @@ func (m *Manager) release(rec record, group cgroup.Group) []string {
 			problems = append(problems, "pod network: "+err.Error())
 		}
 	}
-	if rec.PoolTap != "" {
-		if err := podnet.DeleteHeldTap(rec.PoolTap); err != nil {
+	if tap := rec.poolTap(); tap != "" {
+		if err := podnet.DeleteHeldTap(tap); err != nil {
 			problems = append(problems, "held tap: "+err.Error())
 		}
 	}

@@ -288,7 +288,7 @@ func (f *Factory) build(c Class) (*Template, error) {
 		Kernel: f.cfg.Kernel, Initrd: f.cfg.Initrd, KernelArgs: f.cfg.KernelArgs, Template: true,
 		Memory: &qemu.MemoryFile{FD: 3, Share: true},
 		// Clones keep the card; the guest agent gives it the pod's MAC.
-		NIC: &qemu.NIC{MAC: qemu.TemplateMAC, Dummy: true}}
+		NIC: &qemu.NIC{MAC: qemu.PlaceholderMAC, Dummy: true}}
 	args, err := m.Args()
 	if err != nil {
 		return nil, err

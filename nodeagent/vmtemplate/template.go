@@ -107,9 +107,6 @@ func (t *Template) State() (*os.File, error) {
 	return r, nil
 }
 
-// StateSize is the size of the saved device state.
-func (t *Template) StateSize() int { return len(t.state) }
-
 // Release gives back a template that Factory.Get handed out.
 func (t *Template) Release() {
 	t.mu.Lock()
