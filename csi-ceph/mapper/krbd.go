@@ -61,7 +61,9 @@ func (k Krbd) Map(ctx context.Context, t Target, _ string) (Mapping, error) {
 		opts = append(opts, msMode)
 	}
 	opts = append(opts, t.Options...)
-	line := fmt.Sprintf("%s %s %s %s -", strings.Join(addrs, ","), strings.Join(opts, ","), t.Pool, t.Image)
+	// One request a line, as echo writes it (the kernel ignores the
+	// newline; a fake sysfs reading a FIFO can tell two writes apart).
+	line := fmt.Sprintf("%s %s %s %s -\n", strings.Join(addrs, ","), strings.Join(opts, ","), t.Pool, t.Image)
 	if err := os.WriteFile(filepath.Join(k.SysRoot, "bus/rbd/add_single_major"), []byte(line), 0); err != nil {
 		// The line holds the key: never put it in an error.
 		return Mapping{}, fmt.Errorf("krbd map %s/%s: %w", t.Pool, t.Image, err)
@@ -182,7 +184,7 @@ func (k Krbd) Unmap(ctx context.Context, m Mapping) error {
 		if force {
 			req += " force"
 		}
-		if err := os.WriteFile(filepath.Join(k.SysRoot, "bus/rbd/remove_single_major"), []byte(req), 0); err != nil {
+		if err := os.WriteFile(filepath.Join(k.SysRoot, "bus/rbd/remove_single_major"), []byte(req+"\n"), 0); err != nil {
 			if _, found, _ := k.holds(id); !found {
 				continue // gone in the meantime
 			}

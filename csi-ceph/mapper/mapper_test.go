@@ -107,7 +107,7 @@ func TestKrbd(t *testing.T) {
 				_ = os.WriteFile(add, nil, 0o644)
 			}
 			if b, _ := os.ReadFile(remove); len(b) > 0 {
-				_ = os.RemoveAll(filepath.Join(k.SysRoot, "bus/rbd/devices", string(b)))
+				_ = os.RemoveAll(filepath.Join(k.SysRoot, "bus/rbd/devices", strings.TrimSpace(string(b))))
 				_ = os.WriteFile(remove, nil, 0o644)
 			}
 			time.Sleep(5 * time.Millisecond)

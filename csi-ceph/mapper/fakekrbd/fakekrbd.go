@@ -81,8 +81,12 @@ func Start(t testing.TB, resolve func(pool, name string) (Image, bool)) *Kernel 
 				if ctx.Err() != nil {
 					return
 				}
-				if len(b) > 0 {
-					handle(string(b))
+				// Writers that met one open of the FIFO arrive together:
+				// one request a line.
+				for _, line := range strings.Split(string(b), "\n") {
+					if strings.TrimSpace(line) != "" {
+						handle(line)
+					}
 				}
 			}
 		}()
