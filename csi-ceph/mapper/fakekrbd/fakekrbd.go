@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -93,13 +94,23 @@ func Start(t testing.TB, resolve func(pool, name string) (Image, bool)) *Kernel 
 	}
 	t.Cleanup(func() {
 		cancel()
-		// Wake the readers blocked in open.
-		for _, name := range []string{"add_single_major", "remove_single_major"} {
-			if f, err := os.OpenFile(filepath.Join(k.SysRoot, "bus/rbd", name), os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
-				f.Close()
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		// Wake the readers blocked in open, until they are gone: a
+		// non-blocking open for writing fails while a reader is between
+		// two opens, and that reader would then wait forever.
+		for {
+			for _, name := range []string{"add_single_major", "remove_single_major"} {
+				if f, err := os.OpenFile(filepath.Join(k.SysRoot, "bus/rbd", name), os.O_WRONLY|unix.O_NONBLOCK, 0); err == nil {
+					f.Close()
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
 			}
 		}
-		wg.Wait()
 	})
 	return k
 }
