@@ -123,6 +123,28 @@ func TestSandboxResources(t *testing.T) {
 		e.sh("vm-quota", "kill $(cat /loops)")
 	})
 
+	// A live update is in the record by the time the agent stops, even
+	// one made just before SIGTERM (the record is written in the
+	// background, batched): the next agent reports it, and the kernel
+	// still holds it.
+	t.Run("limits across an agent restart", func(t *testing.T) {
+		if _, err := e.cl.UpdateSandboxResources(e.ctx, &apiv1.UpdateSandboxResourcesRequest{Id: "vm-quota", Resources: &apiv1.Resources{Cpus: ptr(0.9), Pids: ptr(int64(900))}}); err != nil {
+			t.Fatal(err)
+		}
+		e.Agent.Stop()
+		if err := e.Agent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sb := e.waitState("vm-quota", apiv1.Sandbox_READY, 30*time.Second)
+		if r := sb.GetResources(); r.GetCpus() != 0.9 || r.GetPids() != 900 {
+			t.Errorf("resources after the restart: %v, want cpus 0.9 and pids 900", r)
+		}
+		st, err := e.cl.GetSandboxStats(e.ctx, &apiv1.GetSandboxStatsRequest{Id: "vm-quota"})
+		if err != nil || st.GetPidsLimit() != 900 {
+			t.Errorf("the kernel's pids limit after the restart: %d, %v", st.GetPidsLimit(), err)
+		}
+	})
+
 	t.Run("disk qos", func(t *testing.T) {
 		got := e.readRate("vm-quota", "data", 0, 12)
 		t.Logf("read throttled to %d MiB/s: %.2f MiB/s", rate>>20, got/(1<<20))

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -119,7 +120,11 @@ func (b *v1Backend) hierarchy() cgroup1.InitOpts {
 
 // group wraps the library's handles of an existing group.
 func (b *v1Backend) group(p string, cg cgroup1.Cgroup) (*v1Group, error) {
-	return &v1Group{path: p, b: b, cg: cg}, nil
+	g := &v1Group{path: p, b: b, cg: cg, files: newOpenFiles()}
+	// A group dropped without Delete (a re-adoption's handle replaced,
+	// a renamed pool VM's) closes its files when collected.
+	runtime.AddCleanup(g, (*openFiles).close, g.files)
+	return g, nil
 }
 
 // file is the path of one of group p's files in controller c's hierarchy.
@@ -227,6 +232,8 @@ type v1Group struct {
 	path string
 	b    *v1Backend
 	cg   cgroup1.Cgroup // every hierarchy: Add, Delete
+	// files are the accounting files Stats keeps open.
+	files *openFiles
 }
 
 var _ Group = (*v1Group)(nil)
@@ -377,7 +384,7 @@ const v1Unlimited = 1 << 62
 // "unlimited". A file missing (only in a test's tree) reads as 0 for a
 // usage, -1 for a limit.
 func readV1Bytes(file string) (int64, error) {
-	b, err := os.ReadFile(file)
+	b, err := readKernelFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		if strings.HasSuffix(file, "usage_in_bytes") {
 			return 0, nil
@@ -469,6 +476,7 @@ func (g *v1Group) Kill() error {
 }
 
 func (g *v1Group) Delete() error {
+	g.files.close()
 	// A fresh handle: the library's refuses every call once it has
 	// deleted, and the directories may be gone (or half gone) anyway.
 	cg, err := cgroup1.Load(cgroup1.StaticPath(g.path), g.b.hierarchy())

@@ -3,7 +3,6 @@ package cgroup
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,14 +19,14 @@ func (g *v1Group) Stats() (Stats, error) {
 	var st Stats
 	var errs []error
 	num := func(c cgroup1.Name, name string) uint64 {
-		v, err := readUint(b.file(c, p, name))
+		v, err := readUint(g.files.read, b.file(c, p, name))
 		if err != nil {
 			errs = append(errs, err)
 		}
 		return v
 	}
 	st.CPUUsage = time.Duration(num(cgroup1.Cpuacct, "cpuacct.usage"))
-	cpu, err := readKeyed(b.file(cgroup1.Cpu, p, "cpu.stat"))
+	cpu, err := readKeyed(g.files.read, b.file(cgroup1.Cpu, p, "cpu.stat"))
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -37,7 +36,7 @@ func (g *v1Group) Stats() (Stats, error) {
 	if st.MemoryLimitBytes = num(cgroup1.Memory, "memory.limit_in_bytes"); st.MemoryLimitBytes >= v1Unlimited {
 		st.MemoryLimitBytes = 0
 	}
-	oom, err := readKeyed(b.file(cgroup1.Memory, p, "memory.oom_control"))
+	oom, err := readKeyed(g.files.read, b.file(cgroup1.Memory, p, "memory.oom_control"))
 	if err != nil {
 		errs = append(errs, err)
 	}
@@ -45,8 +44,8 @@ func (g *v1Group) Stats() (Stats, error) {
 	st.Pids = num(cgroup1.Pids, "pids.current")
 	st.PidsLimit = num(cgroup1.Pids, "pids.max") // "max" reads as 0
 	if b.blkio {
-		bytes, err1 := readBlkio(b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes"))
-		ops, err2 := readBlkio(b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced"))
+		bytes, err1 := readBlkio(g.files.read, b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes"))
+		ops, err2 := readBlkio(g.files.read, b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced"))
 		if err := errors.Join(err1, err2); err != nil {
 			errs = append(errs, err)
 		}
@@ -59,8 +58,8 @@ func (g *v1Group) Stats() (Stats, error) {
 }
 
 // readUint reads a file holding one number; "max" is 0.
-func readUint(f string) (uint64, error) {
-	b, err := os.ReadFile(f)
+func readUint(read func(string) ([]byte, error), f string) (uint64, error) {
+	b, err := read(f)
 	if err != nil {
 		return 0, err
 	}
@@ -76,8 +75,8 @@ func readUint(f string) (uint64, error) {
 }
 
 // readKeyed reads "key value" lines.
-func readKeyed(f string) (map[string]uint64, error) {
-	b, err := os.ReadFile(f)
+func readKeyed(read func(string) ([]byte, error), f string) (map[string]uint64, error) {
+	b, err := read(f)
 	if err != nil {
 		return nil, err
 	}
@@ -102,11 +101,11 @@ type blkioRow struct {
 
 // readBlkio reads "MAJ:MIN Op value" lines from the first of files that
 // exists (the recursive count, else the group's own).
-func readBlkio(files ...string) ([]blkioRow, error) {
+func readBlkio(read func(string) ([]byte, error), files ...string) ([]blkioRow, error) {
 	var b []byte
 	var err error
 	for _, f := range files {
-		if b, err = os.ReadFile(f); err == nil {
+		if b, err = read(f); err == nil {
 			break
 		}
 	}

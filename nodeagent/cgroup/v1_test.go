@@ -530,3 +530,65 @@ func TestV1CPUQuotaThrottles(t *testing.T) {
 	}
 	t.Logf("busy loop: %v of CPU in %v; %d periods, %d throttled, %v waited", used, elapsed, after.CPUPeriods, after.CPUThrottledPeriods, after.CPUThrottledTime)
 }
+
+// Stats keeps the group's accounting files open and reads them afresh
+// each time; a group removed and made again under its name is read anew;
+// Delete closes the files.
+func TestV1StatsKeepFilesOpen(t *testing.T) {
+	m := newV1Manager(t)
+	g, err := m.Create("open", Resources{Pids: ptr(int64(10))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { removeDirs(v1Dirs(m, g.Path())) })
+	st, err := g.Stats()
+	if err != nil || st.PidsLimit != 10 {
+		t.Fatalf("stats %+v, %v", st, err)
+	}
+	if n := fdsUnder(t, g.Path()); n < 8 {
+		t.Errorf("%d of the group's files open after Stats, want its accounting files", n)
+	}
+	if err := g.Update(Resources{Pids: ptr(int64(20))}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := g.Stats(); err != nil || st.PidsLimit != 20 {
+		t.Fatalf("after an update: pids limit %d, %v; want 20", st.PidsLimit, err)
+	}
+	// Gone and made again behind the handle's back.
+	removeDirs(v1Dirs(m, g.Path()))
+	if _, err := m.Create("open", Resources{Pids: ptr(int64(30))}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := g.Stats(); err != nil || st.PidsLimit != 30 {
+		t.Fatalf("after the group was made again: pids limit %d, %v; want 30", st.PidsLimit, err)
+	}
+	if err := g.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if n := fdsUnder(t, g.Path()); n != 0 {
+		t.Errorf("%d of the group's files still open after Delete", n)
+	}
+	if _, err := g.Stats(); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("stats of a deleted group: %v, want NotFound", err)
+	}
+	if n := fdsUnder(t, g.Path()); n != 0 {
+		t.Errorf("a failed Stats left %d files open", n)
+	}
+}
+
+// fdsUnder counts this process's open files in cgroup p's directories.
+func fdsUnder(t *testing.T, p string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err == nil && strings.HasPrefix(target, DefaultMountpoint+"/") && strings.Contains(target, p+"/") {
+			n++
+		}
+	}
+	return n
+}

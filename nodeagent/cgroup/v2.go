@@ -324,7 +324,7 @@ func (g *v2Group) enable(controllers []string) error {
 
 // readV2Bytes reads a v2 memory counter; 0 where a test's tree lacks it.
 func readV2Bytes(file string) (uint64, error) {
-	b, err := os.ReadFile(file)
+	b, err := readKernelFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}

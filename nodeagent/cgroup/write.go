@@ -26,13 +26,6 @@ type setting struct {
 // writeFunc writes one kernel file. Tests swap it for one that fails.
 type writeFunc func(file, value string) error
 
-// writeKernelFile writes a kernel file in one write(2), as the kernel wants. It
-// may create the file: only in a test's tree, where the kernel does not
-// fill the directories.
-func writeKernelFile(file, value string) error {
-	return os.WriteFile(file, []byte(value), 0o644)
-}
-
 // apply writes settings in their order, all or nothing. It reads every
 // file first (an error there writes nothing); when the kernel refuses a
 // value, it writes the old values of the files already written back, in
@@ -47,7 +40,7 @@ func apply(settings []setting, write writeFunc) error {
 	}
 	steps := make([]step, 0, len(settings))
 	for _, s := range settings {
-		b, err := os.ReadFile(s.file)
+		b, err := readKernelFile(s.file)
 		if errors.Is(err, fs.ErrNotExist) {
 			steps = append(steps, step{setting: s})
 			continue

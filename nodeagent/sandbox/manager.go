@@ -302,6 +302,7 @@ func (m *Manager) Close() {
 	if m.tmpls != nil {
 		m.tmpls.Close()
 	}
+	m.flushVolatileAll()
 }
 
 // Get returns one sandbox.

@@ -254,8 +254,10 @@ func (m *Manager) removePoolVM(b *box) {
 	rec := m.record(b)
 	_ = m.release(rec, nil)
 	m.mu.Lock()
-	os.RemoveAll(b.dir)
+	b.wmu.Lock()
+	os.RemoveAll(b.dir) // what stays behind, the next agent removes
 	b.deleted = true
+	b.wmu.Unlock()
 	if m.boxes[rec.Sandbox.Spec.ID] == b {
 		delete(m.boxes, rec.Sandbox.Spec.ID)
 	}
@@ -316,11 +318,11 @@ func (m *Manager) poolKey(c vmtemplate.Class) (string, error) {
 func (m *Manager) adoptPooledLocked(b *box, spec Spec, keys map[string]string) (poolID string, err error) {
 	poolID = b.rec.Sandbox.Spec.ID
 	dir := filepath.Join(m.dir, spec.ID)
-	if err := os.Rename(b.dir, dir); err != nil {
+	if err := m.moveDirLocked(b, dir); err != nil {
 		return "", fmt.Errorf("take pool vm %s: %w", poolID, err)
 	}
 	delete(m.boxes, poolID)
-	b.dir, b.keys = dir, keys
+	b.keys = keys
 	b.rec.Pool = false
 	b.rec.QEMUName = qemu.ProcessName(poolID)
 	b.rec.Sandbox.Spec = spec

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
 	"github.com/nodeinfra/nodeinfra/nodeagent/qemu"
@@ -100,7 +101,9 @@ func readRecord(dir string) (record, error) {
 }
 
 // box is one sandbox. op serializes Create, Stop, Delete and disk changes;
-// rec and cur are guarded by Manager.mu.
+// rec and cur are guarded by Manager.mu. The record file is written under
+// wmu (taken after Manager.mu, never before it), and dir, deleted and
+// written change only with both held.
 type box struct {
 	op      sync.Mutex
 	dir     string
@@ -114,6 +117,8 @@ type box struct {
 	// edits counts the record's changes; written is the count the file
 	// on disk holds (updateVolatile never puts back an older one).
 	edits, written uint64
+	flushing       bool // a volatile write runs (flushVolatile)
+	wmu            sync.Mutex
 }
 
 // setState moves b to state with reason, persists it and tells watchers.
@@ -142,64 +147,115 @@ func (m *Manager) update(b *box, edit func(*record)) {
 // updateVolatile is update for what a reboot loses anyway and the
 // kernel or QEMU holds meanwhile (the limits of a running sandbox): the
 // record is written in the background, atomically, without the fsyncs,
-// and outside m.mu but for the rename (a call right after this one does
-// not wait for the file). A write renames only if no newer state was
+// and outside m.mu (a call right after this one does not wait for the
+// file: replacing a file on ext4 starts its writeback, 1-2 ms, which
+// delayed the calls beside it). One writer per sandbox at a time, after
+// volatileDelay: the edits made meanwhile are written together. A write renames only if no newer state was
 // written meanwhile, so the file never goes back to an older state.
 func (m *Manager) updateVolatile(b *box, edit func(*record)) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	edit(&b.rec)
 	b.edits++
-	m.mu.Unlock()
-	go func() {
+	if !b.flushing {
+		b.flushing = true
+		time.AfterFunc(volatileDelay, func() { m.flushVolatile(b) })
+	}
+}
+
+// volatileDelay is how long a volatile edit waits for the ones after it
+// before its write: a burst of updates is written once. The agent's
+// shutdown writes what waits (flushVolatileAll).
+var volatileDelay = 50 * time.Millisecond
+
+// flushVolatileAll writes now the records whose volatile edits wait.
+func (m *Manager) flushVolatileAll() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, b := range m.boxes {
+		if !b.deleted && b.written < b.edits {
+			m.persistLockedAs(b, false)
+		}
+	}
+}
+
+// flushVolatile writes b's record until the file holds its last edit.
+func (m *Manager) flushVolatile(b *box) {
+	for {
 		m.mu.Lock()
-		if b.deleted {
+		if b.deleted || b.written >= b.edits {
+			b.flushing = false
 			m.mu.Unlock()
 			return
 		}
 		seq, dir := b.edits, b.dir
 		data, err := json.MarshalIndent(b.rec, "", "  ")
 		m.mu.Unlock()
-		if err != nil {
-			return
-		}
-		f, err := os.CreateTemp(dir, "."+recordFile+".tmp-*")
-		if err != nil {
-			return
-		}
-		tmp := f.Name()
-		defer os.Remove(tmp) // a no-op after the rename
-		_, err = f.Write(data)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
 		if err == nil {
-			err = os.Chmod(tmp, 0o600)
+			err = m.writeVolatile(b, dir, seq, data)
 		}
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if err != nil || b.deleted || b.written >= seq || b.dir != dir {
-			return
-		}
-		if err := os.Rename(tmp, filepath.Join(dir, recordFile)); err != nil {
+		if err != nil {
 			m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+			m.mu.Lock()
+			b.flushing = false // the next edit tries again
+			m.mu.Unlock()
 			return
 		}
-		b.written = seq
-	}()
+	}
+}
+
+// writeVolatile replaces dir's record with data (the record at edit seq)
+// under b.wmu, unless b moved, was deleted or has a newer file already.
+func (m *Manager) writeVolatile(b *box, dir string, seq uint64, data []byte) error {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	if b.deleted || b.written >= seq || b.dir != dir {
+		return nil
+	}
+	if err := atomicfile.WriteVolatile(filepath.Join(dir, recordFile), data, 0o600); err != nil {
+		return err
+	}
+	b.written = seq
+	return nil
 }
 
 func (m *Manager) persistLocked(b *box) { m.persistLockedAs(b, true) }
 
+// persistLockedAs writes b's record now; m.mu is held.
 func (m *Manager) persistLockedAs(b *box, durable bool) {
 	if b.deleted {
 		return
 	}
 	b.edits++
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
 	if err := writeRecord(b.dir, b.rec, durable); err != nil {
 		m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
 		return
 	}
 	b.written = b.edits
+}
+
+// moveDirLocked renames b's directory to dir; m.mu is held.
+func (m *Manager) moveDirLocked(b *box, dir string) error {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	if err := os.Rename(b.dir, dir); err != nil {
+		return err
+	}
+	b.dir = dir
+	return nil
+}
+
+// removeDirLocked removes b's directory and marks b deleted; m.mu is held.
+func (m *Manager) removeDirLocked(b *box) error {
+	b.wmu.Lock()
+	defer b.wmu.Unlock()
+	if err := os.RemoveAll(b.dir); err != nil {
+		return err
+	}
+	b.deleted = true
+	return nil
 }
 
 // record returns a copy of b's record.

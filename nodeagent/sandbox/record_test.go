@@ -63,3 +63,56 @@ func TestUpdateVolatileNeverGoesBack(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Volatile edits wait volatileDelay and are written together; the
+// agent's shutdown writes what still waits; a deleted sandbox's wait is
+// dropped.
+func TestUpdateVolatileBatchesAndFlushes(t *testing.T) {
+	defer func(d time.Duration) { volatileDelay = d }(volatileDelay)
+	volatileDelay = time.Hour
+	dir := t.TempDir()
+	b := &box{dir: dir, rec: record{Sandbox: Sandbox{Spec: Spec{ID: "a"}, PID: 1}}}
+	m := &Manager{log: slog.Default(), boxes: map[string]*box{"a": b}}
+	m.update(b, func(r *record) {})
+	for i := 2; i <= 100; i++ {
+		pid := i
+		m.updateVolatile(b, func(r *record) { r.Sandbox.PID = pid })
+	}
+	if rec, err := readRecord(dir); err != nil || rec.Sandbox.PID != 1 {
+		t.Fatalf("record before the delay: pid %d, %v; want 1 (not written yet)", rec.Sandbox.PID, err)
+	}
+	m.flushVolatileAll()
+	if rec, err := readRecord(dir); err != nil || rec.Sandbox.PID != 100 {
+		t.Fatalf("record after the shutdown's flush: pid %d, %v; want 100", rec.Sandbox.PID, err)
+	}
+
+	volatileDelay = 20 * time.Millisecond
+	dir = t.TempDir()
+	b = &box{dir: dir, rec: record{Sandbox: Sandbox{Spec: Spec{ID: "b"}, PID: 1}}}
+	m.boxes["b"] = b
+	m.updateVolatile(b, func(r *record) { r.Sandbox.PID = 101 })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if rec, _ := readRecord(dir); rec.Sandbox.PID == 101 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the volatile edit was never written")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	m.updateVolatile(b, func(r *record) { r.Sandbox.PID = 102 })
+	m.mu.Lock()
+	if err := m.removeDirLocked(b); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Unlock()
+	time.Sleep(60 * time.Millisecond)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("a deleted sandbox's directory came back with its record: %v", err)
+	}
+	m.flushVolatileAll()
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the shutdown's flush wrote a deleted sandbox's record: %v", err)
+	}
+}

@@ -204,6 +204,8 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 	}
 	m.mu.Lock()
 	r, st := b.cur, b.rec.Sandbox.State
+	hasDisks := len(b.rec.Sandbox.Disks) > 0
+	net, netns := b.rec.Net, b.rec.Sandbox.Spec.NetNS
 	m.mu.Unlock()
 	if r == nil {
 		return Stats{}, fmt.Errorf("sandbox %q is %s: no QEMU runs: %w", id, st, errdefs.ErrFailedPrecondition)
@@ -211,21 +213,20 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 	r.mu.Lock()
 	g, q := r.group, r.qmp
 	r.mu.Unlock()
-	m.mu.Lock()
-	hasDisks := len(b.rec.Sandbox.Disks) > 0
-	m.mu.Unlock()
 	// QEMU and the kernel are asked at once: the QMP round trip waits for
 	// QEMU's main loop, the cgroup files for nothing but the reads. A VM
 	// without disks has no counters to ask QEMU for.
 	var disks map[string]BlockStats
 	var qerr error
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if q != nil && hasDisks {
+	if q != nil && hasDisks {
+		go func() {
+			defer close(done)
 			disks, qerr = r.disks.get(ctx, q)
-		}
-	}()
+		}()
+	} else {
+		close(done)
+	}
 	var out Stats
 	if g != nil {
 		s, err := g.Stats()
@@ -235,9 +236,6 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 		}
 		out.Stats, out.Cgroup = s, g.Path()
 	}
-	m.mu.Lock()
-	net, netns := b.rec.Net, b.rec.Sandbox.Spec.NetNS
-	m.mu.Unlock()
 	if net != nil {
 		// The tap's receive counter counts what QEMU wrote: the VM's sends.
 		// The tap lives in the pod's namespace, where the pod may rename or

@@ -119,10 +119,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := os.RemoveAll(b.dir); err != nil {
+	if err := m.removeDirLocked(b); err != nil {
 		return fmt.Errorf("delete sandbox %q: %w", id, err)
 	}
-	b.deleted = true
 	delete(m.boxes, id)
 	m.publishLocked(Event{Type: EventDeleted, Sandbox: b.snapshot()})
 	m.log.Info("sandbox deleted", "sandbox", id)
