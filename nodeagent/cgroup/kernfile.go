@@ -22,7 +22,7 @@ func readKernelFile(file string) ([]byte, error) {
 		return nil, err
 	}
 	defer unix.Close(fd)
-	b, err := preadAll(fd)
+	b, err := preadAll(fd, nil)
 	if err != nil {
 		return nil, &fs.PathError{Op: "read", Path: file, Err: err}
 	}
@@ -75,56 +75,65 @@ func openKernelFile(file string, flags int, perm uint32) (int, error) {
 // went, or was made again) is opened afresh once.
 type openFiles struct {
 	mu     sync.Mutex
-	fds    map[string]int
+	fds    map[fileKey]int
+	buf    []byte // the reads' scratch
 	closed bool
 }
+
+// fileKey names a group's file: its controller (v1) and name.
+type fileKey struct{ dir, name string }
 
 // maxOpenFiles bounds what one group keeps open (its stats read 10).
 const maxOpenFiles = 16
 
-func newOpenFiles() *openFiles { return &openFiles{fds: map[string]int{}} }
+func newOpenFiles() *openFiles { return &openFiles{fds: map[fileKey]int{}} }
 
-// read reads file whole.
-func (o *openFiles) read(file string) ([]byte, error) {
+// read reads file k (at path()) whole.
+func (o *openFiles) read(k fileKey, path func() string) (string, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if fd, ok := o.fds[file]; ok {
-		if b, err := preadAll(fd); err == nil {
-			return b, nil
+	if fd, ok := o.fds[k]; ok {
+		var err error
+		if o.buf, err = preadAll(fd, o.buf); err == nil {
+			return string(o.buf), nil
 		}
 		unix.Close(fd)
-		delete(o.fds, file)
+		delete(o.fds, k)
 	}
+	file := path()
 	fd, err := openKernelFile(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	b, err := preadAll(fd)
+	o.buf, err = preadAll(fd, o.buf)
 	if err != nil || o.closed || len(o.fds) >= maxOpenFiles {
 		unix.Close(fd)
 	} else {
-		o.fds[file] = fd
+		o.fds[k] = fd
 	}
 	if err != nil {
-		return nil, &fs.PathError{Op: "read", Path: file, Err: err}
+		return "", &fs.PathError{Op: "read", Path: file, Err: err}
 	}
-	return b, nil
+	return string(o.buf), nil
 }
 
 // close closes the files; later reads open and close each time.
 func (o *openFiles) close() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	for f, fd := range o.fds {
+	for k, fd := range o.fds {
 		unix.Close(fd)
-		delete(o.fds, f)
+		delete(o.fds, k)
 	}
 	o.closed = true
 }
 
-// preadAll reads fd whole from offset 0.
-func preadAll(fd int) ([]byte, error) {
-	buf := make([]byte, 0, 512)
+// preadAll reads fd whole from offset 0 into buf's storage.
+func preadAll(fd int, buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 512)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
@@ -134,7 +143,7 @@ func preadAll(fd int) ([]byte, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return buf, err
 		}
 		if n == 0 {
 			return buf, nil

@@ -77,3 +77,23 @@ func keys(b []byte) string {
 	}
 	return strings.Join(ks, ",")
 }
+
+// The v1 accounting parsers, on the kernel's formats.
+func TestV1Parsers(t *testing.T) {
+	cpu := "nr_periods 40\nnr_throttled 12\nthrottled_time 900000\nnr_bursts 0\n"
+	if keyed(cpu, "nr_throttled") != 12 || keyed(cpu, "throttled_time") != 900000 || keyed(cpu, "nr_period") != 0 || keyed("", "x") != 0 {
+		t.Error("keyed misread cpu.stat")
+	}
+	if v, err := parseUint("max\n"); v != 0 || err != nil {
+		t.Errorf("max: %d, %v", v, err)
+	}
+	if _, err := parseUint("12x\n"); err == nil {
+		t.Error("a malformed number parsed")
+	}
+	blkio := "8:0 Read 1024\n8:0 Write 2048\n8:0 Sync 3072\n8:0 Total 3072\n253:1 Read 5\n253:1 Write 0\nbad line\n9:x Read 7\nTotal 3077\n"
+	rows := parseBlkio(blkio)
+	want := []blkioRow{{major: 8, minor: 0, read: 1024, write: 2048}, {major: 253, minor: 1, read: 5}}
+	if len(rows) != len(want) || rows[0] != want[0] || rows[1] != want[1] {
+		t.Errorf("parseBlkio = %+v, want %+v", rows, want)
+	}
+}

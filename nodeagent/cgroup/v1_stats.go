@@ -15,41 +15,50 @@ import (
 // library's Stat reads every file of every controller, memory.stat and
 // the per-CPU counts included, several times slower).
 func (g *v1Group) Stats() (Stats, error) {
-	b, p := g.b, g.path
 	var st Stats
 	var errs []error
 	num := func(c cgroup1.Name, name string) uint64 {
-		v, err := readUint(g.files.read, b.file(c, p, name))
+		s, err := g.read(c, name)
 		if err != nil {
 			errs = append(errs, err)
+			return 0
+		}
+		v, err := parseUint(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("parse %s: %w", g.b.file(c, g.path, name), err))
 		}
 		return v
 	}
-	st.CPUUsage = time.Duration(num(cgroup1.Cpuacct, "cpuacct.usage"))
-	cpu, err := readKeyed(g.files.read, b.file(cgroup1.Cpu, p, "cpu.stat"))
-	if err != nil {
-		errs = append(errs, err)
+	keyedFile := func(c cgroup1.Name, name string) string {
+		s, err := g.read(c, name)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return s
 	}
-	st.CPUPeriods, st.CPUThrottledPeriods, st.CPUThrottledTime = cpu["nr_periods"], cpu["nr_throttled"], time.Duration(cpu["throttled_time"])
+	st.CPUUsage = time.Duration(num(cgroup1.Cpuacct, "cpuacct.usage"))
+	cpu := keyedFile(cgroup1.Cpu, "cpu.stat")
+	st.CPUPeriods, st.CPUThrottledPeriods, st.CPUThrottledTime = keyed(cpu, "nr_periods"), keyed(cpu, "nr_throttled"), time.Duration(keyed(cpu, "throttled_time"))
 	st.MemoryBytes = num(cgroup1.Memory, "memory.usage_in_bytes")
 	st.MemoryMaxBytes = num(cgroup1.Memory, "memory.max_usage_in_bytes")
 	if st.MemoryLimitBytes = num(cgroup1.Memory, "memory.limit_in_bytes"); st.MemoryLimitBytes >= v1Unlimited {
 		st.MemoryLimitBytes = 0
 	}
-	oom, err := readKeyed(g.files.read, b.file(cgroup1.Memory, p, "memory.oom_control"))
-	if err != nil {
-		errs = append(errs, err)
-	}
-	st.OOMKills = oom["oom_kill"]
+	st.OOMKills = keyed(keyedFile(cgroup1.Memory, "memory.oom_control"), "oom_kill")
 	st.Pids = num(cgroup1.Pids, "pids.current")
 	st.PidsLimit = num(cgroup1.Pids, "pids.max") // "max" reads as 0
-	if b.blkio {
-		bytes, err1 := readBlkio(g.files.read, b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_service_bytes"))
-		ops, err2 := readBlkio(g.files.read, b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced_recursive"), b.file(cgroup1.Blkio, p, "blkio.throttle.io_serviced"))
-		if err := errors.Join(err1, err2); err != nil {
-			errs = append(errs, err)
+	if g.b.blkio {
+		// The recursive counts, else (older kernels) the group's own.
+		blkio := func(name string) []blkioRow {
+			s, err := g.read(cgroup1.Blkio, name+"_recursive")
+			if err != nil {
+				if s, err = g.read(cgroup1.Blkio, name); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			return parseBlkio(s)
 		}
-		st.IO = mergeIO(bytes, ops)
+		st.IO = mergeIO(blkio("blkio.throttle.io_service_bytes"), blkio("blkio.throttle.io_serviced"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return Stats{}, fmt.Errorf("stats of cgroup %s: %w", g.path, classify(err))
@@ -57,40 +66,32 @@ func (g *v1Group) Stats() (Stats, error) {
 	return st, nil
 }
 
-// readUint reads a file holding one number; "max" is 0.
-func readUint(read func(string) ([]byte, error), f string) (uint64, error) {
-	b, err := read(f)
-	if err != nil {
-		return 0, err
-	}
-	s := strings.TrimSpace(string(b))
+// read reads one of the group's files in controller c's hierarchy,
+// through the files it keeps open.
+func (g *v1Group) read(c cgroup1.Name, name string) (string, error) {
+	return g.files.read(fileKey{string(c), name}, func() string { return g.b.file(c, g.path, name) })
+}
+
+// parseUint parses a file holding one number; "max" is 0.
+func parseUint(content string) (uint64, error) {
+	s := strings.TrimSpace(content)
 	if s == "max" {
 		return 0, nil
 	}
-	v, err := strconv.ParseUint(s, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", f, err)
-	}
-	return v, nil
+	return strconv.ParseUint(s, 10, 64)
 }
 
-// readKeyed reads "key value" lines.
-func readKeyed(read func(string) ([]byte, error), f string) (map[string]uint64, error) {
-	b, err := read(f)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]uint64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		k, v, ok := strings.Cut(l, " ")
-		if !ok {
-			continue
-		}
-		if n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64); err == nil {
-			out[k] = n
+// keyed is the value of key in "key value" lines, or 0.
+func keyed(content, key string) uint64 {
+	for content != "" {
+		var l string
+		l, content, _ = strings.Cut(content, "\n")
+		if k, v, ok := strings.Cut(l, " "); ok && k == key {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
 		}
 	}
-	return out, nil
+	return 0
 }
 
 // blkioRow is one device's reads and writes in a blkio file.
@@ -99,29 +100,21 @@ type blkioRow struct {
 	read, write  uint64
 }
 
-// readBlkio reads "MAJ:MIN Op value" lines from the first of files that
-// exists (the recursive count, else the group's own).
-func readBlkio(read func(string) ([]byte, error), files ...string) ([]blkioRow, error) {
-	var b []byte
-	var err error
-	for _, f := range files {
-		if b, err = read(f); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
+// parseBlkio parses "MAJ:MIN Op value" lines.
+func parseBlkio(content string) []blkioRow {
 	var rows []blkioRow
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) != 3 || (f[1] != "Read" && f[1] != "Write") {
+	for content != "" {
+		var l string
+		l, content, _ = strings.Cut(content, "\n")
+		dev, rest, ok1 := strings.Cut(l, " ")
+		op, val, ok2 := strings.Cut(rest, " ")
+		if !ok1 || !ok2 || (op != "Read" && op != "Write") {
 			continue
 		}
-		a, c, ok := strings.Cut(f[0], ":")
+		a, c, ok := strings.Cut(dev, ":")
 		maj, err1 := strconv.ParseInt(a, 10, 64)
 		min, err2 := strconv.ParseInt(c, 10, 64)
-		v, err3 := strconv.ParseUint(f[2], 10, 64)
+		v, err3 := strconv.ParseUint(strings.TrimSpace(val), 10, 64)
 		if !ok || err1 != nil || err2 != nil || err3 != nil {
 			continue
 		}
@@ -130,13 +123,13 @@ func readBlkio(read func(string) ([]byte, error), files ...string) ([]blkioRow, 
 			rows = append(rows, blkioRow{major: maj, minor: min})
 			i = len(rows) - 1
 		}
-		if f[1] == "Read" {
+		if op == "Read" {
 			rows[i].read += v
 		} else {
 			rows[i].write += v
 		}
 	}
-	return rows, nil
+	return rows
 }
 
 // mergeIO joins the bytes and operations per device, leaving out the
