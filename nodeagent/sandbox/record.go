@@ -150,8 +150,9 @@ func (m *Manager) update(b *box, edit func(*record)) {
 // and outside m.mu (a call right after this one does not wait for the
 // file: replacing a file on ext4 starts its writeback, 1-2 ms, which
 // delayed the calls beside it). One writer per sandbox at a time, after
-// volatileDelay: the edits made meanwhile are written together. A write renames only if no newer state was
-// written meanwhile, so the file never goes back to an older state.
+// volatileDelay: the edits made meanwhile are written together. A write
+// renames only if no newer state was written meanwhile, so the file never
+// goes back to an older state.
 func (m *Manager) updateVolatile(b *box, edit func(*record)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -188,14 +189,14 @@ func (m *Manager) flushVolatile(b *box) {
 			m.mu.Unlock()
 			return
 		}
-		seq, dir := b.edits, b.dir
+		seq, dir, id := b.edits, b.dir, b.rec.Sandbox.Spec.ID
 		data, err := json.MarshalIndent(b.rec, "", "  ")
 		m.mu.Unlock()
 		if err == nil {
 			err = m.writeVolatile(b, dir, seq, data)
 		}
 		if err != nil {
-			m.log.Error("cannot persist sandbox state", "sandbox", b.rec.Sandbox.Spec.ID, "error", err)
+			m.log.Error("cannot persist sandbox state", "sandbox", id, "error", err)
 			m.mu.Lock()
 			b.flushing = false // the next edit tries again
 			m.mu.Unlock()
