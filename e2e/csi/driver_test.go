@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/e2e/fabric"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -266,20 +268,10 @@ func writeJSON(t *testing.T, path string, v any) {
 // fuseDaemons returns the PIDs of the rbd-fuse processes that serve a
 // work dir under dir.
 func fuseDaemons(dir string) []int {
-	entries, _ := os.ReadDir("/proc")
 	var out []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if filepath.Base(args[0]) == "rbd-fuse" && strings.Contains(string(b), dir) {
-			out = append(out, pid)
+	for _, p := range fabric.Processes() {
+		if p.Name() == "rbd-fuse" && p.Mentions(dir) {
+			out = append(out, p.Pid)
 		}
 	}
 	return out

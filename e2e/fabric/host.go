@@ -1,11 +1,11 @@
 package fabric
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,20 +15,70 @@ import (
 // What a sandbox leaves on the machine itself, outside the fabric's
 // namespaces: its QEMU process and the agent's cgroups.
 
-// QEMUPids lists the processes running with -name sandbox-<id> on their
-// command line: the sandbox's QEMU, as `pgrep -f sandbox-<id>` finds it.
-func QEMUPids(id string) []int {
-	want := []byte("\x00-name\x00sandbox-" + id + "\x00")
+// A Process is a running process as /proc shows it.
+type Process struct {
+	Pid  int
+	Args []string // its command line
+}
+
+// Processes lists the running processes with a command line (kernel
+// threads have none).
+func Processes() []Process {
 	ents, _ := os.ReadDir("/proc")
-	var pids []int
+	var out []Process
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(b, want) {
-			pids = append(pids, pid)
+		if err != nil || len(b) == 0 {
+			continue // gone, or a kernel thread
+		}
+		out = append(out, Process{Pid: pid, Args: strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")})
+	}
+	return out
+}
+
+// Cmdline is pid's command line, nil if it is gone.
+func Cmdline(pid int) []string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+}
+
+// Name is the base name of the program.
+func (p Process) Name() string { return filepath.Base(p.Args[0]) }
+
+// Flag is the argument after flag on the command line, or "".
+func (p Process) Flag(flag string) string { return flagOf(p.Args, flag) }
+
+// Mentions tells whether any argument contains s.
+func (p Process) Mentions(s string) bool {
+	return slices.ContainsFunc(p.Args, func(a string) bool { return strings.Contains(a, s) })
+}
+
+func flagOf(args []string, flag string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
+}
+
+// QEMUName is the -name on pid's command line, or "".
+func QEMUName(pid int) string { return flagOf(Cmdline(pid), "-name") }
+
+// QEMUPids lists the processes running with -name sandbox-<id> on their
+// command line: the sandbox's QEMU, as `pgrep -f sandbox-<id>` finds it.
+func QEMUPids(id string) []int {
+	var pids []int
+	for _, p := range Processes() {
+		if p.Flag("-name") == "sandbox-"+id {
+			pids = append(pids, p.Pid)
 		}
 	}
 	return pids

@@ -133,7 +133,7 @@ func (s *scenario) create(spec *apiv1.SandboxSpec) *apiv1.Sandbox {
 		s.t.Logf("fast start: sandbox %s started %q, ready in %v", spec.Id, sb.Start, time.Since(begin).Round(time.Millisecond))
 	}
 	s.checkStart(sb)
-	if name := qemuName(int(sb.Pid)); name != "" {
+	if name := fabric.QEMUName(int(sb.Pid)); name != "" {
 		s.names[spec.Id] = name
 	}
 	return sb
@@ -166,7 +166,7 @@ func (s *scenario) qemuPids(id string) []int {
 func (s *scenario) checkFindable(sb *apiv1.Sandbox) {
 	s.t.Helper()
 	id, pid := sb.Spec.Id, strconv.Itoa(int(sb.Pid))
-	name := qemuName(int(sb.Pid))
+	name := fabric.QEMUName(int(sb.Pid))
 	if s.mode != "pool" {
 		if name != "sandbox-"+id {
 			cmdline, _ := os.ReadFile("/proc/" + pid + "/cmdline")
@@ -183,21 +183,6 @@ func (s *scenario) checkFindable(sb *apiv1.Sandbox) {
 	} else {
 		s.t.Logf("sandbox %s: qemu pid %s has -name %s (the pool VM's) and the sandbox's cgroup", id, pid, name)
 	}
-}
-
-// qemuName returns the -name on process pid's command line ("" if none).
-func qemuName(pid int) string {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-	if err != nil {
-		return ""
-	}
-	args := strings.Split(string(b), "\x00")
-	for i := 0; i+1 < len(args); i++ {
-		if args[i] == "-name" {
-			return args[i+1]
-		}
-	}
-	return ""
 }
 
 // waitPool polls the agent's status until its warm pool of class has at
@@ -354,21 +339,16 @@ func (p vmProc) String() string { return fmt.Sprintf("pid %d -name %s in %s", p.
 // stateDir: an agent's sandboxes and pool VMs.
 func stateDirQEMUs(stateDir string) []vmProc {
 	var out []vmProc
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		name := qemuName(pid)
+	for _, p := range fabric.Processes() {
+		name := p.Flag("-name")
 		if !strings.HasPrefix(name, "sandbox-") {
 			continue
 		}
-		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		cwd, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(p.Pid), "cwd"))
 		if err != nil || !strings.HasPrefix(cwd, stateDir+"/") {
 			continue
 		}
-		out = append(out, vmProc{Pid: pid, Name: name, Dir: cwd})
+		out = append(out, vmProc{Pid: p.Pid, Name: name, Dir: cwd})
 	}
 	return out
 }
@@ -391,7 +371,7 @@ func (e *env) idlePoolVMs() []vmProc {
 // its cgroups (nil when all are gone).
 func (e *env) poolVMGone(p vmProc, tap string, cgroups []string) []string {
 	var left []string
-	if qemuName(p.Pid) == p.Name {
+	if fabric.QEMUName(p.Pid) == p.Name {
 		left = append(left, "qemu")
 	}
 	if _, err := os.Stat(p.Dir); !os.IsNotExist(err) {
@@ -506,7 +486,7 @@ func TestPoolRefillAndShutdown(t *testing.T) {
 		}
 	}
 	for _, id := range ids {
-		if name := qemuName(int(taken[id])); name != e.names[id] {
+		if name := fabric.QEMUName(int(taken[id])); name != e.names[id] {
 			t.Fatalf("sandbox %s (qemu pid %d, -name %s) does not run after the agent's SIGTERM", id, taken[id], e.names[id])
 		}
 	}
@@ -533,7 +513,7 @@ func TestPoolRefillAndShutdown(t *testing.T) {
 	// kill -9: its idle VM outlives it; the next agent removes it.
 	idle, tap, cgroups = e.oneIdlePoolVM()
 	e.Agent.Kill()
-	if qemuName(idle.Pid) != idle.Name {
+	if fabric.QEMUName(idle.Pid) != idle.Name {
 		t.Fatalf("idle pool vm %v died with the agent (kill -9)", idle)
 	}
 	if err := e.Agent.Start(); err != nil {

@@ -102,10 +102,10 @@ func (e *env) census() []count {
 	n, err = threadCount(cpid)
 	tol("csi-ceph threads", n, err, threadTolerance, threadWhy)
 
-	procs := processes()
-	add("rbd-fuse processes (this run)", procs.count(func(p proc) bool { return p.name == "rbd-fuse" && p.mentions(e.dir) }), nil)
-	add("QEMU processes (this run's sandboxes)", procs.count(func(p proc) bool { return p.isSandbox(e.tag) }), nil)
-	info("QEMU processes (machine)", procs.count(func(p proc) bool { return strings.HasPrefix(p.name, "qemu-system") }), nil)
+	procs := fabric.Processes()
+	add("rbd-fuse processes (this run)", countProcs(procs, func(p fabric.Process) bool { return isFuseOf(p, e.dir) }), nil)
+	add("QEMU processes (this run's sandboxes)", countProcs(procs, func(p fabric.Process) bool { return isSandbox(p, e.tag) }), nil)
+	info("QEMU processes (machine)", countProcs(procs, func(p fabric.Process) bool { return strings.HasPrefix(p.Name(), "qemu-system") }), nil)
 
 	ours, all, err := loopDevices(e.dir)
 	add("loop devices on this run's files", ours, err)
@@ -348,51 +348,24 @@ func countFiles(dir string) (n int, size int64, err error) {
 	return n, size, err
 }
 
-// proc is one process as /proc shows it.
-type proc struct {
-	pid     int
-	name    string // base name of argv[0]
-	cmdline []byte // NUL-separated, NUL-terminated
-}
-
-func (p proc) mentions(s string) bool { return bytes.Contains(p.cmdline, []byte(s)) }
-
 // isSandbox tells a QEMU of one of this run's sandboxes (IDs
 // soak-TAG-N) by its -name, as `pgrep -f sandbox-ID` does.
-func (p proc) isSandbox(tag string) bool {
-	return bytes.Contains(p.cmdline, []byte("\x00-name\x00sandbox-"+sandboxPrefix(tag)))
+func isSandbox(p fabric.Process, tag string) bool {
+	return strings.HasPrefix(p.Flag("-name"), "sandbox-"+sandboxPrefix(tag))
 }
 
-type procList []proc
+// isFuseOf tells an rbd-fuse process that serves a mount under dir.
+func isFuseOf(p fabric.Process, dir string) bool { return p.Name() == "rbd-fuse" && p.Mentions(dir) }
 
-func (l procList) count(f func(proc) bool) int { return len(l.filter(f)) }
-
-func (l procList) filter(f func(proc) bool) []proc {
-	var out []proc
-	for _, p := range l {
+// countProcs counts the processes f accepts.
+func countProcs(ps []fabric.Process, f func(fabric.Process) bool) int {
+	n := 0
+	for _, p := range ps {
 		if f(p) {
-			out = append(out, p)
+			n++
 		}
 	}
-	return out
-}
-
-func processes() procList {
-	ents, _ := os.ReadDir("/proc")
-	var out procList
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue // gone, or a kernel thread
-		}
-		argv0, _, _ := bytes.Cut(b, []byte{0})
-		out = append(out, proc{pid: pid, name: filepath.Base(string(argv0)), cmdline: b})
-	}
-	return out
+	return n
 }
 
 // loopDevices counts the bound loop devices: those whose backing file is

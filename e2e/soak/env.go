@@ -307,8 +307,10 @@ func (e *env) stopAgent() error {
 	}
 	errs = append(errs, e.agent.stop(10*time.Second))
 	var pids []int
-	for _, p := range processes().filter(func(p proc) bool { return p.isSandbox(e.tag) }) {
-		pids = append(pids, p.pid)
+	for _, p := range fabric.Processes() {
+		if isSandbox(p, e.tag) {
+			pids = append(pids, p.Pid)
+		}
 	}
 	if len(pids) > 0 {
 		errs = append(errs, fmt.Errorf("QEMU of this run outlived the agent: killing %v", pids), killPids(pids))
@@ -424,8 +426,10 @@ func (e *env) sweep() error {
 		errs = append(errs, fmt.Errorf("left attached: %s (detached now)", dev))
 	}
 	var pids []int
-	for _, p := range processes().filter(func(p proc) bool { return p.name == "rbd-fuse" && p.mentions(e.dir) }) {
-		pids = append(pids, p.pid)
+	for _, p := range fabric.Processes() {
+		if isFuseOf(p, e.dir) {
+			pids = append(pids, p.Pid)
+		}
 	}
 	if len(pids) > 0 {
 		errs = append(errs, fmt.Errorf("rbd-fuse left running: killing %v", pids), killPids(pids))

@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nodeinfra/nodeinfra/e2e/fabric"
+
 	"github.com/nodeinfra/nodeinfra/e2e/bench/latency"
 	apiv1 "github.com/nodeinfra/nodeinfra/nodeagent/api/v1"
 	"github.com/nodeinfra/nodeinfra/nodeagent/podnet"
@@ -565,31 +567,17 @@ type qemuProc struct {
 // qemus lists the QEMUs whose command line contains match.
 func qemus(match string) []qemuProc {
 	var out []qemuProc
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+	for _, p := range fabric.Processes() {
+		if !strings.Contains(p.Name(), "qemu-system") || !p.Mentions(match) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
+		q := qemuProc{pid: p.Pid, name: p.Flag("-name")}
+		if q.name == "" {
+			q.name = "?"
 		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.Contains(filepath.Base(args[0]), "qemu-system") || !strings.Contains(string(b), match) {
-			continue
-		}
-		q := qemuProc{pid: pid, name: "?"}
-		for i := range args[:len(args)-1] {
-			switch args[i] {
-			case "-name":
-				q.name = args[i+1]
-			case "-accel":
-				for _, o := range strings.Split(args[i+1], ",") {
-					if v, ok := strings.CutPrefix(o, "tb-size="); ok {
-						q.tbMiB, _ = strconv.Atoi(v)
-					}
-				}
+		for _, o := range strings.Split(p.Flag("-accel"), ",") {
+			if v, ok := strings.CutPrefix(o, "tb-size="); ok {
+				q.tbMiB, _ = strconv.Atoi(v)
 			}
 		}
 		out = append(out, q)
